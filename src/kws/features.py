@@ -1,0 +1,100 @@
+"""MFCC features: the ONE implementation used by training (prepare stage) and serving.
+
+``features.json`` in every model bundle is :meth:`FeatureConfig.to_dict`, so the
+service recomputes exactly the features the model was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any, Mapping
+
+import numpy as np
+
+from kws.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16000
+    clip_duration_s: float = 1.0
+    n_mfcc: int = 13
+    n_mels: int = 40
+    n_fft: int = 640  # 40 ms
+    win_length: int = 640
+    hop_length: int = 320  # 20 ms
+    fmin: float = 20.0
+    fmax: float = 7600.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FeatureConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown feature parameters {sorted(unknown)}; known: {sorted(names)}")
+        cfg = cls(**dict(d))
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if self.win_length > self.n_fft:
+            raise ConfigError(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+        if self.clip_samples < self.n_fft:
+            raise ConfigError("clip_duration_s is shorter than one FFT window")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ConfigError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}")
+        if self.n_mfcc > self.n_mels:
+            raise ConfigError(f"n_mfcc ({self.n_mfcc}) must not exceed n_mels ({self.n_mels})")
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_duration_s))
+
+    @property
+    def n_frames(self) -> int:
+        return 1 + (self.clip_samples - self.n_fft) // self.hop_length
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Feature matrix shape for one clip: (frames, n_mfcc)."""
+        return (self.n_frames, self.n_mfcc)
+
+
+@lru_cache(maxsize=8)
+def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
+
+
+def mfcc(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """MFCCs of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., frames, n_mfcc)`` float32.
+
+    Each clip must already be ``cfg.clip_samples`` long (see :func:`kws.audio.fix_length`).
+    Results do not depend on batching: the log uses a fixed floor, not a per-array ``top_db``.
+    """
+    import librosa
+
+    waves = np.asarray(waves, dtype=np.float32)
+    if waves.shape[-1] != cfg.clip_samples:
+        raise ValueError(f"expected clips of {cfg.clip_samples} samples, got {waves.shape[-1]}")
+    spec = librosa.stft(
+        waves, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+        window="hann", center=False,
+    )
+    power = np.abs(spec) ** 2
+    mel = np.einsum("mf,...ft->...mt", _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax), power)
+    log_mel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    coeffs = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho")
+    return np.swapaxes(coeffs, -1, -2).astype(np.float32)
+
+
+def clip_features(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Pad/crop one waveform to the clip length and return its MFCCs ``(frames, n_mfcc)``."""
+    from kws.audio import fix_length
+
+    return mfcc(fix_length(samples, cfg.clip_samples), cfg)
