@@ -13,13 +13,11 @@ Layout of a bundle directory (``serving/model/`` by default)::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kws.atomic import replace_dir, staged_dir  # noqa: F401  (replace_dir re-exported)
 from kws.errors import BundleError, ModelNotFoundError
 from kws.features import FeatureConfig
 
@@ -73,10 +71,14 @@ def read_meta(path: str | Path) -> BundleMeta:
 
 def to_tflite(model) -> bytes:
     """Convert a Keras model to a float32 TFLite flatbuffer."""
+    import contextlib
+    import io
+
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras' export prints its whole signature
+        return converter.convert()
 
 
 def write_bundle(
@@ -87,37 +89,16 @@ def write_bundle(
     metrics: dict[str, Any] | None = None,
     info: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a complete bundle atomically: built in a sibling temp dir, then renamed into place."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    """Write a complete bundle atomically (see :func:`kws.atomic.staged_dir`)."""
+    with staged_dir(out_dir) as tmp:
         model.save(tmp / KERAS_FILE)
         (tmp / TFLITE_FILE).write_bytes(to_tflite(model))
         _write_json(tmp / LABELS_FILE, {"labels": list(labels)})
         _write_json(tmp / FEATURES_FILE, features.to_dict())
         _write_json(tmp / METRICS_FILE, metrics or {})
         _write_json(tmp / INFO_FILE, info or {})
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move directory ``src`` to ``dst``, replacing any previous ``dst`` with no window where
-    a half-written ``dst`` is visible (the old one is renamed aside first, then removed)."""
-    src, dst = Path(src), Path(dst)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
