@@ -27,6 +27,7 @@ import pytest
 from kws.config import compose, write_params
 from kws.errors import ChecksumError, DatasetError, DownloadError, UnsafeArchiveError
 from kws.fetch import (
+    build_dataset_atomically,
     check_members,
     fetch_archive,
     info_path,
@@ -102,13 +103,20 @@ def server() -> Iterator[tuple[str, ServerState]]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     httpd.state = ServerState()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.state  # type: ignore[attr-defined]
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_for_localhost(monkeypatch):
+    """A proxy configured in the environment must not intercept the local test server."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
 
 
 def _free_port() -> int:
@@ -379,6 +387,24 @@ def test_new_source_replaces_previous_dataset(tarball, clips, tmp_path):
 
     assert info["source"] == str(archive)
     assert _tree(dest) == clips  # the folder's _background_noise_ is gone
+    assert _leftovers(dest.parent) == []
+
+
+def test_interrupted_install_keeps_previous_dataset(tmp_path):
+    dest = tmp_path / "raw" / "speech_commands"
+    materialize_dataset(str(SAMPLE), dest, progress=False)
+    before = _tree(dest).keys()
+
+    def build(tmp: Path) -> None:
+        (tmp / "yes").mkdir()
+        (tmp / "yes" / "half.wav").write_bytes(b"RIFF")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset_atomically(dest, build)
+
+    assert _tree(dest).keys() == before
+    assert info_path(dest).exists()
     assert _leftovers(dest.parent) == []
 
 

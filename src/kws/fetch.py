@@ -24,9 +24,9 @@ import logging
 import lzma
 import os
 import posixpath
+import secrets
 import shutil
 import tarfile
-import tempfile
 import time
 import zlib
 from datetime import datetime, timezone
@@ -39,7 +39,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from kws.bundle import replace_dir
+from kws.atomic import replace_dir, write_text
 from kws.errors import ChecksumError, ConfigError, DatasetError, DownloadError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,9 @@ def read_info(dest_dir: str | Path) -> dict[str, Any] | None:
 def write_info(dest_dir: str | Path, info: dict[str, Any]) -> Path:
     """Write the info JSON next to ``dest_dir`` atomically (temp file + ``os.replace``)."""
     path = info_path(dest_dir)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DatasetError(f"cannot write {path}: {err}") from None
     return path
 
@@ -179,6 +176,7 @@ def fetch_archive(
         if expected and sha256_file(dest_file) == expected:
             log.info("reusing %s (sha256 verified)", dest_file)
             return expected
+        log.info("replacing %s: no matching sha256 to reuse it with", dest_file)
         dest_file.unlink()
 
     local = _local_path(url)
@@ -242,8 +240,9 @@ def _http_download(url: str, part: Path, *, progress: bool, timeout: float, retr
                 if attempt >= retries:
                     have = part.stat().st_size if part.exists() else 0
                     if not err.reached:
+                        kept = f" ({have} bytes kept in {part} for a resume)" if have else ""
                         raise DownloadError(
-                            f"cannot reach {host} to download {url} ({err}); "
+                            f"cannot reach {host} to download {url} ({err}){kept}; "
                             "check the network or set data.source to a local archive/folder"
                         ) from None
                     raise DownloadError(
@@ -269,7 +268,7 @@ def _http_attempt(session: requests.Session, url: str, part: Path, *, progress: 
     try:
         resp = session.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=True)
     except (requests.ConnectionError, requests.Timeout) as err:
-        raise _TransientError(_short(err), reached=False) from None
+        raise _TransientError(_root_cause(err), reached=False) from None
     except requests.RequestException as err:
         raise DownloadError(f"cannot download {url}: {_short(err)}") from None
 
@@ -313,9 +312,9 @@ def _http_attempt(session: requests.Session, url: str, part: Path, *, progress: 
                     received += len(chunk)
                     bar.update(len(chunk))
         except _StreamError as err:
-            raise _TransientError(
-                f"connection lost after {offset + received} bytes ({_short(err.__cause__ or err)})", reached=True
-            ) from None
+            log.debug("reading %s failed: %r", url, err.__cause__)
+            of_total = f" of {total}" if total is not None else ""
+            raise _TransientError(f"connection lost after {offset + received}{of_total} bytes", reached=True) from None
         except OSError as err:
             raise DownloadError(f"cannot write {part}: {err}") from None
         if expected_body is not None and received < expected_body:
@@ -362,6 +361,28 @@ def _content_range_total(value: str) -> int | None:
         return None
 
 
+def _root_cause(err: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 connection error, e.g. ``Connection
+    refused`` or ``[Errno -2] Name or service not known``, instead of their nested reprs."""
+    seen: set[int] = set()
+    best: BaseException = err
+    stack: list[BaseException] = [err]
+    while stack:
+        exc = stack.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.strerror:
+            best = exc
+        nested = [exc.__cause__, exc.__context__, getattr(exc, "reason", None), *exc.args]
+        stack.extend(e for e in nested if isinstance(e, BaseException))
+    if isinstance(best, OSError) and best.strerror:
+        return best.strerror if best.errno is None or best.errno > 0 else f"DNS lookup failed: {best.strerror}"
+    if isinstance(err, requests.Timeout):
+        return "timed out"
+    return _short(err)
+
+
 def _short(err: BaseException) -> str:
     """A one-line description of a requests/urllib3 error (their reprs nest deeply)."""
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -388,11 +409,13 @@ _CORRUPT = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, g
 def check_members(members: list[tarfile.TarInfo]) -> None:
     """Raise :class:`UnsafeArchiveError` for the first member that could write outside
     the extraction directory or is not a plain file, directory or contained link."""
-    symlinks: set[str] = set()
+    symlinks = {posixpath.normpath(m.name.replace("\\", "/")) for m in members if m.issym()}
     for m in members:
         name = m.name
         norm = posixpath.normpath(name.replace("\\", "/"))
-        if not name or _is_absolute(name):
+        if not name.strip():
+            raise UnsafeArchiveError(f"unsafe archive member {name!r}: empty name")
+        if _is_absolute(name):
             raise UnsafeArchiveError(f"unsafe archive member {name!r}: absolute path")
         if ".." in name.replace("\\", "/").split("/"):
             raise UnsafeArchiveError(f"unsafe archive member {name!r}: '..' path component")
@@ -406,7 +429,6 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
                 raise UnsafeArchiveError(
                     f"unsafe archive member {name!r}: symlink to {target!r} points outside the archive"
                 )
-            symlinks.add(norm)
         elif m.islnk():
             target = m.linkname
             if _is_absolute(target) or _escapes(target) or ".." in target.split("/"):
@@ -549,8 +571,9 @@ def build_dataset_atomically(
     except OSError as err:
         raise DatasetError(f"cannot create {dest_dir.parent}: {err}") from None
     _remove_stale_temps(dest_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.tmp-", dir=dest_dir.parent))
+    tmp = dest_dir.parent / f".{dest_dir.name}.tmp-{secrets.token_hex(4)}"
     try:
+        tmp.mkdir()  # not mkdtemp: its 0700 mode would end up on the dataset directory
         build(tmp)
         root = dataset_root(tmp)
         stats = tree_stats(root)

@@ -30,8 +30,8 @@ from kws.fetch import (
     is_up_to_date,
     materialize_dataset,
     read_info,
-    write_info,
     utc_now,
+    write_info,
 )
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,10 @@ def synthesize_dataset(dest_dir: Path, params: dict[str, Any]) -> dict[str, Any]
     if is_up_to_date(dest_dir, SYNTHETIC, synthetic=params):
         log.info("already downloaded: %s holds the synthetic dataset with these parameters", dest_dir)
         return read_info(dest_dir) or {}
-    from kws.synthetic import generate  # heavy (TTS, audio): only when asked for
+    try:
+        from kws.synthetic import generate  # heavy (TTS, audio): only when asked for
+    except ImportError as err:
+        raise ConfigError(f"data.source is `synthetic` but its generator cannot be loaded: {err}") from None
 
     log.info("generating the synthetic dataset into %s", dest_dir)
     stats = build_dataset_atomically(dest_dir, lambda tmp: generate(tmp, **params), content_digest=True)
@@ -90,7 +93,8 @@ def download(
     if not source:
         raise ConfigError("data.source is not set: use a URL, a local archive/folder or `synthetic`")
     if sha256 is None:
-        sha256 = data.get("sha256")
+        configured = data.get("sha256")
+        sha256 = str(configured) if configured else None
     elif sha256.lower() in ("", "none", "null"):
         sha256 = None
     dest_dir = Path(dest or OmegaConf.select(cfg, "paths.dataset", default=None) or DEFAULT_DATASET)

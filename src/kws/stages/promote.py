@@ -1,0 +1,143 @@
+"""DVC stage `promote`: register the model, move the `champion` alias only if it is at least
+as good, and export the champion's serving bundle to ``serving/model/``.
+
+The gate compares test accuracy with the current champion's (recorded on its registry
+version). Every evaluated bundle is logged to its run under ``bundle/``, so the export
+always comes from the registry's champion, whichever run produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kws.atomic import staged_dir, write_text
+from kws.config import load_params
+from kws.errors import KWSError
+
+log = logging.getLogger(__name__)
+
+BUNDLE_ARTIFACT = "bundle"
+
+
+def _champion(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _accuracy_of(client, version) -> float:
+    if "test_accuracy" in version.tags:
+        return float(version.tags["test_accuracy"])
+    return float(client.get_run(version.run_id).data.metrics.get("test_accuracy", float("-inf")))
+
+
+def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_file: Path, force: bool = False) -> dict:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from kws import tracking
+    from kws.bundle import INFO_FILE, METRICS_FILE, read_meta
+
+    if not metrics_file.is_file():
+        raise KWSError(f"{metrics_file} not found: run the evaluate stage first")
+    metrics = json.loads(metrics_file.read_text())["test"]
+    run = tracking.read_run(model_dir)
+    tracking.setup(cfg.mlflow.experiment)
+    client = MlflowClient()
+    name, alias = cfg.mlflow.registered_model, cfg.mlflow.alias
+
+    version = mlflow.register_model(run["model_uri"], name, tags={
+        "test_accuracy": f"{metrics['accuracy']:.6f}", "architecture": run["architecture"],
+        "dataset": cfg.data.name, "task": cfg.prepare.task, "run_id": run["run_id"],
+    })
+    current = _champion(client, name, alias)
+    new_acc = metrics["accuracy"]
+    old_acc = _accuracy_of(client, current) if current else None
+    promoted = force or current is None or new_acc >= old_acc
+    if current is not None and current.tags.get("dataset") != cfg.data.name:
+        log.warning("champion v%s was evaluated on %r, this model on %r: accuracies are not comparable",
+                    current.version, current.tags.get("dataset"), cfg.data.name)
+
+    # Every registered version carries its complete serving bundle as run artifacts.
+    info = {
+        "name": name, "version": str(version.version), "run_id": run["run_id"],
+        "architecture": run["architecture"], "dataset": cfg.data.name, "task": cfg.prepare.task,
+        "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with tempfile.TemporaryDirectory(prefix="kws-bundle-") as tmp:
+        staged = Path(tmp) / BUNDLE_ARTIFACT
+        shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns(tracking.RUN_FILE))
+        (staged / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        (staged / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        read_meta(staged)  # refuse to publish an incomplete bundle
+        with mlflow.start_run(run_id=run["run_id"]):
+            mlflow.log_artifacts(str(staged), BUNDLE_ARTIFACT)
+            mlflow.set_tags({"kws.registered_version": version.version, "kws.promoted": str(promoted)})
+
+    if promoted:
+        client.set_registered_model_alias(name, alias, version.version)
+        champion = client.get_model_version(name, version.version)
+        reason = ("forced" if force else "first model" if current is None
+                  else f"test accuracy {new_acc:.4f} >= champion v{current.version}'s {old_acc:.4f}")
+        log.info("'%s' now points to %s v%s: %s", alias, name, version.version, reason)
+    else:
+        champion = current
+        reason = f"test accuracy {new_acc:.4f} < champion v{current.version}'s {old_acc:.4f}; champion kept"
+        log.warning("not promoted: %s", reason)
+
+    export_bundle(champion.run_id, bundle_dir, alias)
+    result = {
+        "promoted": promoted, "reason": reason, "registered_version": str(version.version),
+        "champion_version": str(champion.version), "champion_run_id": champion.run_id,
+        "test_accuracy": new_acc, "previous_champion_accuracy": old_acc, "bundle": str(bundle_dir),
+    }
+    write_text(report_file, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def export_bundle(run_id: str, bundle_dir: Path, alias: str) -> Path:
+    """Download a run's logged bundle and swap it into ``bundle_dir`` atomically."""
+    import mlflow
+
+    from kws.bundle import INFO_FILE, read_meta
+
+    with staged_dir(bundle_dir) as tmp:
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=str(tmp))
+        for item in (tmp / BUNDLE_ARTIFACT).iterdir():
+            item.rename(tmp / item.name)
+        (tmp / BUNDLE_ARTIFACT).rmdir()
+        info = json.loads((tmp / INFO_FILE).read_text())
+        (tmp / INFO_FILE).write_text(json.dumps({**info, "alias": alias}, indent=2) + "\n")
+        read_meta(tmp)
+    log.info("exported the champion's bundle (run %s) to %s", run_id, bundle_dir)
+    return bundle_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kws.cli import run_cli
+
+    parser = argparse.ArgumentParser(prog="kws-promote", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--force", action="store_true", help="make this model the champion regardless of accuracy")
+    args = parser.parse_args(argv)
+
+    def _run() -> None:
+        cfg = load_params(args.params)
+        reports = Path(cfg.paths.reports)
+        promote(cfg, Path(cfg.paths.model), reports / "evaluate" / "metrics.json", Path(cfg.paths.bundle),
+                reports / "promotion.json", force=args.force)
+
+    return run_cli(_run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""The prepare stage on a small dataset in the Speech Commands layout built from real clips."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from kws.config import compose, write_params
+from kws.errors import DatasetError
+from kws.features import FeatureConfig, clip_features, mfcc
+from kws.labels import SILENCE, UNKNOWN
+from kws.splits import speaker_of, split_by_hash
+from kws.stages.prepare import prepare
+
+KEYWORDS = ("yes", "no", "up")
+
+
+def _tone(freq: float, seed: int, n: int = 16000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 16000
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+@pytest.fixture
+def dataset(tmp_path, sample_dir) -> Path:
+    """Keyword folders of generated tones (8 speakers each) + the real digit clips as unknown words."""
+    root = tmp_path / "speech_commands"
+    for k, word in enumerate(KEYWORDS):
+        (root / word).mkdir(parents=True)
+        for s in range(8):
+            for take in range(2):
+                sf.write(root / word / f"spk{s:05d}_nohash_{take}.wav", _tone(300 + 200 * k + 10 * s, s * 10 + take), 16000,
+                         subtype="PCM_16")
+    for clip in sample_dir.glob("*/*.wav"):
+        if clip.parent.name.startswith("_"):
+            continue
+        (root / clip.parent.name).mkdir(exist_ok=True)
+        shutil.copy(clip, root / clip.parent.name / clip.name)
+    (root / "_background_noise_").mkdir()
+    for noise in (sample_dir / "_background_noise_").glob("*.wav"):
+        (root / "_background_noise_" / noise.name).symlink_to(noise)
+    val = [f"{w}/spk00001_nohash_{t}.wav" for w in KEYWORDS for t in range(2)]
+    test = [f"{w}/spk00002_nohash_{t}.wav" for w in KEYWORDS for t in range(2)]
+    (root / "validation_list.txt").write_text("\n".join(val) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+def _cfg(*overrides: str):
+    return compose([
+        "prepare.augment.copies=1", "prepare.workers=2", "prepare.batch_size=16",
+        "prepare.unknown_percentage=25", "prepare.silence_percentage=20", *overrides,
+    ])
+
+
+def _load(out: Path, split: str):
+    with np.load(out / f"{split}.npz") as d:
+        return d["x"], d["y"], d["files"]
+
+
+def test_lists_respected_and_speakers_never_cross(dataset, tmp_path):
+    out = tmp_path / "features"
+    meta = prepare(_cfg(), dataset, out)
+    assert meta["split_method"] == "lists"
+    speakers = {}
+    for split in ("train", "validation", "test"):
+        _, _, files = _load(out, split)
+        speakers[split] = {speaker_of(f) for f in files if f != SILENCE}
+    assert {"spk00001"} <= speakers["validation"] and "spk00001" not in speakers["train"] | speakers["test"]
+    assert {"spk00002"} <= speakers["test"] and "spk00002" not in speakers["train"]
+    assert not speakers["train"] & speakers["validation"]
+    assert not speakers["train"] & speakers["test"]
+    assert not speakers["validation"] & speakers["test"]
+    _, _, val_files = _load(out, "validation")
+    listed = set((dataset / "validation_list.txt").read_text().split())
+    assert listed <= set(val_files.tolist())
+
+
+def test_hash_rule_when_lists_are_missing(dataset, tmp_path):
+    (dataset / "validation_list.txt").unlink()
+    (dataset / "testing_list.txt").unlink()
+    out = tmp_path / "features"
+    meta = prepare(_cfg("prepare.validation_percentage=30", "prepare.testing_percentage=30"), dataset, out)
+    assert meta["split_method"] == "hash"
+    seen = {}
+    for split in ("train", "validation", "test"):
+        for f in _load(out, split)[2]:
+            if f == SILENCE:
+                continue
+            assert split_by_hash(f, 30, 30) == split
+            assert seen.setdefault(speaker_of(f), split) == split
+
+
+def test_class_proportions_shapes_and_dtypes(dataset, tmp_path):
+    out = tmp_path / "features"
+    cfg = _cfg("prepare.augment.copies=0")
+    meta = prepare(cfg, dataset, out)
+    labels = meta["labels"]
+    assert labels[:2] == [SILENCE, UNKNOWN] and len(labels) == 12
+    shape = FeatureConfig.from_dict(cfg.features).shape
+    for split in ("train", "validation", "test"):
+        x, y, files = _load(out, split)
+        assert x.dtype == np.float32 and x.shape[1:] == shape and np.isfinite(x).all()
+        assert y.dtype == np.int16 and len(y) == len(x) == len(files)
+        counts = np.bincount(y, minlength=len(labels))
+        base = sum(counts[labels.index(w)] for w in KEYWORDS)
+        assert counts[labels.index(SILENCE)] == math.ceil(base * 0.20)
+        pool = sum(1 for f in files if f.split("/")[0] not in KEYWORDS and f != SILENCE)
+        assert counts[labels.index(UNKNOWN)] == pool <= math.ceil(base * 0.25)
+        assert meta["counts"][split] == len(y)
+
+
+def test_augmented_copies_only_in_train(dataset, tmp_path):
+    plain = prepare(_cfg("prepare.augment.copies=0"), dataset, tmp_path / "a")
+    aug = prepare(_cfg("prepare.augment.copies=2"), dataset, tmp_path / "b")
+    assert aug["counts"]["train"] == 3 * plain["counts"]["train"]
+    assert aug["counts"]["validation"] == plain["counts"]["validation"]
+    assert aug["counts"]["test"] == plain["counts"]["test"]
+
+
+def test_identical_audio_gives_identical_features(dataset, tmp_path):
+    clip = dataset / "yes" / "spk00001_nohash_0.wav"
+    shutil.copy(clip, dataset / "yes" / "spk00001_nohash_7.wav")
+    with open(dataset / "validation_list.txt", "a") as f:
+        f.write("yes/spk00001_nohash_7.wav\n")
+    out = tmp_path / "features"
+    prepare(_cfg(), dataset, out)
+    x, _, files = _load(out, "validation")
+    files = files.tolist()
+    a = x[files.index("yes/spk00001_nohash_0.wav")]
+    b = x[files.index("yes/spk00001_nohash_7.wav")]
+    np.testing.assert_array_equal(a, b)
+    # ... and equal to what the service computes for that file (same module, one clip at a time).
+    wave, _ = sf.read(clip, dtype="float32")
+    np.testing.assert_allclose(a, clip_features(wave, FeatureConfig()), rtol=1e-5, atol=1e-3)
+
+
+def test_batched_and_single_mfcc_agree():
+    cfg = FeatureConfig()
+    waves = np.stack([_tone(440, 1), _tone(880, 2) * 0.01, np.zeros(16000, np.float32)])
+    batch = mfcc(waves, cfg)
+    for i in range(3):
+        np.testing.assert_allclose(batch[i], mfcc(waves[i], cfg), rtol=1e-5, atol=1e-3)
+
+
+def test_unreadable_clip_is_skipped_and_reported(dataset, tmp_path):
+    (dataset / "yes" / "spk00005_nohash_0.wav").write_bytes(b"RIFF\x00\x00not really a wave file")
+    meta = prepare(_cfg(), dataset, tmp_path / "features")
+    assert any("spk00005_nohash_0.wav" in s for s in meta["skipped"])
+    saved = json.loads((tmp_path / "features" / "meta.json").read_text())
+    assert saved["skipped"] == meta["skipped"]
+
+
+def test_empty_dataset_is_a_clear_error_and_leaves_nothing(tmp_path):
+    empty = tmp_path / "speech_commands"
+    empty.mkdir()
+    out = tmp_path / "features"
+    with pytest.raises(DatasetError, match="no clips found"):
+        prepare(_cfg(), empty, out)
+    assert not out.exists() and not list(tmp_path.glob(".features*"))
+
+
+def test_stage_cli_reports_missing_dataset_without_traceback(tmp_path, repo):
+    write_params(compose([f"paths.dataset={tmp_path}/nowhere", f"paths.features={tmp_path}/features"]),
+                 tmp_path / "params.yaml")
+    proc = subprocess.run([sys.executable, "-m", "kws.stages.prepare"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "does not exist: run the download stage first" in proc.stderr
+    assert "Traceback" not in proc.stderr
