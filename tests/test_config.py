@@ -1,0 +1,55 @@
+"""conf/ is the one source of truth: params.yaml must be exactly its Hydra composition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from kws.config import compose, flatten, load_params
+from kws.errors import ConfigError
+from kws.features import FeatureConfig
+from kws.labels import task_labels
+
+
+def test_committed_params_yaml_is_the_default_composition(repo):
+    committed = OmegaConf.to_container(load_params(repo / "params.yaml"), resolve=True)
+    composed = OmegaConf.to_container(compose(conf_dir=repo / "conf"), resolve=True)
+    assert committed == composed, "params.yaml is stale: run `kws-params` and commit it"
+
+
+def test_default_config_targets_the_real_archive(repo):
+    cfg = compose(conf_dir=repo / "conf")
+    assert cfg.data.source == "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
+    assert len(cfg.data.sha256) == 64
+    assert len(task_labels(cfg.prepare.task)) == 12
+    FeatureConfig.from_dict(cfg.features)
+
+
+@pytest.mark.parametrize("model", ["cnn_seed", "ds_cnn", "bc_resnet"])
+def test_every_model_group_composes(repo, model):
+    cfg = compose([f"model={model}", "data=synthetic"], conf_dir=repo / "conf")
+    assert cfg.model.name == model
+    assert cfg.data.source == "synthetic"
+    assert flatten(cfg)["model.name"] == model
+
+
+def test_bad_override_is_a_config_error(repo):
+    with pytest.raises(ConfigError, match="invalid configuration override"):
+        compose(["model=no_such_model"], conf_dir=repo / "conf")
+
+
+def test_kws_params_cli_writes_overrides(tmp_path, repo):
+    out = tmp_path / "params.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kws.config", "model=cnn_seed", "train.epochs=2", "--output", str(out),
+         "--conf", str(repo / "conf")], capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cfg = load_params(out)
+    assert cfg.model.name == "cnn_seed" and cfg.train.epochs == 2
+    bad = subprocess.run([sys.executable, "-m", "kws.config", "nonsense=", "--output", str(out), "--conf",
+                          str(repo / "conf")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr

@@ -1,0 +1,142 @@
+"""End to end: real `dvc repro` of every stage on a small offline (synthetic) dataset, in a
+temporary copy of the project, with MLflow's embedded store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kws.bundle import read_meta
+from kws.config import compose, write_params
+
+pytestmark = pytest.mark.slow
+
+STAGES = ("download", "prepare", "train", "evaluate", "promote")
+
+
+def _overrides(sample_dir: Path, *extra: str) -> list[str]:
+    return [
+        "data=synthetic",
+        "data.synthetic.voices=8", "data.synthetic.takes_per_voice=2",
+        "data.synthetic.validation_voices=1", "data.synthetic.testing_voices=1",
+        f"data.synthetic.noise_dir={sample_dir / '_background_noise_'}",
+        "prepare.augment.copies=1",
+        "train.epochs=6", "train.batch_size=32", "train.early_stopping_patience=6",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, repo, sample_dir) -> Path:
+    root = tmp_path_factory.mktemp("kws-project")
+    for item in ("conf", "src", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+        src = repo / item
+        if src.is_dir():
+            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            (root / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / item)
+    write_params(compose(_overrides(sample_dir), conf_dir=root / "conf"), root / "params.yaml")
+    _run(["git", "init", "-q"], root)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)
+    return root
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` in dvc.yaml = this venv
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["KWS_LOG_LEVEL"] = "INFO"
+    return env
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _repro(root: Path) -> tuple[set[str], str]:
+    proc = _run([sys.executable, "-m", "dvc", "repro"], root)
+    out = proc.stdout + proc.stderr
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    return ran, out
+
+
+def _client(root: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def first_repro(project):
+    return _repro(project)
+
+
+def test_repro_runs_every_stage_and_promotes(project, first_repro):
+    ran, out = first_repro
+    assert ran == set(STAGES), out[-3000:]
+    info = json.loads((project / "data/raw/speech_commands.json").read_text())
+    assert info["source"] == "synthetic" and len(info["sha256"]) == 64
+    meta = json.loads((project / "data/features/meta.json").read_text())
+    assert meta["source"]["sha256"] == info["sha256"] and len(meta["labels"]) == 12
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())["test"]
+    assert metrics["accuracy"] > 2 / 12, "the model learned nothing on an easy synthetic task"
+    assert metrics["tflite_agreement"] == 1.0
+    for plot in ("reports/train/training_curves.png", "reports/evaluate/confusion_matrix.png"):
+        assert (project / plot).stat().st_size > 1000
+
+    bundle = read_meta(project / "serving/model")
+    assert bundle.labels == meta["labels"] and bundle.info["alias"] == "champion"
+    assert bundle.metrics["accuracy"] == metrics["accuracy"]
+
+    client = _client(project)
+    champion = client.get_model_version_by_alias("kws", "champion")
+    assert bundle.info["version"] == champion.version
+    run = client.get_run(champion.run_id)
+    assert run.data.params["model.name"] == "ds_cnn" and run.data.params["data.source"] == "synthetic"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) >= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"labels.json", "features.json", "plots", "bundle"} <= artifacts
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    model = mlflow.tensorflow.load_model(f"models:/kws@champion")
+    assert model.output_shape[-1] == 12
+
+
+def test_second_repro_does_nothing(project, first_repro):
+    runs_before = len(_client(project).search_runs([_client(project).get_experiment_by_name("kws").experiment_id]))
+    ran, out = _repro(project)
+    assert ran == set(), out[-3000:]
+    runs_after = len(_client(project).search_runs([_client(project).get_experiment_by_name("kws").experiment_id]))
+    assert runs_after == runs_before
+
+
+def test_training_param_change_reruns_only_train_onwards_and_worse_model_is_not_champion(project, sample_dir,
+                                                                                          first_repro):
+    first = json.loads((project / "reports/promotion.json").read_text())
+    # A learning rate of ~0 leaves the model at chance level: a genuinely worse model.
+    write_params(compose(_overrides(sample_dir, "train.learning_rate=1e-9", "train.epochs=1"),
+                         conf_dir=project / "conf"), project / "params.yaml")
+    ran, out = _repro(project)
+    assert ran == {"train", "evaluate", "promote"}, out[-3000:]
+    second = json.loads((project / "reports/promotion.json").read_text())
+    assert second["test_accuracy"] < first["test_accuracy"]
+    assert second["promoted"] is False and "champion kept" in second["reason"]
+    assert second["registered_version"] != first["registered_version"]
+    client = _client(project)
+    assert client.get_model_version_by_alias("kws", "champion").version == first["champion_version"]
+    # The bundle served is still the champion's, fetched back from the registry's run.
+    bundle = read_meta(project / "serving/model")
+    assert bundle.info["version"] == first["champion_version"]
+    assert bundle.metrics["accuracy"] == pytest.approx(first["test_accuracy"])
