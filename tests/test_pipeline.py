@@ -27,7 +27,7 @@ def _overrides(sample_dir: Path, *extra: str) -> list[str]:
         "data.synthetic.validation_voices=1", "data.synthetic.testing_voices=1",
         f"data.synthetic.noise_dir={sample_dir / '_background_noise_'}",
         "prepare.augment.copies=1",
-        "train.epochs=6", "train.batch_size=32", "train.early_stopping_patience=6",
+        "train.epochs=10", "train.batch_size=32", "train.early_stopping_patience=10",
         *extra,
     ]
 
@@ -100,7 +100,7 @@ def test_repro_runs_every_stage_and_promotes(project, first_repro):
 
     client = _client(project)
     champion = client.get_model_version_by_alias("kws", "champion")
-    assert bundle.info["version"] == champion.version
+    assert bundle.info["version"] == str(champion.version)
     run = client.get_run(champion.run_id)
     assert run.data.params["model.name"] == "ds_cnn" and run.data.params["data.source"] == "synthetic"
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
@@ -135,7 +135,7 @@ def test_training_param_change_reruns_only_train_onwards_and_worse_model_is_not_
     assert second["promoted"] is False and "champion kept" in second["reason"]
     assert second["registered_version"] != first["registered_version"]
     client = _client(project)
-    assert client.get_model_version_by_alias("kws", "champion").version == first["champion_version"]
+    assert str(client.get_model_version_by_alias("kws", "champion").version) == first["champion_version"]
     # The bundle served is still the champion's, fetched back from the registry's run.
     bundle = read_meta(project / "serving/model")
     assert bundle.info["version"] == first["champion_version"]

@@ -20,13 +20,21 @@ def _layers():
     return keras, keras.layers, keras.regularizers
 
 
+def _bn():
+    """BatchNorm with momentum 0.9: its moving statistics settle within a few hundred steps,
+    which small (synthetic, CI) datasets need; on the full dataset it makes no difference."""
+    import keras
+
+    return keras.layers.BatchNormalization(momentum=0.9)
+
+
 def cnn_seed(inputs, x, n_classes: int, cfg: Mapping[str, Any]):
     """The original project's CNN: 3x (Conv2D -> BN -> MaxPool), Dense 64, Dropout, softmax."""
     keras, L, R = _layers()
     reg = R.l2(float(cfg.get("l2", 0.001)))
     for filters, kernel, pool in ((64, 3, 3), (32, 3, 3), (32, 2, 2)):
         x = L.Conv2D(filters, kernel, activation="relu", kernel_regularizer=reg)(x)
-        x = L.BatchNormalization()(x)
+        x = _bn()(x)
         x = L.MaxPooling2D(pool, strides=2, padding="same")(x)
     x = L.Flatten()(x)
     x = L.Dense(64, activation="relu", kernel_regularizer=reg)(x)
@@ -40,14 +48,14 @@ def ds_cnn(inputs, x, n_classes: int, cfg: Mapping[str, Any]):
     filters = int(cfg.get("filters", 64))
     reg = R.l2(float(cfg.get("l2", 1e-4)))
     x = L.Conv2D(filters, (10, 4), strides=(2, 2), padding="same", use_bias=False, kernel_regularizer=reg)(x)
-    x = L.BatchNormalization()(x)
+    x = _bn()(x)
     x = L.ReLU()(x)
     for _ in range(int(cfg.get("blocks", 4))):
         x = L.DepthwiseConv2D(3, padding="same", use_bias=False, depthwise_regularizer=reg)(x)
-        x = L.BatchNormalization()(x)
+        x = _bn()(x)
         x = L.ReLU()(x)
         x = L.Conv2D(filters, 1, use_bias=False, kernel_regularizer=reg)(x)
-        x = L.BatchNormalization()(x)
+        x = _bn()(x)
         x = L.ReLU()(x)
     x = L.GlobalAveragePooling2D()(x)
     x = L.Dropout(float(cfg.get("dropout", 0.2)))(x)
@@ -60,17 +68,17 @@ def _bc_block(x, channels: int, dilation: int, dropout: float, reg, transition: 
     keras, L, R = _layers()
     if transition:
         x = L.Conv2D(channels, 1, use_bias=False, kernel_regularizer=reg)(x)
-        x = L.BatchNormalization()(x)
+        x = _bn()(x)
         x = L.ReLU()(x)
     identity = x
     # f2: depthwise conv over the coefficient (frequency) axis; layout is (time, freq, channels).
     f2 = L.DepthwiseConv2D((1, 3), padding="same", use_bias=False, depthwise_regularizer=reg)(x)
-    f2 = L.BatchNormalization()(f2)
+    f2 = _bn()(f2)
     # f1: average over frequency, depthwise temporal conv, pointwise conv.
     aux = L.AveragePooling2D(pool_size=(1, f2.shape[2]))(f2)
     aux = L.DepthwiseConv2D((3, 1), padding="same", dilation_rate=(dilation, 1), use_bias=False,
                             depthwise_regularizer=reg)(aux)
-    aux = L.BatchNormalization()(aux)
+    aux = _bn()(aux)
     aux = L.Activation("swish")(aux)
     aux = L.Conv2D(channels, 1, use_bias=False, kernel_regularizer=reg)(aux)
     aux = L.SpatialDropout2D(dropout)(aux)
@@ -85,7 +93,7 @@ def bc_resnet(inputs, x, n_classes: int, cfg: Mapping[str, Any]):
     reg = R.l2(float(cfg.get("l2", 1e-4)))
     dropout = float(cfg.get("dropout", 0.1))
     x = L.Conv2D(2 * width, 5, strides=(2, 1), padding="same", use_bias=False, kernel_regularizer=reg)(x)
-    x = L.BatchNormalization()(x)
+    x = _bn()(x)
     x = L.ReLU()(x)
     multipliers = (1.0, 1.5, 2.0, 2.5)
     for stage, n_blocks in enumerate(cfg.get("blocks", (2, 2, 4, 4))):
@@ -93,7 +101,7 @@ def bc_resnet(inputs, x, n_classes: int, cfg: Mapping[str, Any]):
         for b in range(int(n_blocks)):
             x = _bc_block(x, channels, dilation=2**stage if b else 1, dropout=dropout, reg=reg, transition=(b == 0))
     x = L.Conv2D(max(32, 2 * width), 1, use_bias=False, kernel_regularizer=reg)(x)
-    x = L.BatchNormalization()(x)
+    x = _bn()(x)
     x = L.ReLU()(x)
     x = L.GlobalAveragePooling2D()(x)
     return L.Dense(n_classes, activation="softmax")(x)
