@@ -51,6 +51,7 @@ def machine_info() -> dict:
         "cpu_model": cpu_model,
         "platform": platform.platform(),
         "python": sys.version.split()[0],
+        "loadavg_1_5_15min": [round(v, 2) for v in os.getloadavg()],
         "libraries": versions,
     }
 
