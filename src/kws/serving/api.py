@@ -1,0 +1,165 @@
+"""The HTTP endpoints (one blueprint, mounted at ``/`` and at ``/api``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from kws.audio import check_not_silent, decode
+from kws.errors import EmptyAudioError, KWSError, UnsupportedAudioError
+from kws.serving.openapi import AUDIO_TYPES, document
+
+bp = Blueprint("api", __name__)
+
+#: Raw-body Content-Types taken as audio. ``application/x-www-form-urlencoded`` is what
+#: ``curl --data-binary @clip.wav`` sends without ``-H Content-Type``; it is read as raw bytes.
+RAW_TYPES = frozenset(AUDIO_TYPES) | {"application/x-www-form-urlencoded", ""}
+
+
+def _state():
+    return current_app.extensions["kws"]
+
+
+def _param(name: str) -> str | None:
+    value = request.args.get(name)
+    if value is None and request.mimetype == "multipart/form-data":
+        value = request.form.get(name)
+    return None if value is None or value.strip() == "" else value.strip()
+
+
+def _bad_param(message: str) -> KWSError:
+    return KWSError(message, code="invalid_parameter", status=400)
+
+
+def _threshold() -> float | None:
+    raw = _param("threshold")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad_param(f"threshold must be a number between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise _bad_param(f"threshold must be between 0 and 1, got {value:g}")
+    return value
+
+
+def _top_k(default: int) -> int:
+    raw = _param("top_k")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad_param(f"top_k must be a whole number >= 1, got {raw!r}") from None
+    if value < 1:
+        raise _bad_param(f"top_k must be at least 1, got {value}")
+    return value
+
+
+def _missing() -> KWSError:
+    return KWSError("no audio in the request: send it as the multipart form field `file`, or as the raw body "
+                    "with an audio Content-Type (audio/wav, audio/flac, audio/ogg, audio/mpeg, audio/webm, audio/mp4)",
+                    code="missing_file", status=400)
+
+
+def _read_audio() -> tuple[bytes, str | None]:
+    """The uploaded bytes and the client's file name, from multipart ``file`` or the raw body."""
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise _missing()
+        data = upload.read()
+        if not data and not upload.filename:
+            raise _missing()  # a browser form submitted with no file chosen
+        if not data:
+            raise EmptyAudioError(f"the uploaded file {upload.filename!r} is empty (0 bytes)")
+        return data, upload.filename
+    if mimetype in RAW_TYPES or mimetype.startswith("audio/"):
+        data = request.get_data(cache=False)
+        if not data:
+            if mimetype in ("", "application/x-www-form-urlencoded"):
+                raise _missing()
+            raise EmptyAudioError("the request body is empty (0 bytes)")
+        return data, None
+    raise UnsupportedAudioError(
+        f"Content-Type {mimetype!r} is not accepted: send multipart/form-data with a `file` field, or the raw "
+        "audio with an audio Content-Type")
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    state = _state()
+    cfg = state.config
+    threshold = _threshold()
+    top_k = _top_k(cfg["top_k"])
+    data, filename = _read_audio()
+    pred = state.predictor()
+    audio = decode(data, pred.cfg.sample_rate, cfg["max_duration_s"])
+    del data
+    check_not_silent(audio.samples)
+    t0 = time.perf_counter()
+    result = pred.predict(audio.samples, threshold=threshold, top_k=top_k, stride_s=cfg["window_stride_s"])
+    state.metrics.inference.observe(time.perf_counter() - t0)
+    state.metrics.audio_seconds.observe(audio.duration_s)
+    state.metrics.predictions.labels(result["keyword"]).inc()
+    for det in result.get("detections", ()):
+        state.metrics.detections.labels(det["keyword"]).inc()
+    body: dict[str, Any] = {
+        "keyword": result["keyword"],
+        "confidence": result["confidence"],
+        "scores": result["scores"],
+        "duration_s": round(audio.duration_s, 3),
+        "sample_rate": audio.source_sample_rate,
+        "channels": audio.source_channels,
+        "model": {"name": pred.model_name, "version": pred.model_version, "runtime": pred.runtime.name},
+        "request_id": g.request_id,
+    }
+    if threshold is not None:
+        body["threshold"] = threshold
+    if "detections" in result:
+        body["detections"] = result["detections"]
+        body["scan"] = result["scan"]
+    body["latency_ms"] = round((time.perf_counter() - g.t0) * 1000, 2)
+    g.outcome = result["keyword"]
+    return jsonify(body)
+
+
+@bp.get("/health")
+def health() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    state = _state()
+    status, value = state.status()
+    if status == "ready":
+        return jsonify({"status": "ready", "model": {"name": value.model_name, "version": value.model_version,
+                                                     "runtime": value.runtime.name, "labels": len(value.labels)}})
+    state.start_loading()  # first call without preload, or a retry after a failure (rate-limited)
+    if status == "failed":
+        err: KWSError = value
+        raise KWSError(err.message, code=err.code, status=503)
+    raise KWSError("the model is loading; retry in a few seconds", code="model_loading", status=503)
+
+
+@bp.get("/model")
+def model() -> Response:
+    return jsonify(_state().predictor().describe())
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    payload, content_type = _state().metrics.render()
+    return Response(payload, mimetype=None, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    from kws import __version__ as version  # noqa: PLC0415
+
+    return jsonify(document(str(version)))

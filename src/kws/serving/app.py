@@ -1,0 +1,278 @@
+"""Flask application factory: configuration, request ids, access log, JSON errors, metrics.
+
+Configuration (``create_app(config)`` keys override the environment):
+
+=====================  ===========================  ==========================================
+key                    environment                  default
+=====================  ===========================  ==========================================
+model_dir              KWS_MODEL_DIR                serving/model
+max_upload_mb          KWS_MAX_UPLOAD_MB            10
+max_duration_s         KWS_MAX_DURATION_S           60
+window_stride_s        KWS_WINDOW_STRIDE_S          0.25
+top_k                  KWS_TOP_K                    3
+runtime                KWS_RUNTIME                  tflite   (tflite | keras)
+threads                KWS_THREADS                  4        (Waitress worker threads)
+tflite_threads         KWS_TFLITE_THREADS           1        (threads inside one TFLite invoke)
+detection_threshold    KWS_DETECTION_THRESHOLD      0.6
+long_audio_s           KWS_LONG_AUDIO_S             1.5      (longer audio is scanned)
+preload                KWS_PRELOAD                  true     (load + warm the model at start)
+=====================  ===========================  ==========================================
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from typing import Any, Callable, Mapping
+
+from flask import Flask, Request, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from kws.errors import ConfigError, KWSError
+from kws.logs import setup_logging
+from kws.serving import predictor as predictor_mod
+from kws.serving.metrics import Metrics
+
+log = logging.getLogger("kws.serving")
+access_log = logging.getLogger("kws.serving.access")
+
+# key: (environment variable, type, default)
+SETTINGS: dict[str, tuple[str, type, Any]] = {
+    "model_dir": ("KWS_MODEL_DIR", str, "serving/model"),
+    "max_upload_mb": ("KWS_MAX_UPLOAD_MB", float, 10.0),
+    "max_duration_s": ("KWS_MAX_DURATION_S", float, 60.0),
+    "window_stride_s": ("KWS_WINDOW_STRIDE_S", float, 0.25),
+    "top_k": ("KWS_TOP_K", int, 3),
+    "runtime": ("KWS_RUNTIME", str, "tflite"),
+    "threads": ("KWS_THREADS", int, 4),
+    "tflite_threads": ("KWS_TFLITE_THREADS", int, 1),
+    "detection_threshold": ("KWS_DETECTION_THRESHOLD", float, 0.6),
+    "long_audio_s": ("KWS_LONG_AUDIO_S", float, 1.5),
+    "preload": ("KWS_PRELOAD", bool, True),
+    "retry_s": ("KWS_RETRY_S", float, 5.0),
+}
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    408: "request_timeout", 411: "length_required", 413: "payload_too_large", 414: "uri_too_long",
+    415: "unsupported_media_type", 422: "unprocessable_entity", 429: "too_many_requests",
+    431: "headers_too_large", 500: "internal_error", 501: "not_implemented", 503: "service_unavailable",
+}
+
+
+def _parse(name: str, kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Defaults <- environment <- ``overrides``; validated. Raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown service settings {sorted(unknown)}; known: {sorted(SETTINGS)}")
+    cfg = {}
+    for key, (env, kind, default) in SETTINGS.items():
+        if key in overrides:
+            cfg[key] = _parse(key, kind, overrides[key])
+        elif environ.get(env, "") != "":
+            cfg[key] = _parse(env, kind, environ[env])
+        else:
+            cfg[key] = default
+    if cfg["runtime"] not in predictor_mod.RUNTIMES:
+        raise ConfigError(f"KWS_RUNTIME must be one of {', '.join(predictor_mod.RUNTIMES)}, got {cfg['runtime']!r}")
+    for key in ("max_upload_mb", "max_duration_s", "window_stride_s", "long_audio_s"):
+        if not cfg[key] > 0:
+            raise ConfigError(f"{SETTINGS[key][0]} must be positive, got {cfg[key]}")
+    if not 0 <= cfg["detection_threshold"] <= 1:
+        raise ConfigError(f"KWS_DETECTION_THRESHOLD must be within 0..1, got {cfg['detection_threshold']}")
+    for key in ("top_k", "threads", "tflite_threads"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{SETTINGS[key][0]} must be at least 1, got {cfg[key]}")
+    return cfg
+
+
+class InMemoryRequest(Request):
+    """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): no spooled temp files, ever."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+class ServiceState:
+    """Per-app handle on the process-wide predictor (see :func:`kws.serving.predictor.get_predictor`)."""
+
+    def __init__(self, config: dict[str, Any], metrics: Metrics):
+        self.config = config
+        self.metrics = metrics
+        self._loader: threading.Thread | None = None
+        self._loader_lock = threading.Lock()
+        self.on_ready: list[Callable[[predictor_mod.Predictor], None]] = []
+        self._announced = False
+        self._announce_lock = threading.Lock()
+
+    @property
+    def _args(self) -> dict[str, Any]:
+        c = self.config
+        return {"model_dir": c["model_dir"], "runtime": c["runtime"], "threads": c["tflite_threads"],
+                "long_audio_s": c["long_audio_s"], "stride_s": c["window_stride_s"],
+                "detection_threshold": c["detection_threshold"]}
+
+    def predictor(self) -> predictor_mod.Predictor:
+        """The loaded predictor (loading it now if needed); raises a 503 :class:`KWSError` if unavailable."""
+        pred = predictor_mod.get_predictor(**self._args, retry_s=self.config["retry_s"])
+        self._loaded(pred)
+        return pred
+
+    def _loaded(self, pred: predictor_mod.Predictor) -> None:
+        if self._announced:
+            return
+        with self._announce_lock:
+            if self._announced:
+                return
+            self._announced = True
+        self.metrics.model_loaded.set(1)
+        self.metrics.model_info.labels(pred.model_name, pred.model_version, pred.runtime.name).set(1)
+        for callback in self.on_ready:
+            callback(pred)
+
+    def status(self) -> tuple[str, Any]:
+        state, value = predictor_mod.peek(**self._args)
+        if state == "ready":
+            self._loaded(value)
+        return state, value
+
+    def start_loading(self) -> None:
+        """Load (or retry loading) in a background thread; at most one at a time."""
+        with self._loader_lock:
+            if self._loader is not None and self._loader.is_alive():
+                return
+            self._loader = threading.Thread(target=self._load_quietly, name="kws-model-loader", daemon=True)
+            self._loader.start()
+
+    def _load_quietly(self) -> None:
+        try:
+            self.predictor()
+        except KWSError:
+            pass  # logged by get_predictor; /ready reports it
+        except Exception:  # noqa: BLE001
+            log.exception("model loading failed")
+
+
+def _request_id() -> str:
+    incoming = request.headers.get("X-Request-ID", "")
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def error_response(code: str, message: str, status: int, headers: Mapping[str, str] | None = None) -> Response:
+    body = {"error": {"code": code, "message": message}, "request_id": getattr(g, "request_id", None)}
+    resp = jsonify(body)
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    g.outcome = code
+    return resp
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the Flask app. ``config`` keys override the ``KWS_*`` environment (see module doc)."""
+    setup_logging()
+    cfg = load_config(config)
+    from kws.serving.api import bp
+
+    app = Flask(__name__)
+    app.request_class = InMemoryRequest
+    app.json.sort_keys = False
+    app.config.update(
+        MAX_CONTENT_LENGTH=int(cfg["max_upload_mb"] * 1024 * 1024),
+        # Werkzeug applies this to the multipart decoder's buffer, file parts included (a
+        # smaller value turns any upload above it into a 413); the whole body is capped above.
+        MAX_FORM_MEMORY_SIZE=int(cfg["max_upload_mb"] * 1024 * 1024),
+        MAX_FORM_PARTS=16,
+        KWS=cfg,
+    )
+    state = ServiceState(cfg, Metrics())
+    app.extensions["kws"] = state
+    app.register_blueprint(bp)
+    app.register_blueprint(bp, url_prefix="/api", name="api_prefixed")
+
+    @app.before_request
+    def _start() -> None:
+        g.t0 = time.perf_counter()
+        g.request_id = _request_id()
+        g.outcome = "-"
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        seconds = time.perf_counter() - getattr(g, "t0", time.perf_counter())
+        rid = getattr(g, "request_id", None) or uuid.uuid4().hex
+        resp.headers["X-Request-ID"] = rid
+        resp.headers.setdefault("Cache-Control", "no-store")
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        if request.url_rule is not None:
+            rule = request.url_rule.rule
+        elif resp.status_code == 405:  # the path exists (only the method is wrong): bounded cardinality
+            rule = request.path
+        else:
+            rule = "<unmatched>"
+        endpoint = rule[len("/api"):] if rule.startswith("/api/") else rule
+        state.metrics.observe_request(endpoint, request.method, resp.status_code, seconds)
+        if resp.status_code >= 400:
+            state.metrics.errors.labels(getattr(g, "outcome", "-")).inc()
+        access_log.info("rid=%s %s %s %d %.1fms outcome=%s client=%s", rid, request.method, request.path,
+                        resp.status_code, seconds * 1000, getattr(g, "outcome", "-"),
+                        request.headers.get("X-Real-IP") or request.remote_addr)
+        return resp
+
+    @app.errorhandler(KWSError)
+    def _kws_error(err: KWSError) -> Response:
+        if err.status >= 500:
+            log.warning("rid=%s %s: %s", getattr(g, "request_id", "-"), err.code, err.message)
+        return error_response(err.code, err.message, err.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        code = HTTP_CODES.get(status, f"http_{status}")
+        headers = {}
+        if status == 413:
+            message = f"the upload is larger than the {cfg['max_upload_mb']:g} MB limit"
+        elif status == 404:
+            message = f"no endpoint at {request.path}; see /openapi.json"
+        elif status == 405:
+            allowed = sorted(getattr(err, "valid_methods", None) or [])
+            message = f"{request.method} is not allowed on {request.path}" + (f"; use {', '.join(allowed)}" if allowed else "")
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
+        else:
+            message = err.description or err.name
+        return error_response(code, message, status, headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> Response:
+        log.exception("rid=%s unexpected error on %s %s", getattr(g, "request_id", "-"), request.method, request.path)
+        return error_response("internal_error", "unexpected server error; the details are in the server log "
+                              f"(request id {getattr(g, 'request_id', '-')})", 500)
+
+    if cfg["preload"]:
+        state.start_loading()
+    return app

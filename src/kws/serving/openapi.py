@@ -1,0 +1,152 @@
+"""The OpenAPI 3.0 document served at ``/openapi.json`` (a module, so it ships inside the package)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+AUDIO_TYPES = (
+    "audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac", "audio/ogg",
+    "audio/mpeg", "audio/mp3", "audio/webm", "audio/mp4", "audio/x-m4a", "audio/aac", "video/webm",
+    "application/ogg", "application/octet-stream",
+)
+
+ERROR_CODES = {
+    400: ["missing_file", "invalid_parameter", "bad_request"],
+    404: ["not_found"],
+    405: ["method_not_allowed"],
+    413: ["payload_too_large"],
+    415: ["unsupported_media_type"],
+    422: ["empty_audio", "silent_audio", "invalid_audio", "audio_too_long", "bad_audio"],
+    500: ["internal_error"],
+    503: ["model_not_found", "bad_bundle", "model_loading"],
+}
+
+_DESCRIPTIONS = {
+    400: "Bad request: no audio (`missing_file`) or a bad `threshold`/`top_k` (`invalid_parameter`).",
+    404: "No such endpoint.",
+    405: "Method not allowed for this endpoint.",
+    413: "The upload is larger than the limit (the app's or nginx's `client_max_body_size`).",
+    415: "Not audio in a format we can decode, or an unsupported Content-Type.",
+    422: "Decoded but unusable: empty, silent, NaN/Inf samples or longer than the maximum duration.",
+    500: "Unexpected server error (details are only in the server log).",
+    503: "The model bundle is not loaded (missing, invalid or still loading).",
+}
+
+
+def _error(status: int) -> dict:
+    return {
+        "description": _DESCRIPTIONS[status],
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Error"},
+            "example": {"error": {"code": ERROR_CODES[status][0], "message": "..."}},
+        }},
+    }
+
+
+def _json(ref: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def document(version: str = "1") -> dict[str, Any]:
+    request_id = {"name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
+                  "description": "Correlation id; echoed in the response header and body (generated when absent)."}
+    params = [
+        {"name": "threshold", "in": "query", "required": False,
+         "schema": {"type": "number", "minimum": 0, "maximum": 1},
+         "description": "Clips: answer `_unknown_` when the best score is below it. Long audio: the detection "
+                        "threshold (server default otherwise). Also accepted as a multipart form field."},
+        {"name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+         "description": "How many labels to list in `scores` (default 3; capped at the number of labels)."},
+        request_id,
+    ]
+    audio_schema = {"type": "string", "format": "binary"}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "kws keyword spotting API",
+            "version": version,
+            "description": (
+                "Recognises a spoken keyword in a short clip, or finds keywords in longer audio with a sliding "
+                "1 s window. Any common audio format (WAV, FLAC, Ogg, MP3, WebM, M4A), any sample rate, channel "
+                "count or bit depth. Every error is JSON: `{\"error\": {\"code\", \"message\"}}`."),
+        },
+        "paths": {
+            "/predict": {
+                "post": {
+                    "summary": "Recognise the keyword(s) in an audio upload",
+                    "parameters": params,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {"type": "object", "required": ["file"], "properties": {
+                                    "file": audio_schema,
+                                    "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "top_k": {"type": "integer", "minimum": 1},
+                                }},
+                            },
+                            **{t: {"schema": audio_schema} for t in AUDIO_TYPES},
+                        },
+                    },
+                    "responses": {
+                        "200": _json("Prediction", "The recognised keyword (and detections for audio longer than ~1.5 s)."),
+                        **{str(s): _error(s) for s in (400, 405, 413, 415, 422, 500, 503)},
+                    },
+                },
+            },
+            "/health": {"get": {"summary": "Liveness: the process answers", "responses": {
+                "200": _json("Health", "Always 200 while the process runs.")}}},
+            "/ready": {"get": {"summary": "Readiness: the model is loaded", "responses": {
+                "200": _json("Ready", "Model loaded and warmed up."), "503": _error(503)}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+                "description": "Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/model": {"get": {"summary": "Metadata of the loaded bundle", "responses": {
+                "200": _json("ModelMeta", "Labels, feature parameters, metrics and model info."), "503": _error(503)}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
+                "description": "OpenAPI 3 document.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error"],
+                    "properties": {"error": {
+                        "type": "object", "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string", "enum": sorted({c for cs in ERROR_CODES.values() for c in cs})},
+                            "message": {"type": "string"},
+                        },
+                    }, "request_id": {"type": "string"}},
+                },
+                "Score": {"type": "object", "required": ["label", "score"], "properties": {
+                    "label": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1}}},
+                "Detection": {"type": "object", "required": ["keyword", "start_s", "end_s", "confidence"], "properties": {
+                    "keyword": {"type": "string"}, "start_s": {"type": "number"}, "end_s": {"type": "number"},
+                    "confidence": {"type": "number", "minimum": 0, "maximum": 1}}},
+                "Prediction": {
+                    "type": "object",
+                    "required": ["keyword", "confidence", "scores", "duration_s", "sample_rate", "model", "request_id"],
+                    "properties": {
+                        "keyword": {"type": "string", "description": "Best label; `_unknown_` below `threshold`."},
+                        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                        "scores": {"type": "array", "items": {"$ref": "#/components/schemas/Score"}},
+                        "duration_s": {"type": "number"},
+                        "sample_rate": {"type": "integer", "description": "Sample rate of the uploaded audio."},
+                        "channels": {"type": "integer"},
+                        "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                                                   "runtime": {"type": "string"}}},
+                        "request_id": {"type": "string"},
+                        "detections": {"type": "array", "items": {"$ref": "#/components/schemas/Detection"},
+                                       "description": "Only for audio longer than ~1.5 s."},
+                        "latency_ms": {"type": "number"},
+                    },
+                },
+                "Health": {"type": "object", "properties": {"status": {"type": "string", "example": "ok"}}},
+                "Ready": {"type": "object", "properties": {"status": {"type": "string", "example": "ready"},
+                                                           "model": {"type": "object"}}},
+                "ModelMeta": {"type": "object", "properties": {
+                    "labels": {"type": "array", "items": {"type": "string"}}, "features": {"type": "object"},
+                    "metrics": {"type": "object"}, "model_info": {"type": "object"}, "runtime": {"type": "string"}}},
+            },
+        },
+    }

@@ -1,0 +1,432 @@
+"""The keyword-spotting service: one model bundle per process, TFLite or Keras runtime.
+
+* :func:`get_predictor` returns the process-wide :class:`Predictor` for a configuration —
+  created ONCE (lock + double-checked), warmed up with a full inference (feature code and
+  interpreter) before it is handed out. A failed load is remembered and retried at most every
+  ``retry_s`` seconds, so a bundle mounted late is picked up without a restart.
+* Runtimes: :class:`TFLiteRuntime` (one interpreter per thread via ``threading.local``;
+  interpreters are cheap and an interpreter must never be shared between threads) and
+  :class:`KerasRuntime` (one ``tf.function`` over the Keras model; thread-safe). TFLite is
+  the default: in-process it is several times faster than Keras for one clip (see
+  ``benchmarks/bench_serving.py``) and needs no TensorFlow in the image.
+* Features come from :func:`kws.features.mfcc` — the same code the training pipeline used,
+  with the bundle's ``features.json``.
+* Long audio is scanned with 1 s windows every ``stride_s`` seconds, all windows batched into
+  as few runtime calls as possible, and overlapping detections are reduced by non-maximum
+  suppression.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from kws.audio import fix_length
+from kws.bundle import KERAS_FILE, TFLITE_FILE, BundleMeta, read_meta
+from kws.errors import BundleError, ConfigError, KWSError
+from kws.features import mfcc
+from kws.labels import SILENCE, UNKNOWN
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("tflite", "keras")
+
+
+# --------------------------------------------------------------------------- runtimes
+class Runtime(Protocol):
+    name: str
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """``(n, frames, n_mfcc, 1)`` float32 -> ``(n, n_labels)`` softmax scores."""
+
+
+class TFLiteRuntime:
+    """TFLite (LiteRT) interpreter, one per thread.
+
+    Each thread keeps interpreters for a few fixed batch sizes (``buckets``); a request with
+    ``n`` windows runs in chunks of the largest bucket, the last chunk padded up to the
+    smallest bucket that holds it. Fixed shapes mean no ``allocate_tensors`` per request.
+    """
+
+    name = "tflite"
+
+    def __init__(self, path: Path, num_threads: int = 1, buckets: Sequence[int] = (1, 8, 32)):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # pragma: no cover - depends on the installation
+            try:
+                from tensorflow.lite import Interpreter  # type: ignore[no-redef]
+            except ImportError:
+                raise BundleError("no TFLite interpreter installed (pip install ai-edge-litert)") from None
+        self._Interpreter = Interpreter
+        self._content = Path(path).read_bytes()
+        self._threads = max(1, int(num_threads))
+        self._buckets = tuple(sorted({int(b) for b in buckets if int(b) >= 1})) or (1,)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.interpreters = 0  # how many were created (one set per serving thread)
+        probe = self._make(1)  # fails here, at load time, on a bad flatbuffer
+        self.input_shape = tuple(int(d) for d in probe[0].get_input_details()[0]["shape"][1:])
+        self.n_outputs = int(probe[0].get_output_details()[0]["shape"][-1])
+
+    def _make(self, batch: int):
+        try:
+            interp = self._Interpreter(model_content=self._content, num_threads=self._threads)
+            inp = interp.get_input_details()[0]
+            if int(inp["shape"][0]) != batch:
+                interp.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]], strict=False)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise BundleError(f"{TFLITE_FILE} cannot be loaded: {err}") from None
+        with self._lock:
+            self.interpreters += 1
+        return interp, interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+
+    def _get(self, batch: int):
+        cache = getattr(self._local, "by_batch", None)
+        if cache is None:
+            cache = self._local.by_batch = {}
+        if batch not in cache:
+            cache[batch] = self._make(batch)
+        return cache[batch]
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, biggest = len(x), self._buckets[-1]
+        out = []
+        for start in range(0, n, biggest):
+            part = x[start:start + biggest]
+            size = next(b for b in self._buckets if b >= len(part))
+            if size != len(part):
+                part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), np.float32)])
+            interp, inp, outp = self._get(size)
+            interp.set_tensor(inp, part)
+            interp.invoke()
+            out.append(interp.get_tensor(outp)[: min(biggest, n - start)].copy())
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def warm(self) -> None:
+        """Create this thread's interpreters for every bucket and run each once."""
+        for b in self._buckets:
+            self.infer(np.zeros((b, *self.input_shape), np.float32))
+
+
+class KerasRuntime:
+    """The Keras model behind one ``tf.function`` with a fixed input signature (no retracing)."""
+
+    name = "keras"
+
+    def __init__(self, path: Path):
+        try:
+            import keras
+            import tensorflow as tf
+        except ImportError:
+            raise BundleError("the keras runtime needs tensorflow and keras installed") from None
+        try:
+            self.model = keras.saving.load_model(str(path), compile=False)
+        except Exception as err:  # noqa: BLE001 - keras raises many types for a bad file
+            raise BundleError(f"{KERAS_FILE} cannot be loaded: {err}") from None
+        shape = tuple(self.model.inputs[0].shape[1:])
+        self.input_shape = tuple(int(d) for d in shape)
+        self.n_outputs = int(self.model.outputs[0].shape[-1])
+        model = self.model
+        spec = tf.TensorSpec([None, *self.input_shape], tf.float32)
+        self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self._fn(np.ascontiguousarray(x, dtype=np.float32)).numpy()
+
+    def warm(self) -> None:
+        self.infer(np.zeros((1, *self.input_shape), np.float32))
+
+
+def load_runtime(meta: BundleMeta, runtime: str, threads: int = 1, fallback: bool = True) -> Runtime:
+    """``runtime`` (tflite|keras); when it cannot be loaded and ``fallback``, the other one."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    order = [runtime] + ([r for r in RUNTIMES if r != runtime] if fallback else [])
+    errors = []
+    for name in order:
+        try:
+            if name == "tflite":
+                return TFLiteRuntime(meta.path / TFLITE_FILE, num_threads=threads)
+            return KerasRuntime(meta.path / KERAS_FILE)
+        except KWSError as err:
+            errors.append(err.message)
+            if name != order[-1]:
+                log.warning("%s runtime unavailable (%s); falling back to %s", name, err.message, order[-1])
+    raise BundleError("; ".join(errors))
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Detection:
+    keyword: str
+    start_s: float
+    end_s: float
+    confidence: float
+
+    def to_dict(self) -> dict:
+        return {"keyword": self.keyword, "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
+                "confidence": round(self.confidence, 6)}
+
+
+def non_max_suppression(
+    starts: np.ndarray,
+    scores: np.ndarray,
+    labels: Sequence[str],
+    window_s: float,
+    threshold: float,
+    ignore: Sequence[str] = (SILENCE, UNKNOWN),
+    max_overlap: float = 0.5,
+    duration_s: float | None = None,
+) -> list[Detection]:
+    """Greedy NMS over windows whose best label is a keyword with confidence >= ``threshold``.
+
+    The most confident window is kept; a later candidate is dropped when it overlaps a kept
+    detection of the SAME keyword at all, or any kept detection by at least ``max_overlap``
+    of a window (one stretch of audio holds one word). Returned in time order.
+    """
+    if len(starts) == 0:
+        return []
+    best = scores.argmax(axis=1)
+    conf = scores[np.arange(len(best)), best]
+    ignored = {i for i, name in enumerate(labels) if name in set(ignore)}
+    cand = [i for i in range(len(starts)) if best[i] not in ignored and conf[i] >= threshold]
+    cand.sort(key=lambda i: (-conf[i], starts[i]))
+    kept: list[int] = []
+    for i in cand:
+        ok = True
+        for k in kept:
+            overlap = window_s - abs(float(starts[i]) - float(starts[k]))
+            if overlap > 1e-9 and (best[i] == best[k] or overlap >= max_overlap * window_s - 1e-9):
+                ok = False
+                break
+        if ok:
+            kept.append(i)
+    end_cap = duration_s if duration_s is not None else float("inf")
+    dets = [Detection(labels[best[i]], float(starts[i]), min(float(starts[i]) + window_s, end_cap), float(conf[i]))
+            for i in kept]
+    return sorted(dets, key=lambda d: d.start_s)
+
+
+def top_scores(scores: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
+    order = np.argsort(-scores, kind="stable")[: max(1, k)]
+    return [{"label": labels[i], "score": round(float(scores[i]), 6)} for i in order]
+
+
+# --------------------------------------------------------------------------- predictor
+class Predictor:
+    """A loaded bundle + runtime; all methods are thread-safe."""
+
+    def __init__(self, model_dir: str | Path, runtime: str = "tflite", threads: int = 1,
+                 long_audio_s: float = 1.5, stride_s: float = 0.25, detection_threshold: float = 0.6,
+                 warmup: bool = True):
+        t0 = time.perf_counter()
+        self.meta = read_meta(model_dir)
+        self.labels = list(self.meta.labels)
+        self.cfg = self.meta.features
+        self.runtime = load_runtime(self.meta, runtime, threads)
+        expected = (self.cfg.n_frames, self.cfg.n_mfcc, 1)
+        if tuple(self.runtime.input_shape) != expected:
+            raise BundleError(f"the model expects input {tuple(self.runtime.input_shape)} but features.json "
+                              f"gives {expected}: the bundle is inconsistent")
+        if self.runtime.n_outputs != len(self.labels):
+            raise BundleError(f"the model has {self.runtime.n_outputs} outputs but labels.json lists "
+                              f"{len(self.labels)} labels")
+        self.long_audio_s = float(long_audio_s)
+        self.stride_s = float(stride_s)
+        self.detection_threshold = float(detection_threshold)
+        self.window_s = self.cfg.clip_samples / self.cfg.sample_rate
+        self.loaded_at = time.time()
+        if warmup:
+            self.warmup()
+        self.load_seconds = time.perf_counter() - t0
+
+    # -- info
+    @property
+    def model_name(self) -> str:
+        return str(self.meta.info.get("name") or self.meta.path.name)
+
+    @property
+    def model_version(self) -> str:
+        return str(self.meta.info.get("version") or "unknown")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "features": self.cfg.to_dict(),
+            "metrics": self.meta.metrics,
+            "model_info": self.meta.info,
+            "runtime": self.runtime.name,
+            "scan": {"window_s": self.window_s, "stride_s": self.stride_s, "long_audio_s": self.long_audio_s,
+                     "detection_threshold": self.detection_threshold},
+        }
+
+    def warmup(self) -> None:
+        """One full pass (features + inference, all batch sizes) so the first request is not slow."""
+        rng = np.random.default_rng(0)
+        wave = (rng.standard_normal(int(self.cfg.sample_rate * 3)) * 0.01).astype(np.float32)
+        self.scores_clip(wave[: self.cfg.clip_samples])
+        self.scan(wave, self.stride_s)
+        warm = getattr(self.runtime, "warm", None)
+        if warm:
+            warm()
+
+    # -- features + inference
+    def features(self, waves: np.ndarray) -> np.ndarray:
+        """``(n, clip_samples)`` -> model input ``(n, frames, n_mfcc, 1)``."""
+        return mfcc(waves, self.cfg)[..., None]
+
+    def scores_clip(self, samples: np.ndarray) -> np.ndarray:
+        """Scores of one clip, padded/cropped to the clip length (as :func:`kws.features.clip_features`)."""
+        wave = fix_length(np.asarray(samples, np.float32), self.cfg.clip_samples)
+        return self.runtime.infer(self.features(wave[None]))[0]
+
+    def windows(self, samples: np.ndarray, stride_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Start times (s) and the ``(n, clip_samples)`` windows every ``stride_s``; the last one ends at the end."""
+        n = self.cfg.clip_samples
+        if len(samples) <= n:
+            return np.zeros(1), fix_length(samples, n)[None]
+        hop = max(1, int(round(stride_s * self.cfg.sample_rate)))
+        idx = list(range(0, len(samples) - n + 1, hop))
+        if idx[-1] != len(samples) - n:
+            idx.append(len(samples) - n)
+        view = np.lib.stride_tricks.sliding_window_view(samples, n)
+        return np.asarray(idx, float) / self.cfg.sample_rate, np.ascontiguousarray(view[idx], np.float32)
+
+    def scan(self, samples: np.ndarray, stride_s: float | None = None, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of every 1 s window: ``(starts_s, scores (n_windows, n_labels))``."""
+        starts, waves = self.windows(np.asarray(samples, np.float32), stride_s or self.stride_s)
+        out = [self.runtime.infer(self.features(waves[i:i + batch])) for i in range(0, len(waves), batch)]
+        return starts, np.concatenate(out)
+
+    def loudest_window(self, samples: np.ndarray) -> np.ndarray:
+        """For audio a little longer than a clip: the clip-long window with the most energy."""
+        n = self.cfg.clip_samples
+        if len(samples) <= n:
+            return samples
+        energy = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
+        hop = self.cfg.sample_rate // 100
+        starts = np.arange(0, len(samples) - n + 1, hop)
+        best = int(starts[np.argmax(energy[starts + n] - energy[starts])])
+        return samples[best:best + n]
+
+    # -- the answer
+    def predict(self, samples: np.ndarray, threshold: float | None = None, top_k: int = 3,
+                stride_s: float | None = None) -> dict[str, Any]:
+        """Recognise ``samples`` (mono float32 at the bundle's sample rate).
+
+        Short audio (<= ``long_audio_s``): one clip. ``threshold``: below it the keyword is
+        ``_unknown_``. Longer audio: sliding windows + NMS -> ``detections``; the keyword is
+        the most confident detection, else ``_silence_`` or ``_unknown_``.
+        """
+        samples = np.asarray(samples, np.float32)
+        duration = len(samples) / self.cfg.sample_rate
+        top_k = max(1, min(int(top_k), len(self.labels)))
+        if duration <= self.long_audio_s:
+            scores = self.scores_clip(self.loudest_window(samples))
+            best = int(np.argmax(scores))
+            keyword, confidence = self.labels[best], float(scores[best])
+            if threshold is not None and confidence < threshold:
+                keyword = UNKNOWN
+            return {"keyword": keyword, "confidence": round(confidence, 6),
+                    "scores": top_scores(scores, self.labels, top_k)}
+        stride = stride_s or self.stride_s
+        starts, scores = self.scan(samples, stride)
+        dets = non_max_suppression(starts, scores, self.labels, self.window_s,
+                                   self.detection_threshold if threshold is None else threshold,
+                                   duration_s=duration)
+        if dets:
+            lead = max(dets, key=lambda d: d.confidence)
+            row = scores[int(np.argmin(np.abs(starts - lead.start_s)))]
+            keyword, confidence = lead.keyword, lead.confidence
+        else:
+            row = scores.mean(axis=0)
+            silence_idx = self.labels.index(SILENCE) if SILENCE in self.labels else None
+            best = int(np.argmax(row))
+            keyword = SILENCE if silence_idx is not None and best == silence_idx else UNKNOWN
+            confidence = float(row[self.labels.index(keyword)]) if keyword in self.labels else float(row[best])
+        return {"keyword": keyword, "confidence": round(confidence, 6),
+                "scores": top_scores(row, self.labels, top_k),
+                "detections": [d.to_dict() for d in dets],
+                "scan": {"windows": int(len(starts)), "window_s": self.window_s, "stride_s": stride}}
+
+
+# --------------------------------------------------------------------------- the singleton
+_lock = threading.Lock()
+_instances: dict[tuple, Predictor] = {}
+_failures: dict[tuple, tuple[float, KWSError]] = {}
+_loading: set[tuple] = set()
+
+
+def _key(model_dir: str | Path, runtime: str, threads: int, long_audio_s: float, stride_s: float,
+         detection_threshold: float) -> tuple:
+    return (str(Path(model_dir).resolve()), runtime, int(threads), float(long_audio_s), float(stride_s),
+            float(detection_threshold))
+
+
+def get_predictor(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_audio_s: float = 1.5,
+                  stride_s: float = 0.25, detection_threshold: float = 0.6, retry_s: float = 5.0) -> Predictor:
+    """The process-wide predictor for this configuration, loaded once (lock + double-checked).
+
+    Raises the load error (a :class:`KWSError`, 503) when the bundle cannot be loaded; the
+    load is retried after ``retry_s`` seconds.
+    """
+    key = _key(model_dir, runtime, threads, long_audio_s, stride_s, detection_threshold)
+    inst = _instances.get(key)
+    if inst is not None:  # fast path, no lock
+        return inst
+    with _lock:
+        inst = _instances.get(key)
+        if inst is not None:
+            return inst
+        failed = _failures.get(key)
+        if failed and time.monotonic() - failed[0] < retry_s:
+            raise failed[1]
+        _loading.add(key)
+        try:
+            inst = Predictor(model_dir, runtime=runtime, threads=threads, long_audio_s=long_audio_s,
+                             stride_s=stride_s, detection_threshold=detection_threshold)
+        except KWSError as err:
+            _failures[key] = (time.monotonic(), err)
+            log.error("model bundle not loaded: %s", err.message)
+            raise
+        except Exception as err:  # noqa: BLE001 - any loader failure becomes a clean 503
+            wrapped = BundleError(f"the model bundle at {model_dir} could not be loaded: {err}")
+            _failures[key] = (time.monotonic(), wrapped)
+            log.exception("model bundle not loaded")
+            raise wrapped from None
+        finally:
+            _loading.discard(key)
+        _failures.pop(key, None)
+        _instances[key] = inst
+        log.info("model %s v%s loaded from %s (%s runtime, %d labels) in %.2f s", inst.model_name,
+                 inst.model_version, inst.meta.path, inst.runtime.name, len(inst.labels), inst.load_seconds)
+        return inst
+
+
+def peek(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_audio_s: float = 1.5,
+         stride_s: float = 0.25, detection_threshold: float = 0.6) -> tuple[str, Predictor | KWSError | None]:
+    """Non-blocking state: ``("ready", predictor)``, ``("loading", None)``, ``("failed", error)`` or ``("absent", None)``."""
+    key = _key(model_dir, runtime, threads, long_audio_s, stride_s, detection_threshold)
+    if key in _instances:
+        return "ready", _instances[key]
+    if key in _loading:
+        return "loading", None
+    if key in _failures:
+        return "failed", _failures[key][1]
+    return "absent", None
+
+
+def reset() -> None:
+    """Forget every loaded predictor (tests)."""
+    with _lock:
+        _instances.clear()
+        _failures.clear()

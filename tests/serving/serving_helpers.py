@@ -1,0 +1,73 @@
+"""Helpers of the serving tests (plain functions; fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from kws.serving import testing as kt
+
+
+def nginx_or_skip() -> str:
+    binary = kt.nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; scripts/setup.sh does)")
+    return binary
+
+
+def post_audio(url: str, data: bytes, filename: str = "clip.wav", params: dict | None = None,
+               timeout: float = 60, **kw) -> requests.Response:
+    return requests.post(f"{url}/predict", files={"file": (filename, data)}, params=params or {}, timeout=timeout, **kw)
+
+
+def assert_error(resp: requests.Response, status: int, code: str) -> dict:
+    assert resp.status_code == status, f"expected {status} {code}, got {resp.status_code}: {resp.text[:500]}"
+    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
+    body = resp.json()
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert "Traceback" not in resp.text and "<html" not in resp.text.lower()
+    return body
+
+
+def ffmpeg_convert(src: Path, dst: Path, *args: str) -> Path:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("ffmpeg is not installed")
+    subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(src), *args, str(dst)],
+                   check=True, capture_output=True, timeout=60)
+    return dst
+
+
+def offline_scores(keras_model, samples: np.ndarray, cfg) -> np.ndarray:
+    """What the training side computes: clip_features + model.predict."""
+    from kws.features import clip_features
+
+    x = clip_features(samples, cfg)[None, ..., None]
+    return keras_model.predict(x, verbose=0)[0]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and line.split(" ")[0] != name:
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(4))
+    return 0.0
+
+
+def tree(path: Path) -> set[str]:
+    """Every file and folder under ``path`` (relative names)."""
+    path = Path(path)
+    return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
