@@ -23,3 +23,15 @@ def run_cli(fn: Callable[[], object]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def stage_cli(prog: str, description: str, stage: Callable[..., object], argv: list[str] | None = None) -> int:
+    """Entry point of a pipeline stage that needs only ``--params``: ``stage(cfg)`` under :func:`run_cli`."""
+    import argparse
+
+    from kws.config import load_params
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--params", default="params.yaml", help="composed parameters (default: %(default)s)")
+    args = parser.parse_args(argv)
+    return run_cli(lambda: stage(load_params(args.params)))

@@ -7,7 +7,6 @@ The TFLite conversion is evaluated too, so a conversion problem shows up as a me
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.config import load_params
 from kws.stages.train import load_meta, load_split
 
 log = logging.getLogger(__name__)
@@ -95,17 +93,10 @@ def evaluate(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kws.cli import run_cli
+    from kws.cli import stage_cli
 
-    parser = argparse.ArgumentParser(prog="kws-evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-
-    def _run() -> None:
-        cfg = load_params(args.params)
-        evaluate(cfg, Path(cfg.paths.features), Path(cfg.paths.model), Path(cfg.paths.reports) / "evaluate")
-
-    return run_cli(_run)
+    return stage_cli("kws-evaluate", __doc__.splitlines()[0],
+                     lambda cfg: evaluate(cfg, Path(cfg.paths.features), Path(cfg.paths.model), Path(cfg.paths.reports) / "evaluate"), argv)
 
 
 if __name__ == "__main__":

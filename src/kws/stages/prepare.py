@@ -8,7 +8,6 @@ all cores in chunks, with a progress bar. Unreadable clips are skipped and repor
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from kws.atomic import staged_dir
 from kws.audio import load_file
-from kws.config import load_params
+
 from kws.dataset import AugmentConfig, Example, build_index, render
 from kws.errors import DatasetError
 from kws.features import FeatureConfig, mfcc
@@ -138,19 +137,15 @@ def _source_info(dataset: Path) -> dict:
     return {"sha256": None, "note": f"{info_file} not found"}
 
 
+def _run(cfg) -> None:
+    dataset = Path(cfg.paths.dataset)
+    prepare(cfg, dataset, Path(cfg.paths.features), _source_info(dataset))
+
+
 def main(argv: list[str] | None = None) -> int:
-    from kws.cli import run_cli
+    from kws.cli import stage_cli
 
-    parser = argparse.ArgumentParser(prog="kws-prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-
-    def _run() -> None:
-        cfg = load_params(args.params)
-        dataset = Path(cfg.paths.dataset)
-        prepare(cfg, dataset, Path(cfg.paths.features), _source_info(dataset))
-
-    return run_cli(_run)
+    return stage_cli("kws-prepare", __doc__.splitlines()[0], _run, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ so evaluate and promote log into the same run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.config import flatten, load_params
+from kws.config import flatten
 from kws.errors import DatasetError
 from kws.features import FeatureConfig
 
@@ -181,17 +180,10 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kws.cli import run_cli
+    from kws.cli import stage_cli
 
-    parser = argparse.ArgumentParser(prog="kws-train", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-
-    def _run() -> None:
-        cfg = load_params(args.params)
-        train(cfg, Path(cfg.paths.features), Path(cfg.paths.model), Path(cfg.paths.reports) / "train")
-
-    return run_cli(_run)
+    return stage_cli("kws-train", __doc__.splitlines()[0],
+                     lambda cfg: train(cfg, Path(cfg.paths.features), Path(cfg.paths.model), Path(cfg.paths.reports) / "train"), argv)
 
 
 if __name__ == "__main__":
