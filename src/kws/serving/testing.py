@@ -246,7 +246,11 @@ class _Process:
             self.proc.wait(5)
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a server that started but never became ready must not outlive the failure
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
