@@ -19,6 +19,7 @@
   let inflight = null;
   let recorder = null;
   let recordTimer = null;
+  let starting = false; // waiting for the microphone permission / device
 
   function setState(state) {
     els.result.dataset.state = state;
@@ -127,7 +128,8 @@
     const params = new URLSearchParams();
     const t = els.threshold.value.trim();
     if (t !== "") params.set("threshold", t);
-    if (els.allLabels.checked && labelsCount) params.set("top_k", String(labelsCount));
+    // Before /api/model has answered the label count is unknown: ask for "all" (the API caps top_k).
+    if (els.allLabels.checked) params.set("top_k", String(labelsCount || 1000));
     const form = new FormData();
     form.append("file", blob, filename);
     setState("busy");
@@ -258,9 +260,22 @@
     }
   }
 
-  els.record.addEventListener("click", () => {
-    if (recorder) stopRecording();
-    else startRecording();
+  els.record.addEventListener("click", async () => {
+    if (recorder) {
+      stopRecording();
+      return;
+    }
+    // A second click while getUserMedia is pending would start a second recorder and leave
+    // the first stream (and the microphone) running: ignore it until the first start settles.
+    if (starting) return;
+    starting = true;
+    els.record.disabled = true;
+    try {
+      await startRecording();
+    } finally {
+      starting = false;
+      els.record.disabled = false;
+    }
   });
 
   // --- model info ------------------------------------------------------------------------

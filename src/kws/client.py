@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             except Unreachable as err:
                 print(f"kws-predict: {err}", file=sys.stderr)
                 return EXIT_UNREACHABLE
+            except OSError as err:  # unreadable (permissions, removed meanwhile, I/O error): not a traceback
+                reason = err.strerror or str(err)
+                if args.json:
+                    print(json.dumps({"file": name, "error": {"code": "file_unreadable", "message": reason}}), flush=True)
+                print(f"kws-predict: {name}: cannot read the file: {reason}", file=sys.stderr)
+                status = max(status, EXIT_FAILED)
+                continue
             if code == 200 and "keyword" in body:
                 print(json.dumps({"file": name, **body}) if args.json else format_result(name, body), flush=True)
                 continue
