@@ -114,7 +114,7 @@
     els.keyword.textContent = body.keyword;
     els.confidence.textContent = pct(body.confidence);
     const model = body.model ? body.model.name + " v" + body.model.version : "";
-    els.meta.textContent = body.duration_s.toFixed(2) + " s of audio at " + body.sample_rate + " Hz"
+    els.meta.textContent = body.duration_s.toFixed(2) + " s of audio" + (body.sample_rate ? " at " + body.sample_rate + " Hz" : "")
       + (model ? " · " + model : "") + " · request " + body.request_id;
     renderScores(body.scores || []);
     renderDetections(body.detections, body.duration_s);

@@ -10,6 +10,7 @@ Nothing is ever written to the working directory.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
 import subprocess
@@ -38,8 +39,8 @@ SILENCE_PEAK = 1e-4
 class Audio:
     samples: np.ndarray  # float32, mono, at ``sample_rate``
     sample_rate: int
-    source_sample_rate: int
-    source_channels: int
+    source_sample_rate: int | None  # as the upload was; None if the decoder could not tell
+    source_channels: int | None
 
     @property
     def duration_s(self) -> float:
@@ -90,7 +91,24 @@ def _too_long_message(duration: float, max_frames_at) -> str:
     return f"audio is {duration:.1f} s long; the maximum is {limit:g} s"
 
 
-def _decode_ffmpeg(data: bytes, sample_rate: int, max_duration_s: float) -> np.ndarray:
+def _probe_stream(ffprobe: str | None, src: Path) -> tuple[int | None, int | None]:
+    """Sample rate and channel count of the first audio stream, as ffprobe reports them (None if unknown)."""
+    if ffprobe is None:
+        return None, None
+    cmd = [
+        ffprobe, "-v", "error", "-select_streams", "a:0",
+        "-show_entries", "stream=sample_rate,channels", "-of", "json", str(src),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=20, check=False)
+        stream = json.loads(proc.stdout or b"{}").get("streams", [{}])[0]
+        return int(stream["sample_rate"]), int(stream["channels"])
+    except (subprocess.TimeoutExpired, ValueError, KeyError, IndexError, TypeError):
+        return None, None
+
+
+def _decode_ffmpeg(data: bytes, sample_rate: int, max_duration_s: float) -> tuple[np.ndarray, int | None, int | None]:
+    """Decode through ffmpeg; returns the 16 kHz mono samples and the source's own rate and channels."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise UnsupportedAudioError(
@@ -109,13 +127,14 @@ def _decode_ffmpeg(data: bytes, sample_rate: int, max_duration_s: float) -> np.n
             proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
         except subprocess.TimeoutExpired:
             raise UnsupportedAudioError("decoding this audio took too long; send WAV, FLAC, Ogg, MP3, WebM or M4A") from None
+        src_sr, channels = _probe_stream(shutil.which("ffprobe"), src) if proc.returncode == 0 else (None, None)
     if proc.returncode != 0 or not proc.stdout:
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         log.info("ffmpeg could not decode upload: %s", detail[-1] if detail else proc.returncode)
         raise UnsupportedAudioError(
             "the upload is not audio in a format we can decode (WAV, FLAC, Ogg, MP3, WebM, M4A, ...)"
         )
-    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32), src_sr, channels
 
 
 def decode(data: bytes, sample_rate: int = 16000, max_duration_s: float = 60.0) -> Audio:
@@ -135,8 +154,7 @@ def decode(data: bytes, sample_rate: int = 16000, max_duration_s: float = 60.0) 
         frames, src_sr, channels = got
         samples = resample(to_mono(frames), src_sr, sample_rate)
     else:
-        samples = _decode_ffmpeg(data, sample_rate, max_duration_s)
-        src_sr, channels = sample_rate, 1
+        samples, src_sr, channels = _decode_ffmpeg(data, sample_rate, max_duration_s)
         if len(samples) > max_frames_at(sample_rate):
             raise AudioTooLongError(f"audio is longer than the maximum of {max_duration_s:g} s")
     if samples.size == 0:

@@ -195,7 +195,7 @@ def test_page_microphone_recording_reaches_predict(page, api):
     meta = page.text_content("#meta")
     duration = float(meta.split(" s of audio")[0])
     assert 1.5 < duration < 6.0, meta  # about the 2.5 s recorded, decoded from WebM/Opus by the server
-    # (the reported rate of ffmpeg-decoded uploads, WebM/Opus here, is the model's rate: no 48000 check)
+    assert " s of audio at 48000 Hz · " in meta, meta  # the browser's WebM/Opus rate, as ffprobe reports it
     assert " Hz · kws-tiny vtest-1 · request " in meta, meta
     keyword = page.text_content("#keyword")
     assert keyword in LABELS

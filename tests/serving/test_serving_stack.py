@@ -161,6 +161,11 @@ def test_every_format_and_rate_is_served_like_offline_keras(base, variants, kera
     assert post_audio(base, variants["44k-stereo.wav"]).json()["sample_rate"] == 44100
     assert post_audio(base, variants["44k-stereo.wav"]).json()["channels"] == 2
     assert post_audio(base, variants["8k.wav"]).json()["sample_rate"] == 8000
+    # ffmpeg-decoded formats report the source's own rate and channels too (Opus always decodes at 48 kHz)
+    webm = post_audio(base, variants["webm"], "clip.webm").json()
+    assert (webm["sample_rate"], webm["channels"]) == (48000, 1), webm
+    mp3 = post_audio(base, variants["mp3"], "clip.mp3").json()
+    assert (mp3["sample_rate"], mp3["channels"]) == (16000, 1), mp3
 
 
 def test_fifty_concurrent_requests(base, clips):
