@@ -131,6 +131,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
             train_ds,
             validation_data=val_ds,
             epochs=int(t.epochs),
+            shuffle=False,  # train_ds reshuffles itself every epoch (seeded)
             verbose=2,
             callbacks=[
                 keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
