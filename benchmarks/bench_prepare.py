@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -31,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from kws.logs import setup_logging  # noqa: E402
 from _common import DEFAULT_CACHE, compose, dir_bytes, machine_info, synthetic_dataset, table, word_clips, write_result  # noqa: E402
 
 ORIGINAL_SR = 22050
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-single-worker", action="store_true", help="skip the extra 1-worker run of ours")
     ap.add_argument("--output", type=Path, default=None, help="result JSON (default benchmarks/results/prepare.json)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging("WARNING")  # the project's one logging configuration
 
     dataset, ds_info = synthetic_dataset(args.cache, args.voices, args.takes)
     clips = word_clips(dataset)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import re
 import secrets
@@ -50,6 +49,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from kws.logs import setup_logging  # noqa: E402
 from _common import REPO, SAMPLE_DIR, machine_info, table, word_clips, write_result  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (bundles, logs, nginx prefix)")
     ap.add_argument("--output", type=Path, default=None, help="result JSON (default benchmarks/results/serving.json)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging("WARNING")  # the project's one logging configuration
 
     clips = word_clips(SAMPLE_DIR)
     if not clips:

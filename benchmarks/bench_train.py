@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from kws.logs import setup_logging  # noqa: E402
 from _common import DEFAULT_CACHE, SAMPLE_DIR, compose, machine_info, synthetic_dataset, table, write_result  # noqa: E402
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mlflow-uri", default=None, help="default sqlite:///<cache>/mlflow.db")
     ap.add_argument("--output", type=Path, default=None, help="result JSON (default benchmarks/results/train.json)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging("WARNING")  # the project's one logging configuration
 
     if args.output:
         args.output = args.output.resolve()

@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -168,27 +167,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.model_dir:
         p.error("--model-dir (or KWS_MODEL_DIR) is required")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from waitress import create_server
+
+    from kws.logs import setup_logging
+    from kws.serving.server import run_until_stopped
+
+    setup_logging()
 
     spotter = LegacyKeywordSpotter(args.model_dir)
     spotter.predict_bytes(_silence_wav())  # builds Keras' predict function once, before threads race for it
     app = create_legacy_app(spotter)
     server = create_server(app, host=args.host, port=args.port, threads=args.threads, ident="legacy")
-
-    def _stop(signum, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
     log.info("legacy service ready on http://%s:%d (%d threads)", args.host, args.port, args.threads)
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        run_until_stopped(server)
     finally:
-        server.close()
         spotter.close()
-        log.info("legacy service stopped")
+    log.info("legacy service stopped")
     return 0
 
 

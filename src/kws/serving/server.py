@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         "kws service ready on %s (model %s v%s, %s runtime, %d labels, %d threads, loaded in %.1f s)",
         url, p.model_name, p.model_version, p.runtime.name, len(p.labels), cfg["threads"], p.load_seconds))
     state.start_loading()
+    run_until_stopped(server)
+    log.info("kws service stopped")
+    return 0
+
+
+def run_until_stopped(server) -> None:
+    """Run a Waitress ``server`` until SIGTERM or SIGINT, then close its sockets."""
 
     def _stop(signum, _frame):
         log.info("signal %d: stopping", signum)
@@ -72,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.close()
-        log.info("kws service stopped")
-    return 0
 
 
 if __name__ == "__main__":
