@@ -140,3 +140,24 @@ def test_training_param_change_reruns_only_train_onwards_and_worse_model_is_not_
     bundle = read_meta(project / "serving/model")
     assert bundle.info["version"] == first["champion_version"]
     assert bundle.metrics["accuracy"] == pytest.approx(first["test_accuracy"])
+
+
+def test_dvc_exp_run_composes_hydra_overrides(project, sample_dir, first_repro):
+    """`dvc exp run -S model=cnn_seed` goes through DVC's Hydra integration: conf/ is composed
+    again with the overrides into params.yaml, and only the stages that depend on what changed
+    run (the data overrides are the same as the first repro's, so download/prepare are cached)."""
+    args = [a for o in _overrides(sample_dir, "model=cnn_seed") for a in ("-S", o)]
+    proc = _run([sys.executable, "-m", "dvc", "exp", "run", "--name", "seed-baseline", *args], project)
+    out = proc.stdout + proc.stderr
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    assert ran == {"train", "evaluate", "promote"}, out[-3000:]
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["model"]["name"] == "cnn_seed" and params["data"]["name"] == "synthetic_speech_commands"
+    show = _run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project).stdout
+    assert "seed-baseline" in show
+    runs = _client(project).search_runs(
+        [_client(project).get_experiment_by_name("kws").experiment_id],
+        filter_string="params.`model.name` = 'cnn_seed'")
+    assert len(runs) == 1 and "test_accuracy" in runs[0].data.metrics
