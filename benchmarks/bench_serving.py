@@ -34,7 +34,6 @@ the weights. Writes ``benchmarks/results/serving.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -66,16 +65,6 @@ def stats_ms(seconds: list[float]) -> dict:
             "p90_ms": round(float(np.percentile(ms, 90)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
             "mean_ms": round(float(ms.mean()), 3), "min_ms": round(float(ms.min()), 3),
             "max_ms": round(float(ms.max()), 3)}
-
-
-@contextlib.contextmanager
-def running(proc):
-    """Start ``proc`` (ApiProcess/NginxProcess) and ALWAYS stop it — also when start() itself fails
-    (their ``__enter__`` would leave a process behind that never became ready)."""
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
 
 
 def resolve_model(arg: Path | None, tmp: Path, log=print) -> tuple[Path, str]:
@@ -244,9 +233,9 @@ def check_request(url: str, body: bytes, boundary: str) -> dict:
 def bench_http(name: str, api, tmp: Path, args, script: Path, body: bytes, boundary: str, log=print) -> dict:
     from kws.serving.testing import NginxProcess
 
-    with running(api):
-        with running(NginxProcess(tmp / f"nginx-{name}", upstream=f"127.0.0.1:{api.port}",
-                                  workers=args.nginx_workers)) as nginx:
+    with api:  # ApiProcess/NginxProcess stop themselves, also when start() fails
+        with NginxProcess(tmp / f"nginx-{name}", upstream=f"127.0.0.1:{api.port}",
+                          workers=args.nginx_workers) as nginx:
             url = f"{nginx.url}/predict"
             sample = check_request(url, body, boundary)
             log(f"  {name}: {url} -> upstream {api.url}; one request answered {sample.get('keyword')!r}")
@@ -295,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
         meta = read_meta(model_dir)
         print(f"model: {model_source}")
-        print(f"  labels {list(meta.labels)}; features {meta.features.n_frames}x{meta.features.n_mfcc} "
+        print(f"  labels {list(meta.labels)}; features {meta.features.n_frames}x{meta.features.n_coeffs} "
               f"at {meta.features.sample_rate} Hz")
         import legacy_serving
 

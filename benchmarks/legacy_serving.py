@@ -171,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from kws.logs import setup_logging
     from kws.serving.server import run_until_stopped
+    from kws.serving.testing import wav_bytes
 
     setup_logging()
 
     spotter = LegacyKeywordSpotter(args.model_dir)
-    spotter.predict_bytes(_silence_wav())  # builds Keras' predict function once, before threads race for it
+    spotter.predict_bytes(wav_bytes(np.zeros(16000, np.float32)))  # builds Keras' predict function once, before threads race for it
     app = create_legacy_app(spotter)
     server = create_server(app, host=args.host, port=args.port, threads=args.threads, ident="legacy")
     log.info("legacy service ready on http://%s:%d (%d threads)", args.host, args.port, args.threads)
@@ -185,16 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         spotter.close()
     log.info("legacy service stopped")
     return 0
-
-
-def _silence_wav() -> bytes:
-    import io
-
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 if __name__ == "__main__":

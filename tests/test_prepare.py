@@ -15,7 +15,7 @@ import soundfile as sf
 
 from kws.config import compose, write_params
 from kws.errors import DatasetError
-from kws.features import FeatureConfig, clip_features, mfcc
+from kws.features import FeatureConfig, clip_features, extract, mfcc
 from kws.labels import SILENCE, UNKNOWN
 from kws.splits import speaker_of, split_by_hash
 from kws.stages.prepare import prepare
@@ -132,7 +132,8 @@ def test_identical_audio_gives_identical_features(dataset, tmp_path):
     with open(dataset / "validation_list.txt", "a") as f:
         f.write("yes/spk00001_nohash_7.wav\n")
     out = tmp_path / "features"
-    prepare(_cfg(), dataset, out)
+    cfg = _cfg()
+    prepare(cfg, dataset, out)
     x, _, files = _load(out, "validation")
     files = files.tolist()
     a = x[files.index("yes/spk00001_nohash_0.wav")]
@@ -140,7 +141,7 @@ def test_identical_audio_gives_identical_features(dataset, tmp_path):
     np.testing.assert_array_equal(a, b)
     # ... and equal to what the service computes for that file (same module, one clip at a time).
     wave, _ = sf.read(clip, dtype="float32")
-    np.testing.assert_allclose(a, clip_features(wave, FeatureConfig()), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(a, clip_features(wave, FeatureConfig.from_dict(cfg.features)), rtol=1e-5, atol=1e-3)
 
 
 def test_batched_and_single_mfcc_agree():
@@ -149,6 +150,19 @@ def test_batched_and_single_mfcc_agree():
     batch = mfcc(waves, cfg)
     for i in range(3):
         np.testing.assert_allclose(batch[i], mfcc(waves[i], cfg), rtol=1e-5, atol=1e-3)
+
+
+def test_logmel_front_end_is_the_log_mel_under_the_mfccs():
+    """``kind: logmel`` gives the n_mels log-mel energies the MFCCs are the DCT of."""
+    import scipy.fft
+
+    wave = _tone(440, 3)
+    mel = extract(wave, FeatureConfig(kind="logmel"))
+    coeffs = mfcc(wave, FeatureConfig(kind="mfcc"))
+    assert mel.shape == FeatureConfig(kind="logmel").shape == (49, 40) and coeffs.shape == (49, 13)
+    np.testing.assert_allclose(scipy.fft.dct(mel, type=2, norm="ortho", axis=-1)[:, :13], coeffs, rtol=1e-4, atol=1e-2)
+    with pytest.raises(Exception, match="unknown feature kind"):
+        FeatureConfig.from_dict({"kind": "cqt"})
 
 
 def test_unreadable_clip_is_skipped_and_reported(dataset, tmp_path):

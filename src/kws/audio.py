@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import shutil
 import subprocess
 import tempfile
@@ -60,11 +61,41 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return librosa.resample(samples, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
 
 
+def change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``samples`` ``factor`` times faster (tempo and pitch together, like a tape):
+    the signal is resampled to ``len / factor`` samples."""
+    if factor == 1.0:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, factor * 1000.0, 1000.0, quality="HQ").astype(np.float32)
+
+
 def fix_length(samples: np.ndarray, n: int) -> np.ndarray:
     """Zero-pad at the end or crop to exactly ``n`` samples (as the TF speech_commands reference does)."""
     if len(samples) >= n:
         return samples[:n]
     return np.pad(samples, (0, n - len(samples)))
+
+
+def time_shift(samples: np.ndarray, shift: int) -> np.ndarray:
+    """Move the signal ``shift`` samples later (negative: earlier), zero-filling the gap; same length."""
+    if shift == 0:
+        return samples
+    out = np.zeros_like(samples)
+    if shift > 0:
+        out[shift:] = samples[:-shift]
+    else:
+        out[:shift] = samples[-shift:]
+    return out
+
+
+def snr_gain(signal_power: float, noise_power: float, snr_db: float) -> float:
+    """The factor for noise of mean power ``noise_power`` so that signal-to-noise is ``snr_db``
+    (0 when either power is 0: nothing to mix)."""
+    if not (signal_power > 0 and noise_power > 0):
+        return 0.0
+    return math.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
 
 
 def load_file(path: str | Path, sample_rate: int) -> np.ndarray:

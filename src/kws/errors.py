@@ -54,6 +54,12 @@ class DatasetError(KWSError):
     code = "dataset_error"
 
 
+class NotComparableError(KWSError):
+    """Two models cannot be scored on the same test set (e.g. they predict different labels)."""
+
+    code = "not_comparable"
+
+
 # --- model bundle -----------------------------------------------------------
 class ModelNotFoundError(KWSError):
     code = "model_not_found"

@@ -1,4 +1,8 @@
-"""MFCC features: the ONE implementation used by training (prepare stage) and serving.
+"""Audio features: the ONE implementation used by training (prepare stage) and serving.
+
+``kind: mfcc`` gives ``n_mfcc`` cepstral coefficients per 20 ms frame, ``kind: logmel`` the
+``n_mels`` log-mel energies they are computed from (the front end most small-footprint KWS
+networks use). Both share the same STFT and mel filterbank code below.
 
 ``features.json`` in every model bundle is :meth:`FeatureConfig.to_dict`, so the
 service recomputes exactly the features the model was trained on.
@@ -14,9 +18,12 @@ import numpy as np
 
 from kws.errors import ConfigError
 
+KINDS = ("mfcc", "logmel")
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
+    kind: str = "mfcc"  # mfcc | logmel
     sample_rate: int = 16000
     clip_duration_s: float = 1.0
     n_mfcc: int = 13
@@ -41,6 +48,8 @@ class FeatureConfig:
         return asdict(self)
 
     def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown feature kind {self.kind!r}: use one of {', '.join(KINDS)}")
         if self.win_length > self.n_fft:
             raise ConfigError(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
         if self.clip_samples < self.n_fft:
@@ -59,9 +68,14 @@ class FeatureConfig:
         return 1 + (self.clip_samples - self.n_fft) // self.hop_length
 
     @property
+    def n_coeffs(self) -> int:
+        """Values per frame: ``n_mfcc`` for MFCCs, ``n_mels`` for log-mel energies."""
+        return self.n_mfcc if self.kind == "mfcc" else self.n_mels
+
+    @property
     def shape(self) -> tuple[int, int]:
-        """Feature matrix shape for one clip: (frames, n_mfcc)."""
-        return (self.n_frames, self.n_mfcc)
+        """Feature matrix shape for one clip: (frames, n_coeffs)."""
+        return (self.n_frames, self.n_coeffs)
 
 
 @lru_cache(maxsize=8)
@@ -71,8 +85,8 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
 
 
-def mfcc(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """MFCCs of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., frames, n_mfcc)`` float32.
+def log_mel(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel energies (dB) of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., n_mels, frames)``.
 
     Each clip must already be ``cfg.clip_samples`` long (see :func:`kws.audio.fix_length`).
     Results do not depend on batching: the log uses a fixed floor, not a per-array ``top_db``.
@@ -88,13 +102,26 @@ def mfcc(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     )
     power = np.abs(spec) ** 2
     mel = np.einsum("mf,...ft->...mt", _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax), power)
-    log_mel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
-    coeffs = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho")
+    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+
+
+def mfcc(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """MFCCs of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., frames, n_mfcc)`` float32."""
+    import librosa
+
+    coeffs = librosa.feature.mfcc(S=log_mel(waves, cfg), n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho")
     return np.swapaxes(coeffs, -1, -2).astype(np.float32)
 
 
+def extract(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """The model's input features of one clip or a batch -> ``(..., frames, n_coeffs)`` float32."""
+    if cfg.kind == "mfcc":
+        return mfcc(waves, cfg)
+    return np.swapaxes(log_mel(waves, cfg), -1, -2).astype(np.float32)
+
+
 def clip_features(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """Pad/crop one waveform to the clip length and return its MFCCs ``(frames, n_mfcc)``."""
+    """Pad/crop one waveform to the clip length and return its features ``(frames, n_coeffs)``."""
     from kws.audio import fix_length
 
-    return mfcc(fix_length(samples, cfg.clip_samples), cfg)
+    return extract(fix_length(samples, cfg.clip_samples), cfg)

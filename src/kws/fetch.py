@@ -484,7 +484,7 @@ def _word_dirs(root: Path) -> list[Path]:
     """Word folders: visible directories not starting with ``_`` that hold .wav files."""
     words = []
     for p in _visible_entries(root):
-        if p.is_dir() and not p.is_symlink() and not p.name.startswith("_"):
+        if p.is_dir() and not p.name.startswith("_"):  # symlinked word folders count too
             if any(f.suffix.lower() == ".wav" for f in p.iterdir()):
                 words.append(p)
     return sorted(words)
@@ -506,7 +506,7 @@ def dataset_root(path: str | Path) -> Path:
 
 
 def _iter_files(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
         for name in sorted(filenames):
             yield Path(dirpath) / name
@@ -536,16 +536,20 @@ def tree_stats(root: str | Path) -> dict[str, int]:
 
 
 def link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Recreate ``src`` under ``dst``, hard-linking files where possible, copying otherwise."""
-    for dirpath, _dirnames, filenames in os.walk(src):
+    """Recreate ``src`` under ``dst`` (following symlinked folders), hard-linking files where
+    possible, copying otherwise."""
+    for dirpath, _dirnames, filenames in os.walk(src, followlinks=True):
         target_dir = dst / Path(dirpath).relative_to(src)
         target_dir.mkdir(parents=True, exist_ok=True)
         for name in filenames:
-            s, d = Path(dirpath) / name, target_dir / name
-            try:
-                os.link(s, d)
-            except OSError:
-                shutil.copy2(s, d)
+            _link_or_copy(Path(dirpath) / name, target_dir / name)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _remove_stale_temps(dest_dir: Path) -> None:
@@ -556,11 +560,13 @@ def _remove_stale_temps(dest_dir: Path) -> None:
 
 
 def build_dataset_atomically(
-    dest_dir: str | Path, build: Callable[[Path], None], *, content_digest: bool = False
+    dest_dir: str | Path, build: Callable[[Path], None], *, content_digest: bool = False,
+    add_dirs: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Run ``build(tmp)`` in a fresh hidden sibling of ``dest_dir``, check the result has
-    the Speech Commands layout (accepting one level of nesting) and rename it onto
-    ``dest_dir`` (replacing a previous one, whose info file is removed first).
+    the Speech Commands layout (accepting one level of nesting), put every ``add_dirs``
+    folder's .wav files into ``<root>/<name>/`` (replacing what the source had there) and
+    rename it onto ``dest_dir`` (replacing a previous one, whose info file is removed first).
 
     On any failure, KeyboardInterrupt included, the temp dir is removed and ``dest_dir``
     is left as it was. Returns :func:`tree_stats` plus ``tree_sha256`` (:func:`tree_digest`).
@@ -576,6 +582,11 @@ def build_dataset_atomically(
         tmp.mkdir()  # not mkdtemp: its 0700 mode would end up on the dataset directory
         build(tmp)
         root = dataset_root(tmp)
+        for name, folder in (add_dirs or {}).items():
+            shutil.rmtree(root / name, ignore_errors=True)
+            (root / name).mkdir()
+            for wav in sorted(folder.glob("*.wav")):
+                _link_or_copy(wav, root / name / wav.name)
         stats = tree_stats(root)
         stats["tree_sha256"] = tree_digest(root, content=content_digest)
         info_path(dest_dir).unlink(missing_ok=True)  # never leave an info file describing other data
@@ -606,63 +617,81 @@ def materialize_dataset(
     timeout: float = 60,
     retries: int = 3,
     backoff: float = 1.0,
+    add_dirs: dict[str, str | Path | None] | None = None,
 ) -> dict[str, Any]:
     """Make ``dest_dir`` hold the Speech Commands dataset from ``source``, atomically.
 
     ``source`` is an http(s) URL to a tarball (downloaded, resumably, into ``cache_dir``,
     default ``<dest_dir's parent>/.cache``, and deleted after extraction unless
     ``keep_archive``), a file:// URL or path to a local tarball (verified and extracted in
-    place), or a local folder in the dataset layout (hard-linked or copied). ``sha256`` is
-    that of the archive, or for a folder :func:`tree_digest` of it.
+    place), or a local folder in the dataset layout (hard-linked or copied; symlinked word
+    folders are followed). ``sha256`` is the ARCHIVE's checksum: a folder has none, it is
+    recorded by :func:`tree_digest` of its file list instead (and re-copied when that changes).
+    ``add_dirs`` maps a folder name in the dataset (``_background_noise_``, ``_silence_``) to
+    a local folder whose .wav files go there (``data.noise_dir``, ``data.silence_dir``).
 
     If ``dest_dir`` already holds this source (its info file says so), nothing is done.
     Otherwise the info file ``<dest_dir>.json`` is written after the dataset is in place.
     Returns the info dict: ``source``, ``sha256``, ``bytes``, ``n_files``, ``n_words``,
-    ``fetched_at``.
+    ``fetched_at`` (and ``added`` when ``add_dirs`` is used).
     """
     source = str(source).strip() if source is not None else ""
     if not source:
         raise ConfigError("data.source is empty: set it to a URL, a local archive or a folder")
     dest_dir = Path(dest_dir)
     expected = sha256.lower() if sha256 else None
-    if is_up_to_date(dest_dir, source, expected):
-        log.info("already downloaded: %s holds %s", dest_dir, source)
-        return read_info(dest_dir) or {}
+    adds = _added_folders(add_dirs or {})
+    added = {name: {"source": str(folder), "sha256": tree_digest(folder)} for name, folder in adds.items()}
+    extra = {"added": added} if added else {}
 
     local = _local_path(source)
     if local is not None and local.is_dir():
-        info = _materialize_folder(source, local, dest_dir, expected)
+        if _same_path(local, dest_dir):
+            raise ConfigError(f"data.source {local} is the destination itself; point it elsewhere")
+        root = dataset_root(local)
+        digest = tree_digest(root)
+        if expected:
+            log.info("data.sha256 is an archive checksum and does not apply to the folder %s; "
+                     "recording the digest of its file list instead", source)
+        if is_up_to_date(dest_dir, source, digest, **extra):
+            log.info("already downloaded: %s holds %s", dest_dir, source)
+            return read_info(dest_dir) or {}
+        log.info("linking/copying %s -> %s", root, dest_dir)
+        stats = build_dataset_atomically(dest_dir, lambda tmp: link_or_copy_tree(root, tmp), add_dirs=adds)
+        info = {"source": source, "sha256": digest, "bytes": stats["bytes"], "n_files": stats["n_files"],
+                "n_words": stats["n_words"], "fetched_at": utc_now()}
     else:
+        if is_up_to_date(dest_dir, source, expected, **extra):
+            log.info("already downloaded: %s holds %s", dest_dir, source)
+            return read_info(dest_dir) or {}
         info = _materialize_archive(
             source, local, dest_dir, expected,
             cache_dir=Path(cache_dir) if cache_dir is not None else dest_dir.parent / ".cache",
             keep_archive=keep_archive, progress=progress, timeout=timeout, retries=retries, backoff=backoff,
+            add_dirs=adds,
         )
+    info.update(extra)
     write_info(dest_dir, info)
     log.info("dataset ready at %s: %d words, %d files", dest_dir, info["n_words"], info["n_files"])
     return info
 
 
-def _materialize_folder(source: str, folder: Path, dest_dir: Path, expected: str | None) -> dict[str, Any]:
-    if folder.resolve() == dest_dir.resolve():
-        raise ConfigError(f"data.source {folder} is the destination itself; point it elsewhere")
-    root = dataset_root(folder)
-    digest = tree_digest(root)
-    if expected and digest != expected:
-        raise ChecksumError(
-            f"checksum mismatch for folder {source}: expected sha256 {expected}, got {digest} "
-            "(for a folder it is the digest of its file list and sizes; set data.sha256=null to skip)"
-        )
-    log.info("linking/copying %s -> %s", root, dest_dir)
-    stats = build_dataset_atomically(dest_dir, lambda tmp: link_or_copy_tree(root, tmp))
-    return {
-        "source": source,
-        "sha256": digest,
-        "bytes": stats["bytes"],
-        "n_files": stats["n_files"],
-        "n_words": stats["n_words"],
-        "fetched_at": utc_now(),
-    }
+def _same_path(folder: Path, dest_dir: Path) -> bool:
+    return dest_dir.exists() and folder.resolve() == dest_dir.resolve()
+
+
+def _added_folders(add_dirs: dict[str, str | Path | None]) -> dict[str, Path]:
+    out = {}
+    for name, folder in add_dirs.items():
+        if not folder:
+            continue
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"the folder for {name} ({folder}) does not exist: fix data.noise_dir / data.silence_dir")
+        if not any(path.glob("*.wav")):
+            raise DatasetError(f"the folder for {name} ({folder}) holds no .wav files")
+        out[name] = path
+    return out
 
 
 def _materialize_archive(
@@ -677,6 +706,7 @@ def _materialize_archive(
     timeout: float,
     retries: int,
     backoff: float,
+    add_dirs: dict[str, Path],
 ) -> dict[str, Any]:
     if local is None:
         archive = cache_file_for(source, cache_dir)
@@ -699,7 +729,7 @@ def _materialize_archive(
     size = archive.stat().st_size
     log.info("extracting %s into %s", archive, dest_dir)
     try:
-        stats = build_dataset_atomically(dest_dir, lambda tmp: safe_extract(archive, tmp))
+        stats = build_dataset_atomically(dest_dir, lambda tmp: safe_extract(archive, tmp), add_dirs=add_dirs)
     except DownloadError:
         if local is None and expected is None:
             archive.unlink(missing_ok=True)  # unverified and corrupt: fetch afresh next time

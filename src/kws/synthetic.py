@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 import soundfile as sf
 
-from kws.audio import load_file, resample
+from kws.audio import load_file, resample, snr_gain
 from kws.cli import run_cli
 from kws.errors import ConfigError, DatasetError
 from kws.labels import ALL_WORDS, BACKGROUND_NOISE_DIR
@@ -251,10 +251,11 @@ def render_clip(
             source = np.resize(source, CLIP_SAMPLES)  # tile a short recording
         start = int(noise_start * (len(source) - CLIP_SAMPLES + 1))
         segment = source[start : start + CLIP_SAMPLES].astype(np.float32)
-        p_speech = float(np.mean(speech.astype(np.float64) ** 2))
-        p_noise = float(np.mean(segment.astype(np.float64) ** 2))
-        if p_noise > 0.0:
-            clip = clip + segment * np.float32(np.sqrt(p_speech / (p_noise * 10 ** (snr / 10))))
+        # SNR against the speech itself, not the (mostly empty) 1 s window around it
+        gain = snr_gain(float(np.mean(speech.astype(np.float64) ** 2)),
+                        float(np.mean(segment.astype(np.float64) ** 2)), snr)
+        if gain:
+            clip = clip + segment * np.float32(gain)
 
     peak = float(np.max(np.abs(clip)))
     if peak > _PEAK_LIMIT:

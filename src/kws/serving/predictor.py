@@ -30,7 +30,7 @@ import numpy as np
 from kws.audio import fix_length
 from kws.bundle import KERAS_FILE, TFLITE_FILE, BundleMeta, read_meta
 from kws.errors import BundleError, ConfigError, KWSError
-from kws.features import mfcc
+from kws.features import clip_features, extract
 from kws.labels import SILENCE, UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class Predictor:
         self.labels = list(self.meta.labels)
         self.cfg = self.meta.features
         self.runtime = load_runtime(self.meta, runtime, threads)
-        expected = (self.cfg.n_frames, self.cfg.n_mfcc, 1)
+        expected = (*self.cfg.shape, 1)
         if tuple(self.runtime.input_shape) != expected:
             raise BundleError(f"the model expects input {tuple(self.runtime.input_shape)} but features.json "
                               f"gives {expected}: the bundle is inconsistent")
@@ -281,13 +281,12 @@ class Predictor:
 
     # -- features + inference
     def features(self, waves: np.ndarray) -> np.ndarray:
-        """``(n, clip_samples)`` -> model input ``(n, frames, n_mfcc, 1)``."""
-        return mfcc(waves, self.cfg)[..., None]
+        """``(n, clip_samples)`` -> model input ``(n, frames, n_coeffs, 1)``."""
+        return extract(waves, self.cfg)[..., None]
 
     def scores_clip(self, samples: np.ndarray) -> np.ndarray:
-        """Scores of one clip, padded/cropped to the clip length (as :func:`kws.features.clip_features`)."""
-        wave = fix_length(np.asarray(samples, np.float32), self.cfg.clip_samples)
-        return self.runtime.infer(self.features(wave[None]))[0]
+        """Scores of one clip, padded/cropped to the clip length by :func:`kws.features.clip_features`."""
+        return self.runtime.infer(clip_features(np.asarray(samples, np.float32), self.cfg)[None, ..., None])[0]
 
     def windows(self, samples: np.ndarray, stride_s: float) -> tuple[np.ndarray, np.ndarray]:
         """Start times (s) and the ``(n, clip_samples)`` windows every ``stride_s``; the last one ends at the end."""

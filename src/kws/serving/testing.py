@@ -46,15 +46,6 @@ def _load(path: Path) -> np.ndarray:
     return load_file(path, SR)
 
 
-def _shift(clip: np.ndarray, shift: int) -> np.ndarray:
-    out = np.zeros_like(clip)
-    if shift >= 0:
-        out[shift:] = clip[: len(clip) - shift]
-    else:
-        out[:shift] = clip[-shift:]
-    return out
-
-
 def _noise_segment(noises: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
     noise = noises[rng.integers(len(noises))]
     start = rng.integers(0, len(noise) - n)
@@ -70,12 +61,14 @@ def _band_limit(x: np.ndarray, rate: int) -> np.ndarray:
 
 
 def _augment(clip, noises, rng, max_shift: int, snr_db: tuple[float, float]) -> np.ndarray:
-    x = _shift(clip, int(rng.integers(-max_shift, max_shift + 1))) * rng.uniform(0.5, 1.5)
+    from kws.audio import snr_gain, time_shift
+
+    x = time_shift(clip, int(rng.integers(-max_shift, max_shift + 1))) * rng.uniform(0.5, 1.5)
     if rng.random() < 0.3:  # some copies as if recorded at 8 kHz (phones, old recorders)
         x = _band_limit(x, 8000)
-    rms = np.sqrt(np.mean(x**2)) + 1e-9
     snr = rng.uniform(*snr_db)
-    x = x + _noise_segment(noises, rng, len(x)) * rms / 10 ** (snr / 20)
+    seg = _noise_segment(noises, rng, len(x))
+    x = x + seg * snr_gain(float(np.mean(x**2)), float(np.mean(seg**2)), snr)
     return np.clip(x, -1, 1).astype(np.float32)
 
 
@@ -141,13 +134,13 @@ def build_tiny_bundle(
     import keras
 
     from kws.bundle import write_bundle
-    from kws.features import FeatureConfig, mfcc
+    from kws.features import FeatureConfig, extract
     from kws.models import build_model
 
     labels = list(labels)
     cfg = FeatureConfig()
     waves, y = tiny_dataset(Path(sample_dir), labels, copies=copies, seed=seed)
-    x = mfcc(waves, cfg)
+    x = extract(waves, cfg)
     keras.utils.set_random_seed(seed)
     model = build_model({"name": architecture, "dropout": 0.2, "l2": 1e-4}, cfg.shape, len(labels), x)
     for layer in model.layers:  # a few hundred steps only: let BatchNorm's moving statistics converge
@@ -234,16 +227,19 @@ def wait_http(url: str, timeout: float = 60.0, ok=(200,), proc: subprocess.Popen
 
 class _Process:
     proc: subprocess.Popen | None = None
+    stop_signal = signal.SIGTERM
+    _logf = None  # the log file the process writes to, closed on stop
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._logf is not None:
+            self._logf.close()
 
     def __enter__(self):
         try:
@@ -295,11 +291,6 @@ class ApiProcess(_Process):
     @property
     def cwd(self) -> Path:
         return self.workdir / "cwd"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        super().stop(timeout)
-        if getattr(self, "_logf", None):
-            self._logf.close()
 
 
 def nginx_binary() -> str | None:
@@ -362,6 +353,8 @@ def render_nginx(prefix: Path, variables: Mapping[str, str], workers: int = 1) -
 class NginxProcess(_Process):
     """Real nginx (``nginx -p PREFIX -c PREFIX/nginx.conf -g 'daemon off;'``) on a free loopback port."""
 
+    stop_signal = signal.SIGQUIT  # graceful: finish requests, then exit
+
     def __init__(self, prefix: Path, upstream: str, html_root: Path | str = NGINX_DIR / "html",
                  max_body: str = "10m", port: int | None = None, workers: int = 1):
         self.prefix = Path(prefix)
@@ -389,17 +382,6 @@ class NginxProcess(_Process):
                                      stdout=subprocess.DEVNULL, stderr=self._logf)
         wait_http(f"{self.url}/nginx-health", timeout, proc=self.proc, log=self.log)
         return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if getattr(self, "_logf", None):
-            self._logf.close()
 
 
 def dump_json(obj) -> str:

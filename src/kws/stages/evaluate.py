@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kws.errors import NotComparableError
 from kws.stages.train import load_meta, load_split
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,33 @@ def tflite_predict(tflite_path: Path, x: np.ndarray, batch: int = 256) -> np.nda
         interpreter.invoke()
         out.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy())
     return np.concatenate(out)
+
+
+def bundle_accuracy(bundle_dir: Path, test_set: dict, batch: int = 128) -> float:
+    """Accuracy of any serving bundle on a test split described by ``test_examples.json``
+    (see :mod:`kws.stages.prepare`): every example is rendered from the dataset again and
+    scored by the service's predictor with the BUNDLE's own front end, so models with
+    different features are compared on the very same clips.
+    Raises :class:`NotComparableError` when the bundle predicts other labels."""
+    from kws.audio import load_file
+    from kws.dataset import Example, render
+    from kws.serving.predictor import Predictor
+
+    predictor = Predictor(bundle_dir, runtime="tflite", warmup=False)
+    if list(predictor.labels) != list(test_set["labels"]):
+        raise NotComparableError(
+            f"the model in {bundle_dir} predicts {predictor.labels}, the test set has {test_set['labels']}")
+    cfg = predictor.cfg
+    examples = [Example(**e) for e in test_set["examples"]]
+    noise = [load_file(f, cfg.sample_rate) for f in test_set["noise_files"]] if any(e.noise >= 0 for e in examples) else []
+    roots = [Path(test_set["root"])]
+    correct = 0
+    for i in range(0, len(examples), batch):
+        chunk = examples[i : i + batch]
+        waves = np.stack([render(e, roots, noise, cfg.clip_samples, cfg.sample_rate) for e in chunk])
+        scores = predictor.runtime.infer(predictor.features(waves))
+        correct += int(np.sum(scores.argmax(axis=1) == np.asarray([e.label for e in chunk])))
+    return correct / max(1, len(examples))
 
 
 def evaluate(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
@@ -63,12 +91,13 @@ def evaluate(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dic
         "tflite_agreement": float(np.mean(y_pred_tflite == y_pred)),
         "n_test": int(len(y_test)),
     }
+    test_set = {"dataset": meta.get("dataset"), "test_digest": meta.get("test_digest")}
     per_class = {
         name: {k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")} for name in labels
     }
 
     reports_dir.mkdir(parents=True, exist_ok=True)
-    (reports_dir / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2) + "\n")
+    (reports_dir / "metrics.json").write_text(json.dumps({"test": metrics, "test_set": test_set}, indent=2) + "\n")
     (reports_dir / "per_class.json").write_text(json.dumps(per_class, indent=2) + "\n")
     with open(reports_dir / "confusion.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -83,6 +112,7 @@ def evaluate(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dic
     tracking.setup(cfg.mlflow.experiment)
     with mlflow.start_run(run_id=run["run_id"]):
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        mlflow.set_tags({f"kws.{k}": str(v) for k, v in test_set.items()})
         mlflow.log_metrics({f"test_f1_{name.strip('_')}": v["f1-score"] for name, v in per_class.items()})
         mlflow.log_artifact(str(png), "plots")
         mlflow.log_dict(per_class, "evaluation/per_class.json")

@@ -1,9 +1,12 @@
-"""DVC stage `prepare`: dataset folder -> MFCC features per split (compressed NPZ) + meta.json.
+"""DVC stage `prepare`: dataset folder -> features per split (compressed NPZ) + meta.json.
 
 Every clip becomes 16 kHz mono, padded/cropped to 1 s; training clips get the
-configured augmented copies (time shift, background noise at a random SNR); MFCCs
-come from :mod:`kws.features`, the same code the service runs. Work is spread over
-all cores in chunks, with a progress bar. Unreadable clips are skipped and reported.
+configured augmented copies (speed, time shift, background noise at a random SNR);
+features come from :mod:`kws.features`, the same code the service runs. Extra sources
+(``data.extra``, materialized by the download stage) add weighted training examples
+only. Work is spread over all cores in chunks, with a progress bar. Unreadable clips
+are skipped and reported. ``test_examples.json`` lists the test split exactly, so a
+model with another front end can be re-scored on the same clips (see promote).
 """
 
 from __future__ import annotations
@@ -12,31 +15,34 @@ import json
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from kws.atomic import staged_dir
 from kws.audio import load_file
-
-from kws.dataset import AugmentConfig, Example, build_index, render
+from kws.dataset import AugmentConfig, Example, ExtraSource, SplitConfig, build_index, render
 from kws.errors import DatasetError
-from kws.features import FeatureConfig, mfcc
-from kws.labels import task_labels
-from kws.splits import SPLITS
+from kws.features import FeatureConfig, extract
+from kws.labels import BACKGROUND_NOISE_DIR, task_labels
+from kws.splits import SPLITS, TEST
 
 log = logging.getLogger(__name__)
 
+TEST_EXAMPLES_FILE = "test_examples.json"
+
 # Per-process state of the feature workers (set by _init_worker).
-_ROOT: Path | None = None
+_ROOTS: list[Path] = []
 _NOISE: list[np.ndarray] = []
 _FEATURES: FeatureConfig | None = None
 
 
-def _init_worker(root: str, noise_files: list[str], features: dict) -> None:
-    global _ROOT, _NOISE, _FEATURES
-    _ROOT = Path(root)
+def _init_worker(roots: list[str], noise_files: list[str], features: dict) -> None:
+    global _ROOTS, _NOISE, _FEATURES
+    _ROOTS = [Path(r) for r in roots]
     _FEATURES = FeatureConfig.from_dict(features)
     _NOISE = [load_file(p, _FEATURES.sample_rate) for p in noise_files]
 
@@ -51,11 +57,11 @@ def _featurize(chunk: list[Example]) -> tuple[np.ndarray, np.ndarray, list[str]]
     bad = []
     for i, ex in enumerate(chunk):
         try:
-            waves[i] = render(ex, _ROOT, _NOISE, cfg.clip_samples, cfg.sample_rate)
+            waves[i] = render(ex, _ROOTS, _NOISE, cfg.clip_samples, cfg.sample_rate)
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
             kept[i] = False
             bad.append(f"{ex.source}: {err}")
-    return mfcc(waves[kept], cfg), kept, bad
+    return extract(waves[kept], cfg), kept, bad
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -64,21 +70,44 @@ def _chunks(items: list, size: int) -> list[list]:
 
 def featurize_split(
     examples: list[Example], pool: ProcessPoolExecutor, batch_size: int, desc: str, shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    xs, ys, names, bad = [], [], [], []
+) -> tuple[dict[str, np.ndarray], list[Example], list[str]]:
+    """Features of ``examples`` -> (arrays ``x``, ``y``, ``w`` weights, ``files``; the examples kept; unreadable)."""
+    xs, kept_examples, bad = [], [], []
     with tqdm(total=len(examples), desc=desc, unit="clip", leave=False) as bar:
         chunks = _chunks(examples, batch_size)
         for chunk, (feats, kept, chunk_bad) in zip(chunks, pool.map(_featurize, chunks)):
             xs.append(feats)
-            ys.extend(ex.label for ex, k in zip(chunk, kept) if k)
-            names.extend(ex.source or "_silence_" for ex, k in zip(chunk, kept) if k)
+            kept_examples.extend(ex for ex, k in zip(chunk, kept) if k)
             bad.extend(chunk_bad)
             bar.update(len(chunk))
-    x = np.concatenate(xs) if xs else np.zeros((0, *shape), np.float32)
-    return x, np.asarray(ys, np.int16), np.asarray(names), bad
+    arrays = {
+        "x": np.concatenate(xs) if xs else np.zeros((0, *shape), np.float32),
+        "y": np.asarray([ex.label for ex in kept_examples], np.int16),
+        "w": np.asarray([ex.weight for ex in kept_examples], np.float32),
+        "files": np.asarray([ex.source or "_silence_" for ex in kept_examples]),
+    }
+    return arrays, kept_examples, bad
 
 
-def prepare(cfg, dataset: Path, out_dir: Path, source_info: dict | None = None) -> dict:
+def split_config(data) -> SplitConfig:
+    """``data.split`` (absent: the archive's lists, else the hash rule)."""
+    split = (data or {}).get("split") or {}
+    return SplitConfig(**{k: split[k] for k in ("method", "folds", "test_fold", "validation_percentage") if k in split})
+
+
+def extra_sources(data, extra_dir: Path) -> list[ExtraSource]:
+    """``data.extra`` entries as materialized by the download stage under ``extra_dir/<name>``."""
+    out = []
+    for entry in (data or {}).get("extra") or []:
+        root = extra_dir / str(entry["name"])
+        if not root.is_dir():
+            raise DatasetError(f"extra source {entry['name']!r} not found at {root}: run the download stage first")
+        out.append(ExtraSource(root=root, name=str(entry["name"]), weight=float(entry.get("weight", 1.0))))
+    return out
+
+
+def prepare(cfg, dataset: Path, out_dir: Path, source_info: dict | None = None,
+            extra_dir: Path | None = None) -> dict:
     features = FeatureConfig.from_dict(cfg.features)
     prep = cfg.prepare
     labels = task_labels(prep.task)
@@ -87,18 +116,22 @@ def prepare(cfg, dataset: Path, out_dir: Path, source_info: dict | None = None) 
         time_shift_ms=float(prep.augment.time_shift_ms),
         background_probability=float(prep.augment.background_probability),
         snr_db=tuple(prep.augment.snr_db),
+        speed=tuple(prep.augment.get("speed", (1.0, 1.0))),
     )
+    extra = extra_sources(cfg.get("data"), extra_dir or Path(OmegaConf.select(cfg, "paths.extra", default="data/raw/extra")))
     index, summary = build_index(
         dataset, labels,
         silence_percentage=prep.silence_percentage, unknown_percentage=prep.unknown_percentage,
         validation_percentage=prep.validation_percentage, testing_percentage=prep.testing_percentage,
         augment=aug, clip_samples=features.clip_samples, sample_rate=features.sample_rate, seed=cfg.seed,
+        split=split_config(cfg.get("data")), extra=extra,
     )
     for split in SPLITS:
         if not index[split]:
             raise DatasetError(f"the {split} split of {dataset} is empty: the dataset is too small or its lists are wrong")
 
-    noise_files = [str(dataset / "_background_noise_" / n) for n in summary["background_noise_files"]]
+    noise_files = [str(dataset / BACKGROUND_NOISE_DIR / n) for n in summary["background_noise_files"]]
+    roots = [str(dataset)] + [str(e.root) for e in extra]
     workers = int(prep.workers) or os.cpu_count() or 1
     log.info("featurizing %s examples with %d workers", {s: len(v) for s, v in index.items()}, workers)
 
@@ -111,18 +144,25 @@ def prepare(cfg, dataset: Path, out_dir: Path, source_info: dict | None = None) 
         "class_counts": {},
         "skipped": [],
         "source": source_info or {},
+        "dataset": (cfg.get("data") or {}).get("name"),
         **summary,
     }
     with staged_dir(out_dir) as tmp:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(dataset), noise_files, features.to_dict())) as pool:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(roots, noise_files, features.to_dict())) as pool:
             for split in SPLITS:
-                x, y, names, bad = featurize_split(index[split], pool, int(prep.batch_size), split, features.shape)
+                arrays, kept, bad = featurize_split(index[split], pool, int(prep.batch_size), split, features.shape)
+                y = arrays["y"]
                 if len(y) == 0:
                     raise DatasetError(f"no readable clips in the {split} split of {dataset}")
-                np.savez_compressed(tmp / f"{split}.npz", x=x, y=y, files=names)
+                np.savez_compressed(tmp / f"{split}.npz", **arrays)
                 meta["counts"][split] = int(len(y))
                 meta["class_counts"][split] = {labels[i]: int(n) for i, n in zip(*np.unique(y, return_counts=True))}
                 meta["skipped"] += bad
+                if split == TEST:
+                    test_set = {"dataset": meta["dataset"], "digest": summary["test_digest"], "labels": labels,
+                                "root": str(dataset), "noise_files": noise_files,
+                                "examples": [asdict(ex) for ex in kept]}
+                    (tmp / TEST_EXAMPLES_FILE).write_text(json.dumps(test_set) + "\n")
         if meta["skipped"]:
             log.warning("skipped %d unreadable clips, e.g. %s", len(meta["skipped"]), meta["skipped"][0])
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

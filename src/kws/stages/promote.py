@@ -1,9 +1,13 @@
 """DVC stage `promote`: register the model, move the `champion` alias only if it is at least
-as good, and export the champion's serving bundle to ``serving/model/``.
+as good ON THE SAME TEST SET, and export the champion's serving bundle to ``serving/model/``.
 
-The gate compares test accuracy with the current champion's (recorded on its registry
-version). Every evaluated bundle is logged to its run under ``bundle/``, so the export
-always comes from the registry's champion, whichever run produced it.
+Like with like: a registry version records its dataset name and the digest of its test
+split. When the champion was scored on the same test set, the recorded accuracies are
+compared. Otherwise both models are re-scored here on the candidate's test split (every
+clip rendered again, each model with its own front end, through the service's predictor);
+a champion that cannot be scored on it (other labels) is kept, with a message naming
+``kws-promote --force``. Every evaluated bundle is logged to its run under ``bundle/``, so the
+export always comes from the registry's champion, whichever run produced it.
 """
 
 from __future__ import annotations
@@ -40,7 +44,36 @@ def _accuracy_of(client, version) -> float:
     return float(client.get_run(version.run_id).data.metrics.get("test_accuracy", float("-inf")))
 
 
-def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_file: Path, force: bool = False) -> dict:
+def _compare(client, current, metrics: dict, test_set: dict, features_dir: Path, model_dir: Path, alias: str):
+    """(candidate accuracy, champion accuracy, how they were compared) on one test set;
+    champion accuracy None: not comparable (the reason is the third item)."""
+    from kws.errors import NotComparableError
+    from kws.stages.evaluate import bundle_accuracy
+    from kws.stages.prepare import TEST_EXAMPLES_FILE
+
+    new_acc = metrics["accuracy"]
+    same = (current.tags.get("dataset") == test_set.get("dataset")
+            and current.tags.get("test_digest") == test_set.get("test_digest") and test_set.get("test_digest"))
+    if same:
+        return new_acc, _accuracy_of(client, current), "the same test set"
+    examples = features_dir / TEST_EXAMPLES_FILE
+    where = f"{current.tags.get('dataset')!r} test set {str(current.tags.get('test_digest'))[:12]}"
+    if not examples.is_file():
+        return new_acc, None, f"champion v{current.version} was scored on {where} and {examples} is missing"
+    test = json.loads(examples.read_text())
+    log.info("champion v%s was scored on %s: re-scoring it and the candidate on %r test set %s",
+             current.version, where, test_set.get("dataset"), str(test_set.get("test_digest"))[:12])
+    with tempfile.TemporaryDirectory(prefix="kws-champion-") as tmp:
+        try:
+            export_bundle(current.run_id, Path(tmp) / "bundle", alias)
+            old_acc = bundle_accuracy(Path(tmp) / "bundle", test)
+        except NotComparableError as err:
+            return new_acc, None, f"champion v{current.version} cannot be scored on this test set: {err}"
+    return bundle_accuracy(model_dir, test), old_acc, f"both re-scored on this model's {test_set.get('dataset')!r} test set"
+
+
+def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_file: Path, force: bool = False,
+            features_dir: Path | None = None) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
@@ -49,7 +82,8 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
 
     if not metrics_file.is_file():
         raise KWSError(f"{metrics_file} not found: run the evaluate stage first")
-    metrics = json.loads(metrics_file.read_text())["test"]
+    evaluation = json.loads(metrics_file.read_text())
+    metrics, test_set = evaluation["test"], evaluation.get("test_set") or {}
     run = tracking.read_run(model_dir)
     tracking.setup(cfg.mlflow.experiment)
     client = MlflowClient()
@@ -58,14 +92,14 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
     version = mlflow.register_model(run["model_uri"], name, tags={
         "test_accuracy": f"{metrics['accuracy']:.6f}", "architecture": run["architecture"],
         "dataset": cfg.data.name, "task": cfg.prepare.task, "run_id": run["run_id"],
+        "test_digest": str(test_set.get("test_digest")),
     })
     current = _champion(client, name, alias)
-    new_acc = metrics["accuracy"]
-    old_acc = _accuracy_of(client, current) if current else None
-    promoted = force or current is None or new_acc >= old_acc
-    if current is not None and current.tags.get("dataset") != cfg.data.name:
-        log.warning("champion v%s was evaluated on %r, this model on %r: accuracies are not comparable",
-                    current.version, current.tags.get("dataset"), cfg.data.name)
+    new_acc, old_acc, compared = metrics["accuracy"], None, "no champion yet"
+    if current is not None:
+        new_acc, old_acc, compared = _compare(client, current, metrics, test_set,
+                                              Path(features_dir or cfg.paths.features), model_dir, alias)
+    promoted = force or current is None or (old_acc is not None and new_acc >= old_acc)
 
     # Every registered version carries its complete serving bundle as run artifacts.
     info = {
@@ -87,18 +121,24 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
         client.set_registered_model_alias(name, alias, version.version)
         champion = client.get_model_version(name, version.version)
         reason = ("forced" if force else "first model" if current is None
-                  else f"test accuracy {new_acc:.4f} >= champion v{current.version}'s {old_acc:.4f}")
+                  else f"test accuracy {new_acc:.4f} >= champion v{current.version}'s {old_acc:.4f} ({compared})")
         log.info("'%s' now points to %s v%s: %s", alias, name, version.version, reason)
+    elif old_acc is None:
+        champion = current
+        reason = f"not comparable: {compared}; champion kept (`kws-promote --force` replaces it)"
+        log.warning("not promoted: %s", reason)
     else:
         champion = current
-        reason = f"test accuracy {new_acc:.4f} < champion v{current.version}'s {old_acc:.4f}; champion kept"
+        reason = (f"test accuracy {new_acc:.4f} < champion v{current.version}'s {old_acc:.4f} ({compared}); "
+                  "champion kept")
         log.warning("not promoted: %s", reason)
 
     export_bundle(champion.run_id, bundle_dir, alias)
     result = {
         "promoted": promoted, "reason": reason, "registered_version": str(version.version),
         "champion_version": str(champion.version), "champion_run_id": champion.run_id,
-        "test_accuracy": new_acc, "previous_champion_accuracy": old_acc, "bundle": str(bundle_dir),
+        "test_accuracy": new_acc, "previous_champion_accuracy": old_acc, "compared_on": compared,
+        "test_set": test_set, "bundle": str(bundle_dir),
     }
     write_text(report_file, json.dumps(result, indent=2) + "\n")
     return result

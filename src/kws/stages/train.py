@@ -1,7 +1,8 @@
-"""DVC stage `train`: MFCC features -> Keras model, tracked in MLflow.
+"""DVC stage `train`: features -> Keras model, tracked in MLflow.
 
-SpecAugment-style time/coefficient masking on the fly, early stopping on validation
-accuracy with the best weights restored, seeded. MLflow gets every resolved parameter,
+SpecAugment-style time/coefficient masking and optional mixup on the fly, label
+smoothing, per-example weights (extra training sources), a plateau or cosine learning-rate
+schedule, early stopping on validation accuracy with the best weights restored, seeded. MLflow gets every resolved parameter,
 per-epoch metrics, the model (with signature and input example), the label map, the
 feature config and a training-curves plot. The run id goes to ``<model dir>/run.json``
 so evaluate and promote log into the same run.
@@ -24,12 +25,17 @@ from kws.features import FeatureConfig
 log = logging.getLogger(__name__)
 
 
-def load_split(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_split(features_dir: Path, split: str, weights: bool = False):
+    """``(x, y)`` of a split (``(x, y, w)`` with ``weights``: per-example weights, 1 when absent)."""
     path = features_dir / f"{split}.npz"
     if not path.is_file():
         raise DatasetError(f"{path} not found: run the prepare stage first")
     with np.load(path) as data:
-        return data["x"].astype(np.float32), data["y"].astype(np.int64)
+        x, y = data["x"].astype(np.float32), data["y"].astype(np.int64)
+        if not weights:
+            return x, y
+        w = data["w"].astype(np.float32) if "w" in data.files else np.ones(len(y), np.float32)
+        return x, y, w
 
 
 def load_meta(features_dir: Path) -> dict:
@@ -52,15 +58,50 @@ def spec_augment(fill: np.ndarray, time_masks: int, time_mask_max: int, freq_mas
         idx = tf.range(size)
         return (idx >= start) & (idx < start + width)
 
-    def apply(x, y):
+    def apply(x, y, w):
         frames, coeffs = x.shape[0], x.shape[1]
         for _ in range(time_masks):
             x = tf.where(band(frames, time_mask_max)[:, None, None], fill, x)
         for _ in range(freq_masks):
             x = tf.where(band(coeffs, freq_mask_max)[None, :, None], fill, x)
-        return x, y
+        return x, y, w
 
     return apply
+
+
+def mixup(alpha: float):
+    """A tf.data map over BATCHES: mix every example with another of the batch, weight
+    ``lam ~ Beta(alpha, alpha)``, features, one-hot labels and sample weights alike."""
+    import tensorflow as tf
+
+    def apply(x, y, w):
+        n = tf.shape(x)[0]
+        g1, g2 = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+        lam = g1 / (g1 + g2)
+        perm = tf.random.shuffle(tf.range(n))
+        mix = lambda a, r: lam[(...,) + (None,) * r] * a + (1 - lam[(...,) + (None,) * r]) * tf.gather(a, perm)  # noqa: E731
+        return mix(x, 3), mix(y, 1), mix(w, 0)
+
+    return apply
+
+
+def learning_rate(t, steps_per_epoch: int):
+    """``train.lr_schedule``: ``plateau`` (a constant, halved by a callback on a val-loss
+    plateau) or ``cosine`` (linear warm-up for one epoch, cosine decay to 1 % over all epochs)."""
+    import keras
+
+    lr = float(t.learning_rate)
+    kind = str(t.get("lr_schedule", "plateau"))
+    if kind == "plateau":
+        return lr
+    if kind == "cosine":
+        total = max(1, int(t.epochs) * steps_per_epoch)
+        warmup = min(steps_per_epoch, total // 2)
+        return keras.optimizers.schedules.CosineDecay(lr * 0.1, total - warmup, alpha=0.01,
+                                                      warmup_target=lr, warmup_steps=warmup)
+    from kws.errors import ConfigError
+
+    raise ConfigError(f"unknown train.lr_schedule {kind!r}: use plateau or cosine")
 
 
 class _MLflowEpochLogger:
@@ -92,28 +133,44 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     meta = load_meta(features_dir)
     labels = meta["labels"]
     features = FeatureConfig.from_dict(meta["features"])
-    x_train, y_train = load_split(features_dir, "train")
+    x_train, y_train, w_train = load_split(features_dir, "train", weights=True)
     x_val, y_val = load_split(features_dir, "validation")
     keras.utils.set_random_seed(int(cfg.seed))
+    n_classes = len(labels)
 
-    model = build_model(cfg.model, features.shape, len(labels), x_train)
+    model = build_model(cfg.model, features.shape, n_classes, x_train)
     t = cfg.train
+    batch = int(t.batch_size)
+    steps = -(-len(y_train) // batch)
+    schedule = learning_rate(t, steps)
     model.compile(
-        optimizer=keras.optimizers.Adam(float(t.learning_rate)),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=["accuracy"],
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(t.get("label_smoothing", 0.0))),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        weighted_metrics=[],
     )
     fill = np.asarray(model.get_layer("mfcc_norm").mean).reshape(-1)
     sa = t.spec_augment
+    one_hot = lambda x, y, w: (x, tf.one_hot(y, n_classes), w)  # noqa: E731
     train_ds = (
-        tf.data.Dataset.from_tensor_slices((x_train[..., None], y_train))
+        tf.data.Dataset.from_tensor_slices((x_train[..., None], y_train, w_train))
         .shuffle(len(y_train), seed=int(cfg.seed), reshuffle_each_iteration=True)
         .map(spec_augment(fill, sa.time_masks, sa.time_mask_max, sa.freq_masks, sa.freq_mask_max),
              num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(int(t.batch_size))
-        .prefetch(tf.data.AUTOTUNE)
+        .batch(batch)
+        .map(one_hot)
     )
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val[..., None], y_val)).batch(256)
+    if float(t.get("mixup_alpha", 0.0)) > 0:
+        train_ds = train_ds.map(mixup(float(t.mixup_alpha)))
+    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val[..., None], tf.one_hot(y_val, n_classes))).batch(256)
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                      patience=int(t.early_stopping_patience), restore_best_weights=True),
+        _MLflowEpochLogger.make(),
+    ]
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5))
 
     tracking.setup(cfg.mlflow.experiment)
     with mlflow.start_run(run_name=f"{cfg.model.name}") as run:
@@ -133,12 +190,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
             epochs=int(t.epochs),
             shuffle=False,  # train_ds reshuffles itself every epoch (seeded)
             verbose=2,
-            callbacks=[
-                keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                              patience=int(t.early_stopping_patience), restore_best_weights=True),
-                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5),
-                _MLflowEpochLogger.make(),
-            ],
+            callbacks=callbacks,
         ).history
         seconds = time.perf_counter() - started
         epochs_run = len(history["loss"])

@@ -1,0 +1,259 @@
+"""Real speech, speakers held out: every model and the chosen recipe by speaker folds, side by
+side with the ORIGINAL project's model on the same clips.
+
+The pool is ``../shared/data/speech_commands_real`` (+ its real silence clips and the
+dataset's background noise): ``data=speech_commands_real``. Its 172 speakers are dealt into
+5 seeded folds (``data.split``); for every fold, every candidate runs the pipeline's own
+``prepare`` and ``train`` (test fold = that fold, validation = 10 % of the other speakers),
+then the test fold's clips are scored FILE BY FILE through the service's decoder and TFLite
+predictor (:mod:`kws.score`). The original model (``../shared/baselines/original_cnn``,
+30 words, no ``_silence_`` class) is scored on exactly the same files. Pooled over the folds
+every clip of the pool is a test clip exactly once.
+
+    .venv/bin/python benchmarks/bench_real.py                      # all candidates, 5 folds
+    .venv/bin/python benchmarks/bench_real.py --candidates recipe --folds 0 1 2
+
+A candidate is a list of Hydra overrides on top of ``data=speech_commands_real`` and conf/'s
+defaults (which ARE the served recipe). Results: ``benchmarks/results/real.json`` (or
+``--out``). Figures are "real speech, speakers held out" — not Speech Commands accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import REPO, machine_info, table, write_result  # noqa: E402
+
+ORIGINAL = REPO.parent / "shared" / "baselines" / "original_cnn"
+ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left marvin nine no off on one "
+                  "right seven sheila six stop three tree two up wow yes zero").split()
+
+#: name -> Hydra overrides. ``recipe`` = conf/'s defaults: the served recipe.
+CANDIDATES: dict[str, list[str]] = {
+    "recipe": [],
+    # the three architectures as they were before the real-speech work (MFCC, 1 copy, plateau LR)
+    "cnn_seed": ["model=cnn_seed", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
+                 "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
+    "ds_cnn": ["model=ds_cnn", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
+               "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
+    "bc_resnet": ["model=bc_resnet", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
+                  "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
+    # the architectures on the served recipe's data and training settings
+    "recipe_cnn_seed": ["model=cnn_seed"],
+    "recipe_bc_resnet": ["model=bc_resnet"],
+}
+DEFAULT_RUN = ["recipe", "cnn_seed", "ds_cnn", "bc_resnet"]
+
+log = logging.getLogger("bench_real")
+
+
+# --------------------------------------------------------------------------- the original model
+class OriginalModel:
+    """The original project's model as a ``classify(path) -> 12-class label`` (its own features:
+    librosa at 22.05 kHz, first second, 13 MFCCs, n_fft 2048, hop 512; a keyword is itself,
+    any other of its 30 words ``_unknown_``; it has no ``_silence_``). Predictions are batched
+    per fold and looked up."""
+
+    def __init__(self, path: Path = ORIGINAL / "model.h5"):
+        import keras
+
+        self.model = keras.models.load_model(str(path), compile=False)
+        self.cache: dict[str, str] = {}
+
+    def precompute(self, paths: list[Path]) -> None:
+        from legacy_serving import legacy_mfcc
+
+        from kws.labels import KEYWORDS, UNKNOWN
+
+        todo = [p for p in paths if str(p) not in self.cache]
+        if not todo:
+            return
+        x = np.stack([legacy_mfcc(p) for p in todo])[..., None].astype(np.float32)
+        words = np.asarray(ORIGINAL_WORDS)[self.model.predict(x, batch_size=256, verbose=0).argmax(axis=1)]
+        for p, w in zip(todo, words):
+            self.cache[str(p)] = w if w in KEYWORDS else UNKNOWN
+
+    def __call__(self, path: Path) -> str:
+        return self.cache[str(path)]
+
+
+# --------------------------------------------------------------------------- one fold of one candidate
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
+    from omegaconf import OmegaConf
+
+    from kws.config import compose
+
+    cfg = compose(["data=speech_commands_real", f"data.split.test_fold={fold}", *overrides], conf_dir=REPO / "conf")
+    OmegaConf.set_struct(cfg, False)
+    c = OmegaConf.to_container(cfg, resolve=True)
+    data_key = _digest({k: c[k] for k in ("features", "prepare", "seed")} | {k: c["data"][k] for k in ("split", "extra")})
+    cfg.paths.dataset = str(work / "raw" / "speech_commands")
+    cfg.paths.extra = str(work / "raw" / "extra")
+    cfg.paths.features = str(work / "features" / data_key)
+    cfg.paths.model = str(work / "models" / name / f"fold{fold}")
+    cfg.paths.reports = str(work / "reports" / name / f"fold{fold}")
+    cfg.prepare.workers = 0
+    return cfg
+
+
+def run_fold(cfg, original: OriginalModel | None) -> dict:
+    import keras
+
+    from kws.score import bundle_classifier, score
+    from kws.stages.prepare import prepare
+    from kws.stages.train import train
+
+    features = Path(cfg.paths.features)
+    t0 = time.perf_counter()
+    if not (features / "meta.json").is_file():
+        prepare(cfg, Path(cfg.paths.dataset), features, extra_dir=Path(cfg.paths.extra))
+    prepare_s = time.perf_counter() - t0
+    keras.backend.clear_session()
+    summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))
+    with np.load(features / "test.npz") as d:
+        files, y = list(d["files"]), d["y"]
+    labels = json.loads((features / "meta.json").read_text())["labels"]
+    root = Path(cfg.paths.dataset)
+    items = [(root / f, labels[int(k)]) for f, k in zip(files, y)]
+    ours = score(items, bundle_classifier(cfg.paths.model), labels, progress=False)
+    out = {"prepare_s": round(prepare_s, 1), "train": summary, "ours": _slim(ours)}
+    if original is not None:
+        original.precompute([p for p, _ in items])
+        out["original"] = _slim(score(items, original, labels, progress=False))
+    return out
+
+
+def _slim(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "predictions"} | {
+        "predictions": [[Path(p["file"]).parent.name + "/" + Path(p["file"]).name, p["true"], p["predicted"]]
+                        for p in result["predictions"]]}
+
+
+# --------------------------------------------------------------------------- pooling
+def pooled(folds: list[dict], who: str) -> dict:
+    from kws.labels import SILENCE
+    from kws.score import wilson
+
+    rows = [r for f in folds for r in f[who]["predictions"]]
+    n, k = len(rows), sum(t == p for _, t, p in rows)
+    per_class = {}
+    for label in sorted({t for _, t, _ in rows}):
+        sel = [(t, p) for _, t, p in rows if t == label]
+        c = sum(t == p for t, p in sel)
+        per_class[label] = {"n": len(sel), "recall": c / len(sel), "ci95": list(wilson(c, len(sel)))}
+    no_sil = [(t, p) for _, t, p in rows if t != SILENCE]
+    k2 = sum(t == p for t, p in no_sil)
+    accs = [f[who]["accuracy"] for f in folds]
+    lat = [f[who]["latency_ms"]["p50"] for f in folds if f[who]["latency_ms"]["p50"] is not None]
+    return {
+        "n": n, "accuracy": k / n, "ci95": list(wilson(k, n)),
+        "fold_accuracy_mean": float(np.mean(accs)), "fold_accuracy_std": float(np.std(accs)),
+        "accuracy_without_silence": k2 / len(no_sil), "ci95_without_silence": list(wilson(k2, len(no_sil))),
+        "per_class": per_class, "min_recall": min(v["recall"] for v in per_class.values()),
+        "latency_p50_ms": float(np.median(lat)) if lat else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", nargs="*", default=DEFAULT_RUN, help=f"of {sorted(CANDIDATES)}")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="NAME=OVERRIDES",
+                        help="ad-hoc candidates: 'name=model=ds_cnn,train.mixup_alpha=0.2'")
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("KWS_BENCH_CACHE", "/tmp/kws-bench")) / "real")
+    parser.add_argument("--out", default="real.json")
+    parser.add_argument("--no-original", action="store_true")
+    args = parser.parse_args(argv)
+
+    from kws.logs import setup_logging
+    from kws.stages.download import download
+
+    setup_logging()
+    candidates = {c: CANDIDATES[c] for c in args.candidates}
+    for spec in args.extra:
+        name, _, overrides = spec.partition("=")
+        candidates[name] = [o for o in overrides.split(",") if o]
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.chdir(args.work)  # MLflow's embedded store (mlflow.db, mlruns/) goes here, not into the repo
+
+    # the pool, materialized once by the download stage's own code (relative paths resolve from the repo)
+    from kws.config import compose, write_params
+
+    params = args.work / "params.yaml"
+    cfg0 = compose(["data=speech_commands_real"], conf_dir=REPO / "conf")
+    cfg0.data.source = str((REPO / cfg0.data.source).resolve())
+    cfg0.data.noise_dir = str((REPO / cfg0.data.noise_dir).resolve())
+    cfg0.data.silence_dir = str((REPO / cfg0.data.silence_dir).resolve())
+    cfg0.paths.dataset = str(args.work / "raw" / "speech_commands")
+    cfg0.paths.extra = str(args.work / "raw" / "extra")
+    write_params(cfg0, params)
+    download(params, progress=False)
+
+    original = None if args.no_original or not (ORIGINAL / "model.h5").is_file() else OriginalModel()
+    out_path = Path(args.out) if Path(args.out).parent != Path(".") else REPO / "benchmarks" / "results" / args.out
+    results = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    results.setdefault("candidates", {})
+    started = time.perf_counter()
+    for name, overrides in candidates.items():
+        folds = []
+        for fold in args.folds:
+            cfg = compose_fold(overrides, fold, args.work, name)
+            log.info("=== %s, test fold %d: %s", name, fold, " ".join(overrides) or "(conf defaults)")
+            t0 = time.perf_counter()
+            r = run_fold(cfg, original)
+            r["fold"], r["seconds"] = fold, round(time.perf_counter() - t0, 1)
+            folds.append(r)
+            log.info("%s fold %d: ours %.4f, original %s (%.0f s)", name, fold, r["ours"]["accuracy"],
+                     f"{r['original']['accuracy']:.4f}" if "original" in r else "-", r["seconds"])
+        from omegaconf import OmegaConf
+
+        entry = {
+            "overrides": overrides, "folds": args.folds,
+            "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("features", "model", "train")}
+            | {"augment": OmegaConf.to_container(cfg.prepare.augment, resolve=True),
+               "unknown_percentage": cfg.prepare.unknown_percentage, "silence_percentage": cfg.prepare.silence_percentage},
+            "ours": pooled(folds, "ours"),
+            "original": pooled(folds, "original") if original is not None else None,
+            "train_seconds_per_fold": float(np.mean([f["train"]["train_seconds"] for f in folds])),
+            "params_count": folds[0]["train"]["params_count"],
+            "per_fold": [{k: v for k, v in f.items() if k not in ("ours", "original")}
+                         | {"ours": {k: v for k, v in f["ours"].items() if k != "predictions"}} for f in folds],
+        }
+        results["candidates"][name] = entry
+        results["machine"] = machine_info()
+        results["pool"] = "../shared/data/speech_commands_real (+ speech_commands_real_silence), speakers held out"
+        write_result(out_path, results)
+
+    rows = []
+    for name, e in results["candidates"].items():
+        o, g = e["ours"], e["original"]
+        rows.append([name, len(e["folds"]), o["n"], f"{o['accuracy']:.3f} [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]",
+                     f"{o['min_recall']:.3f}", f"{o['per_class'].get('_unknown_', {}).get('recall', float('nan')):.3f}",
+                     f"{o['per_class'].get('_silence_', {}).get('recall', float('nan')):.3f}",
+                     f"{g['accuracy']:.3f}" if g else "-", f"{g['accuracy_without_silence']:.3f}" if g else "-",
+                     f"{o['latency_p50_ms']:.2f}" if o["latency_p50_ms"] else "-", e["params_count"]])
+    print(table(rows, ["candidate", "folds", "clips", "accuracy [95% CI]", "min recall", "unknown", "silence",
+                       "original", "orig. w/o silence", "p50 ms", "params"]))
+    print(f"wrote {out_path} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

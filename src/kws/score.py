@@ -1,0 +1,288 @@
+"""Score a model bundle on any labelled folder of clips: ``kws-score BUNDLE FOLDER``.
+
+Each clip goes through exactly what the HTTP service does with an upload
+(:func:`kws.audio.decode`, :func:`kws.audio.check_not_silent`, then
+:meth:`kws.serving.predictor.Predictor.predict`), so the figure is the service's own.
+A clip the service would reject (corrupt, empty, silent, too long) is not a crash: it
+counts as wrong and is listed under ``errors``.
+
+Folder layouts (``--layout``):
+
+* ``archive`` — the Speech Commands archive, ``<word>/<speaker>_nohash_<n>.wav``: a word
+  that is a model label is itself, any other word is ``_unknown_`` (when the model has it);
+  folders starting with ``_`` are skipped except ``_silence_``. ``--silence-dir`` adds every
+  .wav of another folder as ``_silence_``.
+* ``canonical`` — the official canonical test set, ``<class>/*.wav`` with ``_unknown_`` and
+  ``_silence_`` among the class folders; every folder must be a model label.
+* ``auto`` (default) — canonical when there is a ``_unknown_`` or ``_silence_`` folder and
+  every folder is a model label, else archive.
+
+``--list FILE`` keeps only the clips listed (``word/file.wav`` a line, as ``testing_list.txt``).
+The report gives accuracy and per-class recall with 95 % Wilson intervals, the top
+confusions, the errors and the per-clip latency (decode + predict). Invariant of a result:
+``correct + sum(confusion counts) + len(errors) == n``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from kws.errors import ConfigError, DatasetError, KWSError
+from kws.labels import SILENCE, UNKNOWN
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("auto", "archive", "canonical")
+Item = tuple[Path, str]
+
+
+# --------------------------------------------------------------------------- statistics
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of ``k`` successes in ``n`` trials ((0, 1) when ``n`` is 0)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(max(0.0, ci.low)), float(min(1.0, ci.high))
+
+
+# --------------------------------------------------------------------------- collecting clips
+def _wavs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".wav" and p.is_file())
+
+
+def _read_list(list_file: str | Path) -> set[str]:
+    path = Path(list_file)
+    if not path.is_file():
+        raise DatasetError(f"list file {path} not found")
+    lines = (line.strip().replace("\\", "/") for line in path.read_text().splitlines())
+    return {line.removeprefix("./") for line in lines if line and not line.startswith("#")}
+
+
+def collect(folder: str | Path, labels: Sequence[str], layout: str = "auto", silence_dir: str | Path | None = None,
+            list_file: str | Path | None = None) -> tuple[list[Item], str]:
+    """The clips of ``folder`` with their true labels (``labels``: the model's), and the layout used."""
+    folder, labels = Path(folder), list(labels)
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if not folder.is_dir():
+        raise DatasetError(f"folder {folder} not found (or not a directory)")
+    dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))  # is_dir follows links
+    names = {d.name for d in dirs}
+    if layout == "auto":
+        special = names & {SILENCE, UNKNOWN}
+        layout = "canonical" if special and names <= set(labels) else "archive"
+    items: list[Item] = []
+    skipped: list[str] = []
+    for d in dirs:
+        if layout == "canonical":
+            if d.name not in labels:
+                raise DatasetError(f"folder {d.name!r} in {folder} is not a label of the model ({', '.join(labels)}); "
+                                   "a canonical layout has one folder per model label (try --layout archive)")
+            true = d.name
+        elif d.name.startswith("_"):
+            if d.name != SILENCE or SILENCE not in labels:
+                skipped.append(d.name)
+                continue
+            true = SILENCE
+        elif d.name in labels:
+            true = d.name
+        elif UNKNOWN in labels:
+            true = UNKNOWN
+        else:
+            skipped.append(d.name)
+            continue
+        items += [(p, true) for p in _wavs(d)]
+    if skipped:
+        log.info("skipped folders (no matching model label): %s", ", ".join(skipped))
+    if list_file is not None:
+        wanted = _read_list(list_file)
+        items = [(p, t) for p, t in items if f"{p.parent.name}/{p.name}" in wanted]
+        if len(wanted) > len(items):
+            log.warning("%d of the %d clips in %s are not in %s", len(wanted) - len(items), len(wanted),
+                        list_file, folder)
+    if silence_dir is not None:
+        silence_dir = Path(silence_dir)
+        if not silence_dir.is_dir():
+            raise DatasetError(f"silence folder {silence_dir} not found (or not a directory)")
+        if SILENCE not in labels:
+            raise ConfigError(f"--silence-dir given but the model has no {SILENCE} label")
+        items += [(p, SILENCE) for p in _wavs(silence_dir)]
+    if not items:
+        raise DatasetError(f"no .wav clips found in {folder} ({layout} layout) for labels {', '.join(labels)}")
+    log.info("%d clips in %s (%s layout)", len(items), folder, layout)
+    return items, layout
+
+
+# --------------------------------------------------------------------------- the service's classifier
+class BundleClassifier:
+    """``classify(path) -> label`` through the service's decoder and predictor (loaded once)."""
+
+    def __init__(self, bundle: str | Path, runtime: str = "tflite", threshold: float | None = None,
+                 max_duration_s: float = 60.0):
+        from kws.serving.predictor import Predictor
+
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"threshold must be between 0 and 1, got {threshold:g}")
+        self.predictor = Predictor(bundle, runtime=runtime, warmup=True)
+        self.labels = list(self.predictor.labels)
+        self.runtime = self.predictor.runtime.name
+        self.threshold = threshold
+        self.max_duration_s = max_duration_s
+
+    def __call__(self, path: Path) -> str:
+        from kws.audio import check_not_silent, decode
+
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise DatasetError(f"cannot read {path}: {err.strerror or err}") from None
+        audio = decode(data, sample_rate=self.predictor.cfg.sample_rate, max_duration_s=self.max_duration_s)
+        check_not_silent(audio.samples)  # the service answers 422 to silent audio
+        return self.predictor.predict(audio.samples, threshold=self.threshold)["keyword"]
+
+
+def bundle_classifier(bundle: str | Path, runtime: str = "tflite", threshold: float | None = None) -> BundleClassifier:
+    """A callable ``path -> predicted label`` with ``.labels``, ``.runtime`` and ``.predictor``."""
+    return BundleClassifier(bundle, runtime=runtime, threshold=threshold)
+
+
+# --------------------------------------------------------------------------- scoring
+def score(items: Iterable[Item], classify: Callable[[Path], str], labels: Sequence[str], progress: bool = True) -> dict:
+    """Run ``classify`` on every ``(path, true label)``; accuracy, recall, confusions, errors, latency."""
+    from tqdm import tqdm
+
+    items = list(items)
+    predictions, errors, latencies = [], [], []
+    bar = tqdm(items, desc="scoring", unit="clip", file=sys.stderr, disable=(not progress or len(items) < 20) or None)
+    for path, true in bar:
+        t0 = time.perf_counter()
+        try:
+            pred = classify(path)
+        except (KWSError, OSError) as err:
+            errors.append({"file": str(path), "true": true, "message": getattr(err, "message", None) or str(err)})
+            pred = None
+        else:
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+        predictions.append({"file": str(path), "true": true, "predicted": pred})
+    n = len(predictions)
+    correct = sum(p["predicted"] == p["true"] for p in predictions)
+    order = list(labels) + sorted({p["true"] for p in predictions} - set(labels))
+    per_class = {}
+    for label in order:
+        rows = [p for p in predictions if p["true"] == label]
+        if rows:
+            k = sum(p["predicted"] == label for p in rows)
+            per_class[label] = {"n": len(rows), "correct": k, "recall": k / len(rows), "ci95": list(wilson(k, len(rows)))}
+    pairs = Counter((p["true"], p["predicted"]) for p in predictions
+                    if p["predicted"] is not None and p["predicted"] != p["true"])
+    confusions = [{"true": t, "predicted": q, "count": c}
+                  for (t, q), c in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))]
+    lat = {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))} if latencies \
+        else {"p50": None, "p95": None}
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "ci95": list(wilson(correct, n)),
+            "per_class": per_class, "confusions": confusions, "errors": errors, "latency_ms": lat,
+            "labels": list(labels), "predictions": predictions}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def format_report(result: dict, title: str = "", top: int = 10) -> str:
+    """Plain-text report of a :func:`score` result."""
+    lo, hi = result["ci95"]
+    out = [title] if title else []
+    out.append(f"clips     {result['n']}")
+    out.append(f"accuracy  {_pct(result['accuracy'])} %  ({result['correct']}/{result['n']}; "
+               f"95 % CI {_pct(lo)}-{_pct(hi)} %, Wilson)")
+    out.append("per-class recall:")
+    width = max([len(k) for k in result["per_class"]] + [5])
+    out.append(f"  {'class':<{width}}  {'recall':>7}  {'n':>5}  95 % CI")
+    for label, c in result["per_class"].items():
+        out.append(f"  {label:<{width}}  {_pct(c['recall']):>5} %  {c['n']:>5}  "
+                   f"{_pct(c['ci95'][0])}-{_pct(c['ci95'][1])} %")
+    if result["confusions"]:
+        out.append("top confusions (true → predicted: count):")
+        out += [f"  {c['true']} → {c['predicted']}: {c['count']}" for c in result["confusions"][:top]]
+    out.append(f"errors    {len(result['errors'])}")
+    out += [f"  {e['file']}: {e['message']}" for e in result["errors"][:top]]
+    if len(result["errors"]) > top:
+        out.append(f"  ... and {len(result['errors']) - top} more")
+    lat = result["latency_ms"]
+    if lat["p50"] is not None:
+        out.append(f"latency   median {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms per clip (decode + predict)")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kws-score", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", type=Path, help="serving bundle directory (model.tflite, labels.json, ...)")
+    p.add_argument("folder", type=Path, help="folder of labelled clips")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="folder layout (default: %(default)s)")
+    p.add_argument("--silence-dir", type=Path, help="every .wav in this folder is a _silence_ clip")
+    p.add_argument("--list", dest="list_file", type=Path, help="score only the clips listed (word/file.wav a line)")
+    p.add_argument("--runtime", choices=("tflite", "keras"), default="tflite", help="default: %(default)s")
+    p.add_argument("--threshold", type=float, help="below this confidence the keyword is _unknown_ (as the service)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.add_argument("--output", type=Path, help="also write the JSON result to this file")
+    p.add_argument("--limit", type=int, help="score a fixed-seed random sample of at most N clips")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from kws.atomic import write_text
+    from kws.bundle import read_meta
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold:g}")
+    labels = read_meta(args.bundle).labels  # fails fast (ModelNotFoundError) before the folder is walked
+    items, layout = collect(args.folder, labels, args.layout, args.silence_dir, args.list_file)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+        if args.limit < len(items):
+            items = sorted(random.Random(0).sample(items, args.limit))
+    classify = bundle_classifier(args.bundle, runtime=args.runtime, threshold=args.threshold)
+    result = score(items, classify, classify.labels)
+    result.update({"bundle": str(args.bundle), "folder": str(args.folder), "layout": layout,
+                   "runtime": classify.runtime, "threshold": args.threshold})
+    text = json.dumps(result, indent=2)
+    if args.output is not None:
+        try:
+            write_text(args.output, text + "\n")
+        except OSError as err:
+            raise ConfigError(f"cannot write {args.output}: {err.strerror or err}") from None
+        log.info("result written to %s", args.output)
+    if args.json:
+        print(text)
+    else:
+        title = f"kws-score: {args.bundle} ({classify.runtime}) on {args.folder} [{layout} layout]"
+        print(format_report(result, title))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kws.cli import run_cli
+
+    args = parse_args(argv)
+    return run_cli(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
