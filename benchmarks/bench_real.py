@@ -105,9 +105,10 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     data_key = _digest({k: c[k] for k in ("features", "prepare", "seed")} | {k: c["data"][k] for k in ("split", "extra")})
     cfg.paths.dataset = str(work / "raw" / "speech_commands")
     cfg.paths.extra = str(work / "raw" / "extra")
+    run_key = _digest({k: v for k, v in c.items() if k != "paths"})  # same config = same trained model
     cfg.paths.features = str(work / "features" / data_key)
-    cfg.paths.model = str(work / "models" / name / f"fold{fold}")
-    cfg.paths.reports = str(work / "reports" / name / f"fold{fold}")
+    cfg.paths.model = str(work / "models" / run_key / f"fold{fold}")
+    cfg.paths.reports = str(work / "reports" / run_key / f"fold{fold}")
     cfg.prepare.workers = 0
     return cfg
 
@@ -124,8 +125,14 @@ def run_fold(cfg, original: OriginalModel | None) -> dict:
     if not (features / "meta.json").is_file():
         prepare(cfg, Path(cfg.paths.dataset), features, extra_dir=Path(cfg.paths.extra))
     prepare_s = time.perf_counter() - t0
-    keras.backend.clear_session()
-    summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))
+    done = Path(cfg.paths.model) / "bench_train.json"
+    if done.is_file():  # this exact configuration was trained on this fold already (e.g. while screening)
+        summary = json.loads(done.read_text())
+        log.info("reusing the model trained with this configuration: %s", cfg.paths.model)
+    else:
+        keras.backend.clear_session()
+        summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))
+        done.write_text(json.dumps(summary) + "\n")
     with np.load(features / "test.npz") as d:
         files, y = list(d["files"]), d["y"]
     labels = json.loads((features / "meta.json").read_text())["labels"]
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", nargs="*", default=DEFAULT_RUN, help=f"of {sorted(CANDIDATES)}")
     parser.add_argument("--extra", nargs="*", default=[], metavar="NAME=OVERRIDES",
-                        help="ad-hoc candidates: 'name=model=ds_cnn,train.mixup_alpha=0.2'")
+                        help="ad-hoc candidates: 'name=model=ds_cnn;train.mixup_alpha=0.2'")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("KWS_BENCH_CACHE", "/tmp/kws-bench")) / "real")
     parser.add_argument("--out", default="real.json")
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     candidates = {c: CANDIDATES[c] for c in args.candidates}
     for spec in args.extra:
         name, _, overrides = spec.partition("=")
-        candidates[name] = [o for o in overrides.split(",") if o]
+        candidates[name] = [o for o in overrides.split(";") if o]
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     os.chdir(args.work)  # MLflow's embedded store (mlflow.db, mlruns/) goes here, not into the repo
@@ -212,29 +219,33 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("candidates", {})
     started = time.perf_counter()
     for name, overrides in candidates.items():
+        previous = {f["fold"]: f for f in results["candidates"].get(name, {}).get("per_fold", [])
+                    if f.get("overrides") == overrides}
         folds = []
         for fold in args.folds:
             cfg = compose_fold(overrides, fold, args.work, name)
             log.info("=== %s, test fold %d: %s", name, fold, " ".join(overrides) or "(conf defaults)")
             t0 = time.perf_counter()
             r = run_fold(cfg, original)
-            r["fold"], r["seconds"] = fold, round(time.perf_counter() - t0, 1)
+            r["fold"], r["seconds"], r["overrides"] = fold, round(time.perf_counter() - t0, 1), overrides
+            previous[fold] = r
             folds.append(r)
             log.info("%s fold %d: ours %.4f, original %s (%.0f s)", name, fold, r["ours"]["accuracy"],
                      f"{r['original']['accuracy']:.4f}" if "original" in r else "-", r["seconds"])
         from omegaconf import OmegaConf
 
+        folds = [previous[k] for k in sorted(previous)]  # the folds run before, with the same overrides, too
+        with_original = original is not None and all("original" in f for f in folds)
         entry = {
-            "overrides": overrides, "folds": args.folds,
+            "overrides": overrides, "folds": [f["fold"] for f in folds],
             "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("features", "model", "train")}
             | {"augment": OmegaConf.to_container(cfg.prepare.augment, resolve=True),
                "unknown_percentage": cfg.prepare.unknown_percentage, "silence_percentage": cfg.prepare.silence_percentage},
             "ours": pooled(folds, "ours"),
-            "original": pooled(folds, "original") if original is not None else None,
+            "original": pooled(folds, "original") if with_original else None,
             "train_seconds_per_fold": float(np.mean([f["train"]["train_seconds"] for f in folds])),
             "params_count": folds[0]["train"]["params_count"],
-            "per_fold": [{k: v for k, v in f.items() if k not in ("ours", "original")}
-                         | {"ours": {k: v for k, v in f["ours"].items() if k != "predictions"}} for f in folds],
+            "per_fold": folds,
         }
         results["candidates"][name] = entry
         results["machine"] = machine_info()

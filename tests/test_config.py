@@ -8,16 +8,31 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from kws.config import compose, flatten, load_params
+from kws.config import compose, flatten, load_params, recorded_overrides
 from kws.errors import ConfigError
 from kws.features import FeatureConfig
 from kws.labels import task_labels
 
 
-def test_committed_params_yaml_is_the_default_composition(repo):
+def test_params_yaml_is_the_composition_of_conf_with_its_recorded_overrides(repo):
+    """params.yaml is exactly conf/ composed with the overrides `kws-params` recorded in it: the
+    default composition as committed, or e.g. `data=speech_commands_real` after the README's
+    offline path — either way, a params.yaml that drifted from conf/ fails."""
+    overrides = recorded_overrides(repo / "params.yaml")
     committed = OmegaConf.to_container(load_params(repo / "params.yaml"), resolve=True)
-    composed = OmegaConf.to_container(compose(conf_dir=repo / "conf"), resolve=True)
-    assert committed == composed, "params.yaml is stale: run `kws-params` and commit it"
+    composed = OmegaConf.to_container(compose(overrides, conf_dir=repo / "conf"), resolve=True)
+    assert committed == composed, f"params.yaml is stale: run `kws-params {' '.join(overrides)}`"
+
+
+def test_kws_params_records_its_overrides_and_drift_is_detected(tmp_path, repo):
+    out = tmp_path / "params.yaml"
+    proc = subprocess.run([sys.executable, "-m", "kws.config", "data=speech_commands_real", "train.epochs=3",
+                           "--output", str(out), "--conf", str(repo / "conf")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert recorded_overrides(out) == ["data=speech_commands_real", "train.epochs=3"]
+    cfg = load_params(out)
+    assert cfg == compose(recorded_overrides(out), conf_dir=repo / "conf")
+    assert cfg != compose([], conf_dir=repo / "conf")  # the check above is not vacuous
 
 
 def test_default_config_targets_the_real_archive(repo):

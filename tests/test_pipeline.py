@@ -161,3 +161,34 @@ def test_dvc_exp_run_composes_hydra_overrides(project, sample_dir, first_repro):
         [_client(project).get_experiment_by_name("kws").experiment_id],
         filter_string="params.`model.name` = 'cnn_seed'")
     assert len(runs) == 1 and "test_accuracy" in runs[0].data.metrics
+
+
+def test_champion_from_another_dataset_is_rescored_on_the_candidates_test_set(project, sample_dir, first_repro,
+                                                                               tmp_path):
+    """A real-speech candidate against a synthetic-data champion: accuracies on two different
+    test sets are not compared; both models are re-scored on the candidate's (real) test split."""
+    real = sample_dir.parent / "speech_commands_real"
+    silence = sample_dir.parent / "speech_commands_real_silence"
+    if not (real.is_dir() and silence.is_dir()):
+        pytest.skip("real clips not found in ../shared/data")
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for word in ("yes", "no", "up", "dog", "wow"):  # symlinked word folders, as a user would point at a pool
+        (pool / word).symlink_to(real / word, target_is_directory=True)
+    before = _client(project).get_model_version_by_alias("kws", "champion")
+    write_params(compose(["data=speech_commands_real", f"data.source={pool}", f"data.silence_dir={silence}",
+                          f"data.noise_dir={sample_dir / '_background_noise_'}", "prepare.augment.copies=0",
+                          "train.epochs=2", "train.batch_size=32"], conf_dir=project / "conf"), project / "params.yaml")
+    ran, out = _repro(project)
+    assert ran == set(STAGES), out[-3000:]
+    result = json.loads((project / "reports/promotion.json").read_text())
+    meta = json.loads((project / "data/features/meta.json").read_text())
+    assert result["test_set"] == {"dataset": "speech_commands_real", "test_digest": meta["test_digest"]}
+    assert before.tags["dataset"] == "synthetic_speech_commands"
+    assert "re-scored" in result["compared_on"], result
+    assert isinstance(result["previous_champion_accuracy"], float)
+    assert result["promoted"] == (result["test_accuracy"] >= result["previous_champion_accuracy"])
+    version = _client(project).get_model_version("kws", result["registered_version"])
+    assert version.tags["dataset"] == "speech_commands_real" and version.tags["test_digest"] == meta["test_digest"]
+    bundle = read_meta(project / "serving/model")
+    assert bundle.info["version"] == result["champion_version"]

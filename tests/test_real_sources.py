@@ -171,6 +171,7 @@ def test_extra_source_reaches_training_only_and_never_fills_the_unknown_share(tm
     params = _params(tmp_path, pool, f"+data.extra=[{{name: tones, source: '{extra_src}', weight: 0.25}}]")
     info = download(params, progress=False)
     assert info["extra"]["tones"]["n_words"] == 5
+    assert download(params, progress=False)["extra"]["tones"]["fetched_at"] == info["extra"]["tones"]["fetched_at"]
     from kws.config import load_params
 
     cfg = load_params(params)
@@ -193,4 +194,4 @@ def test_extra_source_reaches_training_only_and_never_fills_the_unknown_share(tm
 
     # dropped from the config: the download stage removes it
     download(_params(tmp_path, pool), progress=False)
-    assert not (tmp_path / "raw" / "extra" / "tones").exists()
+    assert not list((tmp_path / "raw" / "extra").iterdir())

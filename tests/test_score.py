@@ -265,3 +265,24 @@ def test_wilson():
     assert wilson(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
         wilson(11, 10)
+
+
+# --------------------------------------------------------------------------- promotion's re-scoring
+def test_promotions_rescoring_agrees_with_kws_score_and_refuses_other_labels(bundle, classify, labels):
+    """`promote` re-scores a champion on the candidate's test split (rendered from
+    test_examples.json) — it must give what kws-score gives on the same real files, and a model
+    with other labels is not comparable."""
+    from dataclasses import asdict
+
+    from kws.dataset import Example
+    from kws.errors import NotComparableError
+    from kws.labels import task_labels
+    from kws.stages.evaluate import bundle_accuracy
+
+    files = [p for w in (*KEYWORDS, "dog", "yes") for p in _some(REAL / w, 6)]
+    items = [(p, p.parent.name if p.parent.name in labels else UNKNOWN) for p in files]
+    test_set = {"labels": labels, "root": str(REAL), "noise_files": [],
+                "examples": [asdict(Example(f"{p.parent.name}/{p.name}", labels.index(t))) for p, t in items]}
+    assert bundle_accuracy(bundle, test_set) == pytest.approx(score(items, classify, labels, progress=False)["accuracy"])
+    with pytest.raises(NotComparableError, match="predicts"):
+        bundle_accuracy(bundle, {**test_set, "labels": task_labels("keywords")})

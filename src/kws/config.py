@@ -9,6 +9,7 @@ with overrides): DVC's Hydra integration writes it on ``dvc exp run -S key=value
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -42,12 +43,25 @@ def compose(overrides: Iterable[str] = (), conf_dir: str | Path = CONF_DIR) -> D
         raise ConfigError(f"invalid configuration override: {err}") from None
 
 
-def write_params(cfg: DictConfig, path: str | Path = PARAMS_FILE) -> Path:
+OVERRIDES_TAG = "# kws-params overrides: "
+
+
+def write_params(cfg: DictConfig, path: str | Path = PARAMS_FILE, overrides: Iterable[str] = ()) -> Path:
+    """Write the composition ``cfg`` to ``path``; ``overrides`` (what it was composed with) are
+    recorded in a header line, so the file can be checked against conf/ (:func:`recorded_overrides`)."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(HEADER + OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.write_text(HEADER + OVERRIDES_TAG + json.dumps(list(overrides)) + "\n" + OmegaConf.to_yaml(cfg, resolve=True))
     os.replace(tmp, path)
     return path
+
+
+def recorded_overrides(path: str | Path = PARAMS_FILE) -> list[str]:
+    """The overrides ``kws-params`` recorded in ``path`` ([] for the plain default composition)."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(OVERRIDES_TAG):
+            return list(json.loads(line[len(OVERRIDES_TAG):]))
+    return []
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> DictConfig:
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def _run() -> None:
-        path = write_params(compose(args.overrides, args.conf), args.output)
+        path = write_params(compose(args.overrides, args.conf), args.output, args.overrides)
         print(f"wrote {path}")
 
     return run_cli(_run)

@@ -201,7 +201,10 @@ def test_thirty_seconds_of_audio_finds_the_keywords(base, clips):
     for d in dets:  # no false alarm in the noise-only stretches
         assert any(abs(d["start_s"] - s) <= 1.0 for s, _ in placed), d
         assert d["end_s"] - d["start_s"] == pytest.approx(1.0)
-    assert body["keyword"] == max(dets, key=lambda d: d["confidence"])["keyword"]
+    # the answer is the most confident detection; detections may tie once rounded to 6 decimals
+    top = max(d["confidence"] for d in dets)
+    assert body["keyword"] in {d["keyword"] for d in dets if d["confidence"] == top}
+    assert body["confidence"] == top
 
 
 def test_metrics_count_requests(base, clips):

@@ -133,8 +133,9 @@ def download_extra(data, extra_dir: Path, fetch: dict) -> dict[str, Any]:
     if any(not n or "/" in n or n.startswith(".") for n in names) or len(set(names)) != len(names):
         raise ConfigError(f"every data.extra entry needs a unique plain `name`, got {names}")
     extra_dir.mkdir(parents=True, exist_ok=True)
+    keep = set(names) | {f"{n}.json" for n in names}  # each source and its info file
     for stale in extra_dir.iterdir():
-        if stale.name not in names and not stale.name.startswith("."):
+        if stale.name not in keep and not stale.name.startswith("."):
             log.info("removing extra source %s (no longer in data.extra)", stale.name)
             if stale.is_dir():
                 shutil.rmtree(stale)

@@ -135,11 +135,17 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     features = FeatureConfig.from_dict(meta["features"])
     x_train, y_train, w_train = load_split(features_dir, "train", weights=True)
     x_val, y_val = load_split(features_dir, "validation")
+    t = cfg.train
+    for label, factor in (t.get("class_weights") or {}).items():  # e.g. {_unknown_: 2}: class balancing
+        if label not in labels:
+            from kws.errors import ConfigError
+
+            raise ConfigError(f"train.class_weights names {label!r}, not one of the task's labels {labels}")
+        w_train = np.where(y_train == labels.index(label), w_train * float(factor), w_train).astype(np.float32)
     keras.utils.set_random_seed(int(cfg.seed))
     n_classes = len(labels)
 
     model = build_model(cfg.model, features.shape, n_classes, x_train)
-    t = cfg.train
     batch = int(t.batch_size)
     steps = -(-len(y_train) // batch)
     schedule = learning_rate(t, steps)
