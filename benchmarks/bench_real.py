@@ -186,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("KWS_BENCH_CACHE", "/tmp/kws-bench")) / "real")
     parser.add_argument("--out", default="real.json")
     parser.add_argument("--no-original", action="store_true")
+    parser.add_argument("--report", action="store_true", help="only print the tables of --out")
     args = parser.parse_args(argv)
+    out_path = Path(args.out) if Path(args.out).parent != Path(".") else REPO / "benchmarks" / "results" / args.out
+    if args.report:
+        report(json.loads(out_path.read_text()))
+        return 0
 
     from kws.logs import setup_logging
     from kws.stages.download import download
@@ -214,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     download(params, progress=False)
 
     original = None if args.no_original or not (ORIGINAL / "model.h5").is_file() else OriginalModel()
-    out_path = Path(args.out) if Path(args.out).parent != Path(".") else REPO / "benchmarks" / "results" / args.out
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
     results.setdefault("candidates", {})
     started = time.perf_counter()
@@ -252,8 +256,27 @@ def main(argv: list[str] | None = None) -> int:
         results["pool"] = "../shared/data/speech_commands_real (+ speech_commands_real_silence), speakers held out"
         write_result(out_path, results)
 
-    rows = []
+    report(results)
+    print(f"wrote {out_path} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def report(results: dict) -> None:
+    """The console table, then the same as Markdown (for the README)."""
+    rows, md = [], []
     for name, e in results["candidates"].items():
+        o, g = e["ours"], e["original"]
+        pc = o["per_class"]
+        md.append(f"| {name} | {len(e['folds'])} | {o['n']} | **{_pct(o['accuracy'])}** [{_pct(o['ci95'][0])}, "
+                  f"{_pct(o['ci95'][1])}] | {_pct(o['min_recall'])} | {_pct(pc['_unknown_']['recall'])} | "
+                  f"{_pct(pc['_silence_']['recall'])} | "
+                  + (f"{_pct(g['accuracy'])} [{_pct(g['ci95'][0])}, {_pct(g['ci95'][1])}] | "
+                     f"{_pct(g['accuracy_without_silence'])} |" if g else "– | – |")
+                  + f" {e['params_count']:,} | {e['train_seconds_per_fold'] / 60:.1f} |")
         o, g = e["ours"], e["original"]
         rows.append([name, len(e["folds"]), o["n"], f"{o['accuracy']:.3f} [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]",
                      f"{o['min_recall']:.3f}", f"{o['per_class'].get('_unknown_', {}).get('recall', float('nan')):.3f}",
@@ -262,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                      f"{o['latency_p50_ms']:.2f}" if o["latency_p50_ms"] else "-", e["params_count"]])
     print(table(rows, ["candidate", "folds", "clips", "accuracy [95% CI]", "min recall", "unknown", "silence",
                        "original", "orig. w/o silence", "p50 ms", "params"]))
-    print(f"wrote {out_path} ({time.perf_counter() - started:.0f} s)")
-    return 0
+    print("\n| candidate | folds | clips | accuracy % [95 % CI] | min class recall | `_unknown_` | `_silence_` "
+          "| original model, same clips | original w/o silence | params | train min/fold |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(md))
+    for name, e in results["candidates"].items():
+        print(f"{name} per class: " + ", ".join(f"{k} {_pct(v['recall'])}" for k, v in e["ours"]["per_class"].items()))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Layout of a bundle directory (``serving/model/`` by default)::
 
-    model.keras       Keras model: input (frames, n_mfcc, 1) float32 MFCCs -> softmax
+    model.keras       Keras model: input (frames, n_coeffs, 1) float32 features (kws.features) -> softmax
     model.tflite      the same model converted to TFLite (float32)
     labels.json       {"labels": [...]}  class names in output order
     features.json     kws.features.FeatureConfig.to_dict(): the exact feature parameters

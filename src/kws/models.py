@@ -1,8 +1,8 @@
 """Keras model builders, selected by ``model.name`` in the Hydra config.
 
-Every model takes MFCCs shaped ``(frames, n_mfcc, 1)`` and starts with a
+Every model takes features shaped ``(frames, n_coeffs, 1)`` (log-mel bands or MFCCs) and starts with a
 ``Normalization`` layer adapted on the training features, so the exported model is
-self-contained: the service feeds it raw :func:`kws.features.mfcc` output.
+self-contained: the service feeds it raw :func:`kws.features.extract` output (the input keeps its historical name ``mfcc``).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ BUILDERS: dict[str, Callable] = {"cnn_seed": cnn_seed, "ds_cnn": ds_cnn, "bc_res
 
 
 def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, int], n_classes: int, train_x: np.ndarray | None = None):
-    """Build the model named ``cfg["name"]``; ``train_x`` (n, frames, n_mfcc) adapts its input normalization."""
+    """Build the model named ``cfg["name"]``; ``train_x`` (n, frames, n_coeffs) adapts its input normalization."""
     keras, L, _ = _layers()
     name = cfg.get("name")
     if name not in BUILDERS:

@@ -9,7 +9,7 @@
   :class:`KerasRuntime` (one ``tf.function`` over the Keras model; thread-safe). TFLite is
   the default: in-process it is several times faster than Keras for one clip (see
   ``benchmarks/bench_serving.py``) and needs no TensorFlow in the image.
-* Features come from :func:`kws.features.mfcc` — the same code the training pipeline used,
+* Features come from :func:`kws.features.extract` (log-mel or MFCC, as the bundle says) — the same code the training pipeline used,
   with the bundle's ``features.json``.
 * Long audio is scanned with 1 s windows every ``stride_s`` seconds, all windows batched into
   as few runtime calls as possible, and overlapping detections are reduced by non-maximum
@@ -43,7 +43,7 @@ class Runtime(Protocol):
     name: str
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """``(n, frames, n_mfcc, 1)`` float32 -> ``(n, n_labels)`` softmax scores."""
+        """``(n, frames, n_coeffs, 1)`` float32 -> ``(n, n_labels)`` softmax scores."""
 
 
 class TFLiteRuntime:
