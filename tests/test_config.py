@@ -68,3 +68,10 @@ def test_kws_params_cli_writes_overrides(tmp_path, repo):
     bad = subprocess.run([sys.executable, "-m", "kws.config", "nonsense=", "--output", str(out), "--conf",
                           str(repo / "conf")], capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_recipe_knobs_documented_as_overrides_compose(repo):
+    """The README/conf comments give these as plain overrides: they must compose as written."""
+    cfg = compose(["train.class_weights={_unknown_:2.0}", "train.mixup_alpha=0.2"], conf_dir=repo / "conf")
+    assert dict(cfg.train.class_weights) == {"_unknown_": 2.0}
+    assert cfg.train.mixup_alpha == 0.2
