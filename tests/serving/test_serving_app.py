@@ -111,6 +111,16 @@ def test_app_limits_upload_size(bundle):
     _err(c.post("/predict", data={"file": (io.BytesIO(b"\0" * (600 * 1024)), "a.wav")}), 413, "payload_too_large")
 
 
+def test_too_many_multipart_parts_says_so_not_too_large(bundle, clips):
+    c = _client(model_dir=str(bundle))
+    data = clips["one"][0].read_bytes()
+    fields = {f"f{i}": "x" for i in range(40)}
+    body = _err(c.post("/predict", data={"file": (io.BytesIO(data), "one.wav"), **fields}), 413, "payload_too_large")
+    assert "more than 16 parts" in body["error"]["message"] and "MB" not in body["error"]["message"]
+    big = _err(c.post("/predict", data=b"\0" * (11 * 1024 * 1024), content_type="audio/wav"), 413, "payload_too_large")
+    assert "10 MB limit" in big["error"]["message"]
+
+
 def test_http_errors_are_json(bundle):
     c = _client(model_dir=str(bundle))
     body = _err(c.get("/predict"), 405, "method_not_allowed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -136,6 +137,8 @@ def health() -> Response:
 @bp.get("/ready")
 def ready() -> Response:
     state = _state()
+    if state.draining:  # SIGTERM: load balancers and healthchecks stop sending; in-flight requests finish
+        raise KWSError("the service is shutting down", code="shutting_down", status=503)
     status, value = state.status()
     if status == "ready":
         return jsonify({"status": "ready", "model": {"name": value.model_name, "version": value.model_version,
@@ -150,6 +153,27 @@ def ready() -> Response:
 @bp.get("/model")
 def model() -> Response:
     return jsonify(_state().predictor().describe())
+
+
+@bp.post("/admin/reload")
+def admin_reload() -> Response:
+    """Check the bundle folder now and swap in a new champion (``Authorization: Bearer $KWS_ADMIN_TOKEN``)."""
+    state = _state()
+    token = state.config["admin_token"]
+    if not token:
+        raise KWSError("admin endpoints are disabled: set KWS_ADMIN_TOKEN to enable POST /admin/reload "
+                       "(or send SIGHUP; the service also polls the bundle every KWS_RELOAD_S seconds)",
+                       code="forbidden", status=403)
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise KWSError("missing or wrong admin token: send `Authorization: Bearer <KWS_ADMIN_TOKEN>`",
+                       code="unauthorized", status=401)
+    state.predictor()  # 503 if no model could be loaded at all
+    swapped = state.reload_now()
+    pred = state.predictor()
+    current = {"name": pred.model_name, "version": pred.model_version}
+    return jsonify({"reloaded": swapped is not None, "model": current,
+                    **({"previous": swapped["from"]} if swapped else {})})
 
 
 @bp.get("/metrics")

@@ -16,7 +16,16 @@ tflite_threads         KWS_TFLITE_THREADS           1        (threads inside one
 detection_threshold    KWS_DETECTION_THRESHOLD      0.6
 long_audio_s           KWS_LONG_AUDIO_S             1.5      (longer audio is scanned)
 preload                KWS_PRELOAD                  true     (load + warm the model at start)
+reload_s               KWS_RELOAD_S                 2        (poll the bundle for a new champion; 0: off)
+grace_s                KWS_GRACE_S                  20       (SIGTERM: time to finish in-flight requests)
+admin_token            KWS_ADMIN_TOKEN              (unset)  (enables POST /admin/reload with this bearer token)
 =====================  ===========================  ==========================================
+
+Live model updates: ``promote`` swaps a new bundle into ``model_dir`` (mount its PARENT folder
+in a container, so the swapped-in folder is visible). Every ``reload_s`` seconds, on SIGHUP, or
+on ``POST /admin/reload``, the service loads and warms the new bundle beside the old one and
+swaps predictors atomically (:func:`kws.serving.predictor.reload_if_changed`): no request fails,
+and ``/model`` reports the new version.
 """
 
 from __future__ import annotations
@@ -55,6 +64,9 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "long_audio_s": ("KWS_LONG_AUDIO_S", float, 1.5),
     "preload": ("KWS_PRELOAD", bool, True),
     "retry_s": ("KWS_RETRY_S", float, 5.0),
+    "reload_s": ("KWS_RELOAD_S", float, 2.0),
+    "grace_s": ("KWS_GRACE_S", float, 20.0),
+    "admin_token": ("KWS_ADMIN_TOKEN", str, ""),
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -103,6 +115,9 @@ def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str
     for key in ("max_upload_mb", "max_duration_s", "window_stride_s", "long_audio_s"):
         if not cfg[key] > 0:
             raise ConfigError(f"{SETTINGS[key][0]} must be positive, got {cfg[key]}")
+    for key in ("reload_s", "grace_s"):
+        if cfg[key] < 0:
+            raise ConfigError(f"{SETTINGS[key][0]} must be zero or positive, got {cfg[key]}")
     if not 0 <= cfg["detection_threshold"] <= 1:
         raise ConfigError(f"KWS_DETECTION_THRESHOLD must be within 0..1, got {cfg['detection_threshold']}")
     for key in ("top_k", "threads", "tflite_threads"):
@@ -129,6 +144,10 @@ class ServiceState:
         self.on_ready: list[Callable[[predictor_mod.Predictor], None]] = []
         self._announced = False
         self._announce_lock = threading.Lock()
+        self.draining = False  # SIGTERM received: /ready says 503, in-flight requests finish
+        self._wake = threading.Event()  # SIGHUP / admin: check the bundle now
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
 
     @property
     def _args(self) -> dict[str, Any]:
@@ -154,6 +173,45 @@ class ServiceState:
         self.metrics.model_info.labels(pred.model_name, pred.model_version, pred.runtime.name).set(1)
         for callback in self.on_ready:
             callback(pred)
+
+    def reload_now(self) -> dict[str, Any] | None:
+        """Swap in a new bundle if ``model_dir`` holds one: ``{"from": ..., "to": ...}``, else ``None``."""
+        swapped = predictor_mod.reload_if_changed(**self._args)
+        if swapped is None:
+            return None
+        old, new = swapped
+        self.metrics.reloads.inc()
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(new.model_name, new.model_version, new.runtime.name).set(1)
+        return {"from": {"name": old.model_name, "version": old.model_version},
+                "to": {"name": new.model_name, "version": new.model_version}}
+
+    def request_reload(self) -> None:
+        """Ask the watcher to check the bundle now (safe from a signal handler: sets an event)."""
+        self._wake.set()
+
+    def start_watching(self) -> None:
+        """Poll the bundle every ``reload_s`` seconds (and on :meth:`request_reload`) in a daemon thread."""
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._watcher = threading.Thread(target=self._watch, name="kws-model-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop_watching(self) -> None:
+        self._stop_watching.set()
+        self._wake.set()
+
+    def _watch(self) -> None:
+        interval = self.config["reload_s"] or None  # 0: only on request (SIGHUP / admin)
+        while not self._stop_watching.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop_watching.is_set():
+                return
+            try:
+                self.reload_now()
+            except Exception:  # noqa: BLE001 - the watcher must survive anything
+                log.exception("model reload check failed")
 
     def status(self) -> tuple[str, Any]:
         state, value = predictor_mod.peek(**self._args)
@@ -220,6 +278,13 @@ def create_app(config: dict | None = None) -> Flask:
         g.t0 = time.perf_counter()
         g.request_id = _request_id()
         g.outcome = "-"
+        g.counted = True
+        state.metrics.in_flight.inc()
+
+    @app.teardown_request
+    def _done(_exc: BaseException | None) -> None:
+        if getattr(g, "counted", False):
+            state.metrics.in_flight.dec()
 
     @app.after_request
     def _finish(resp: Response) -> Response:
@@ -255,7 +320,13 @@ def create_app(config: dict | None = None) -> Flask:
         code = HTTP_CODES.get(status, f"http_{status}")
         headers = {}
         if status == 413:
-            message = f"the upload is larger than the {cfg['max_upload_mb']:g} MB limit"
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            if request.content_length is not None and request.content_length <= limit:
+                # the body fits: the multipart decoder refused the number of parts
+                message = (f"the multipart body has more than {app.config['MAX_FORM_PARTS']} parts; send the audio "
+                           "as the single `file` field (plus at most a few parameters)")
+            else:
+                message = f"the upload is larger than the {cfg['max_upload_mb']:g} MB limit"
         elif status == 404:
             message = f"no endpoint at {request.path}; see /openapi.json"
         elif status == 405:

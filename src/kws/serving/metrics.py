@@ -37,6 +37,11 @@ class Metrics:
         self.model_info = Gauge(
             "kws_model_info", "The loaded model (value 1)", ["name", "version", "runtime"], registry=self.registry)
 
+        self.in_flight = Gauge(
+            "kws_http_requests_in_flight", "Requests being handled now", registry=self.registry)
+        self.reloads = Counter(
+            "kws_model_reloads", "New model bundles swapped in while serving", registry=self.registry)
+
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)

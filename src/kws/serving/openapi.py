@@ -12,24 +12,28 @@ AUDIO_TYPES = (
 
 ERROR_CODES = {
     400: ["missing_file", "invalid_parameter", "bad_request"],
+    401: ["unauthorized"],
+    403: ["forbidden"],
     404: ["not_found"],
     405: ["method_not_allowed"],
     413: ["payload_too_large"],
     415: ["unsupported_media_type"],
     422: ["empty_audio", "silent_audio", "invalid_audio", "audio_too_long", "bad_audio"],
     500: ["internal_error"],
-    503: ["model_not_found", "bad_bundle", "model_loading"],
+    503: ["model_not_found", "bad_bundle", "model_loading", "shutting_down"],
 }
 
 _DESCRIPTIONS = {
     400: "Bad request: no audio (`missing_file`) or a bad `threshold`/`top_k` (`invalid_parameter`).",
+    401: "Missing or wrong admin token.",
+    403: "Not served here (admin endpoints without KWS_ADMIN_TOKEN, or private behind nginx).",
     404: "No such endpoint.",
     405: "Method not allowed for this endpoint.",
-    413: "The upload is larger than the limit (the app's or nginx's `client_max_body_size`).",
+    413: "The upload is larger than the limit (KWS_MAX_UPLOAD_MB), or a multipart body with too many parts.",
     415: "Not audio in a format we can decode, or an unsupported Content-Type.",
     422: "Decoded but unusable: empty, silent, NaN/Inf samples or longer than the maximum duration.",
     500: "Unexpected server error (details are only in the server log).",
-    503: "The model bundle is not loaded (missing, invalid or still loading).",
+    503: "The model bundle is not loaded (missing, invalid or still loading), or the service is shutting down.",
 }
 
 
@@ -103,6 +107,14 @@ def document(version: str = "1") -> dict[str, Any]:
                 "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/model": {"get": {"summary": "Metadata of the loaded bundle", "responses": {
                 "200": _json("ModelMeta", "Labels, feature parameters, metrics and model info."), "503": _error(503)}}},
+            "/admin/reload": {"post": {
+                "summary": "Swap in a new champion bundle now (also: SIGHUP, or polling every KWS_RELOAD_S)",
+                "description": "Needs `Authorization: Bearer <KWS_ADMIN_TOKEN>`; off (403) when KWS_ADMIN_TOKEN is "
+                               "unset. nginx does not expose it publicly.",
+                "responses": {"200": {"description": "`reloaded` says whether a new bundle was swapped in; `model` "
+                                      "is the one served now.",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                              "401": _error(401), "403": _error(403), "503": _error(503)}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
                 "description": "OpenAPI 3 document.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },

@@ -11,6 +11,11 @@
   ``benchmarks/bench_serving.py``) and needs no TensorFlow in the image.
 * Features come from :func:`kws.features.extract` (log-mel or MFCC, as the bundle says) — the same code the training pipeline used,
   with the bundle's ``features.json``.
+* Live model updates: :func:`reload_if_changed` compares the bundle's fingerprint (folder
+  identity, model file, ``model_info.json``) with the loaded one; when ``promote`` has swapped a
+  new bundle in, the new predictor is loaded and warmed BESIDE the old one and then replaces it
+  in one assignment. Requests that hold the old predictor finish on it; nothing fails. A bundle
+  that is missing (mid-swap) or broken is not loaded; the old one keeps serving.
 * Long audio is scanned with 1 s windows every ``stride_s`` seconds, all windows batched into
   as few runtime calls as possible, and overlapping detections are reduced by non-maximum
   suppression.
@@ -18,6 +23,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -229,6 +235,7 @@ class Predictor:
                  long_audio_s: float = 1.5, stride_s: float = 0.25, detection_threshold: float = 0.6,
                  warmup: bool = True):
         t0 = time.perf_counter()
+        self.fingerprint = bundle_fingerprint(model_dir)  # before reading: a swap during the load shows up later
         self.meta = read_meta(model_dir)
         self.labels = list(self.meta.labels)
         self.cfg = self.meta.features
@@ -358,8 +365,28 @@ class Predictor:
                 "scan": {"windows": int(len(starts)), "window_s": self.window_s, "stride_s": stride}}
 
 
+def bundle_fingerprint(model_dir: str | Path) -> str | None:
+    """Identity of the bundle now at ``model_dir`` (``None`` if absent or incomplete).
+
+    Cheap enough to poll every second: the folder's inode and mtime (``promote`` swaps the
+    whole folder by rename), the model file's size and mtime, and ``model_info.json``'s bytes.
+    """
+    path = Path(model_dir)
+    try:
+        folder = path.stat()
+        model = (path / TFLITE_FILE).stat()
+        info = (path / "model_info.json").read_bytes() if (path / "model_info.json").is_file() else b""
+    except OSError:
+        return None
+    digest = hashlib.sha256(info)
+    digest.update(f"{folder.st_ino}:{folder.st_mtime_ns}:{model.st_ino}:{model.st_size}:{model.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- the singleton
 _lock = threading.Lock()
+_reload_lock = threading.Lock()
+_rejected: dict[tuple, str] = {}  # key -> fingerprint of a bundle that failed to load (not retried)
 _instances: dict[tuple, Predictor] = {}
 _failures: dict[tuple, tuple[float, KWSError]] = {}
 _loading: set[tuple] = set()
@@ -424,8 +451,43 @@ def peek(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_
     return "absent", None
 
 
+def reload_if_changed(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_audio_s: float = 1.5,
+                      stride_s: float = 0.25, detection_threshold: float = 0.6) -> tuple[Predictor, Predictor] | None:
+    """Swap in the bundle now at ``model_dir`` if it is not the loaded one: ``(old, new)``, else ``None``.
+
+    Nothing happens before the first load (that is :func:`get_predictor`'s job), while the
+    folder is absent or incomplete (``promote`` is mid-swap), or when this very bundle already
+    failed to load (logged once). The new predictor is built and warmed while the old one keeps
+    serving, then replaces it atomically.
+    """
+    key = _key(model_dir, runtime, threads, long_audio_s, stride_s, detection_threshold)
+    with _reload_lock:  # one reload at a time; readers never wait for it
+        old = _instances.get(key)
+        if old is None:
+            return None
+        fp = bundle_fingerprint(model_dir)
+        if fp is None or fp == old.fingerprint or _rejected.get(key) == fp:
+            return None
+        try:
+            new = Predictor(model_dir, runtime=runtime, threads=threads, long_audio_s=long_audio_s,
+                            stride_s=stride_s, detection_threshold=detection_threshold)
+        except Exception as err:  # noqa: BLE001 - a bad bundle must never take the service down
+            message = err.message if isinstance(err, KWSError) else f"{type(err).__name__}: {err}"
+            if bundle_fingerprint(model_dir) == fp:  # not a swap in progress: this bundle is broken
+                _rejected[key] = fp
+                log.error("new model bundle at %s NOT loaded, still serving %s v%s: %s", model_dir,
+                          old.model_name, old.model_version, message)
+            return None
+        _rejected.pop(key, None)
+        _instances[key] = new
+        log.info("model reloaded: %s v%s -> %s v%s (%s, loaded and warmed in %.2f s)", old.model_name,
+                 old.model_version, new.model_name, new.model_version, model_dir, new.load_seconds)
+        return old, new
+
+
 def reset() -> None:
     """Forget every loaded predictor (tests)."""
     with _lock:
         _instances.clear()
         _failures.clear()
+        _rejected.clear()

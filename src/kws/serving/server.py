@@ -4,7 +4,16 @@
 
 The socket is bound first, the model loads and warms up in the background (``/health`` answers
 meanwhile, ``/ready`` says 503 until it is done), then one line is logged:
-``kws service ready on http://HOST:PORT ...``. SIGTERM/SIGINT stop it cleanly.
+``kws service ready on http://HOST:PORT ...``.
+
+Signals:
+
+* SIGTERM / SIGINT (``docker stop``, compose): graceful shutdown. The listening socket closes
+  at once (new connections are refused, so a proxy tries another replica), ``/ready`` answers
+  503, idle keep-alive connections are closed, and requests already received run to the end
+  — for at most ``KWS_GRACE_S`` seconds (default 20; keep compose's ``stop_grace_period``
+  above it). Then the process exits 0. A second signal exits at once.
+* SIGHUP: check the model bundle now and swap in a new champion (see ``KWS_RELOAD_S``).
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 from kws.errors import KWSError
 from kws.logs import setup_logging
@@ -60,25 +71,61 @@ def main(argv: list[str] | None = None) -> int:
         "kws service ready on %s (model %s v%s, %s runtime, %d labels, %d threads, loaded in %.1f s)",
         url, p.model_name, p.model_version, p.runtime.name, len(p.labels), cfg["threads"], p.load_seconds))
     state.start_loading()
-    run_until_stopped(server)
+    state.start_watching()
+    signal.signal(signal.SIGHUP, lambda *_: state.request_reload())
+    run_until_stopped(server, state, grace_s=cfg["grace_s"])
+    state.stop_watching()
     log.info("kws service stopped")
     return 0
 
 
-def run_until_stopped(server) -> None:
-    """Run a Waitress ``server`` until SIGTERM or SIGINT, then close its sockets."""
+def _busy(channel) -> bool:
+    """A Waitress channel with a request being received, queued, handled or written back."""
+    return bool(channel.requests or channel.total_outbufs_len or getattr(channel, "request", None) is not None)
+
+
+def run_until_stopped(server, state=None, grace_s: float = 20.0, tick_s: float = 0.25) -> bool:
+    """Run a Waitress ``server`` until SIGTERM/SIGINT, then drain it (see the module doc).
+
+    Returns ``True`` when every request received was answered within ``grace_s``.
+    """
+    from waitress import wasyncore
+
+    stop = threading.Event()
 
     def _stop(signum, _frame):
-        log.info("signal %d: stopping", signum)
-        raise KeyboardInterrupt
+        if stop.is_set():
+            log.warning("signal %d again: exiting now", signum)
+            raise SystemExit(1)
+        log.info("signal %d: draining (at most %.0f s), no new connections", signum, grace_s)
+        stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    loop, use_poll = server.asyncore.loop, server.adj.asyncore_use_poll
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        while not stop.is_set():  # the signal handler only sets the flag; the loop notices within a tick
+            loop(timeout=tick_s, map=server._map, use_poll=use_poll, count=1)
+        if state is not None:
+            state.draining = True
+        wasyncore.dispatcher.close(server)  # the listening socket only (not the trigger): connections refused
+        deadline = time.monotonic() + grace_s
+        while True:
+            channels = list(server.active_channels.values())
+            busy = [ch for ch in channels if _busy(ch)]
+            for ch in channels:
+                if not _busy(ch) and not ch.will_close:
+                    ch.will_close = True  # idle keep-alive connection: close it, nothing is lost
+            if not busy:
+                log.info("drained: every request received was answered")
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("grace period of %.0f s is over: %d request(s) still running are cut", grace_s, len(busy))
+                return False
+            loop(timeout=0.05, map=server._map, use_poll=use_poll, count=1)
     finally:
-        server.close()
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        wasyncore.close_all(server._map)
 
 
 if __name__ == "__main__":
