@@ -68,7 +68,8 @@ def api(tmp_path_factory, bundle):
 def stack(tmp_path_factory, api):
     """Real nginx (the template rendered for loopback) in front of the real Waitress server."""
     nginx_or_skip()
-    ngx = kt.NginxProcess(tmp_path_factory.mktemp("nginx"), upstream=f"127.0.0.1:{api.port}", max_body="10m")
+    ngx = kt.NginxProcess(tmp_path_factory.mktemp("nginx"), upstream=f"127.0.0.1:{api.port}",
+                          max_upload_mb=api.extra_env["KWS_MAX_UPLOAD_MB"])  # one limit, as in compose
     ngx.start()
     yield ngx
     ngx.stop()

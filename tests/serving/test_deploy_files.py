@@ -89,8 +89,23 @@ def compose_config(binary: str, **env: str) -> dict:
 
 
 # --------------------------------------------------------------------------- docker-compose.yml
+def seconds(duration: str | int | float) -> float:
+    """Compose durations ("30s", "1m30s", "1m", 90) in seconds."""
+    if isinstance(duration, (int, float)):
+        return float(duration)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def default_services(compose: dict) -> dict:
+    """The services a plain `docker compose up` starts (the others are behind profiles)."""
+    return {name: svc for name, svc in compose["services"].items() if not svc.get("profiles")}
+
+
 def test_compose_services_healthchecks_restart_and_ports(compose):
-    services = compose["services"]
+    services = default_services(compose)
     assert set(services) == {"api", "nginx"}
     for name, svc in services.items():
         hc = svc.get("healthcheck")
@@ -101,15 +116,53 @@ def test_compose_services_healthchecks_restart_and_ports(compose):
     # Only nginx publishes a port; api is reachable on the compose network only, so it scales.
     assert "ports" not in api and [str(p) for p in api["expose"]] == [api["environment"]["KWS_PORT"]]
     assert [(p["target"], p["published"]) for p in nginx["ports"]] == [(80, 80)]
-    assert "api" in nginx["depends_on"]
-    # api runs read-only with /tmp as tmpfs (ffmpeg temp files) and the bundle mounted read-only.
+    # nginx starts once the api answers /ready (not merely once its container runs).
+    assert nginx["depends_on"]["api"]["condition"] == "service_healthy"
+    # api runs read-only with /tmp as tmpfs (ffmpeg temp files).
     assert api["read_only"] is True and "/tmp" in api["tmpfs"]
-    model_dir = api["environment"]["KWS_MODEL_DIR"]
-    assert any(v.endswith(f":{model_dir}:ro") for v in api["volumes"]), api["volumes"]
     assert api["environment"]["KWS_RUNTIME"] == "tflite"
-    # The api healthcheck asks /ready on the api's own port.
-    assert f"127.0.0.1:{api['environment']['KWS_PORT']}/ready" in " ".join(api["healthcheck"]["test"])
+    # The api healthcheck asks /ready on the port of the container's own KWS_PORT, never a copy of it.
+    probe = " ".join(api["healthcheck"]["test"])
+    assert "/ready" in probe and "KWS_PORT" in probe and api["environment"]["KWS_PORT"] not in probe, probe
     assert "/nginx-health" in " ".join(nginx["healthcheck"]["test"])
+
+
+def test_compose_mounts_the_parent_of_the_bundle_for_live_updates(compose):
+    api = compose["services"]["api"]
+    env = api["environment"]
+    model_dir = env["KWS_MODEL_DIR"]
+    parent = model_dir.rsplit("/", 1)[0]
+    assert model_dir == "/srv/serving/model"
+    # Promotion replaces serving/model/ by a rename: a bind mount of serving/model itself would
+    # keep showing the old directory, so the folder that holds it is mounted.
+    mounts = [v.rsplit(":", 2) for v in api["volumes"]]
+    assert [(Path(src), dst, mode) for src, dst, mode in mounts] == [(REPO / "serving", parent, "ro")], api["volumes"]
+    assert not any(dst == model_dir for _, dst, _ in mounts)
+    assert float(env["KWS_RELOAD_S"]) > 0  # the api polls the bundle and reloads it live
+    assert dockerfile_env(API_DOCKERFILE)["KWS_MODEL_DIR"] == model_dir
+
+
+def test_compose_stop_grace_outlasts_the_api_drain(compose):
+    api = compose["services"]["api"]
+    grace = float(api["environment"]["KWS_GRACE_S"])
+    assert grace > 0
+    # docker sends SIGKILL after stop_grace_period (default 10 s): it must leave the drain time.
+    assert seconds(api["stop_grace_period"]) > grace, (api["stop_grace_period"], grace)
+
+
+def test_compose_one_upload_limit_for_api_and_nginx(compose):
+    import yaml
+
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert raw["api"]["environment"]["KWS_MAX_UPLOAD_MB"] == raw["nginx"]["environment"]["KWS_MAX_UPLOAD_MB"] \
+        == "${KWS_MAX_UPLOAD_MB:-10}"
+    assert "KWS_MAX_BODY" not in COMPOSE.read_text() + kt.TEMPLATE.read_text() + NGINX_DOCKERFILE.read_text()
+    services = compose["services"]
+    assert services["api"]["environment"]["KWS_MAX_UPLOAD_MB"] == "10"
+    assert services["nginx"]["environment"]["KWS_MAX_UPLOAD_MB"] == "10"
+    cfg = compose_config(shutil.which("docker-compose"), KWS_MAX_UPLOAD_MB="25")["services"]
+    assert cfg["api"]["environment"]["KWS_MAX_UPLOAD_MB"] == cfg["nginx"]["environment"]["KWS_MAX_UPLOAD_MB"] == "25"
+    assert dockerfile_env(NGINX_DOCKERFILE)["KWS_MAX_UPLOAD_MB"] == "10"
 
 
 def test_compose_published_port_is_configurable(compose):
@@ -120,25 +173,89 @@ def test_compose_published_port_is_configurable(compose):
 def test_compose_nginx_values_fit_the_api_and_the_image(compose):
     api_env = compose["services"]["api"]["environment"]
     ngx_env = compose["services"]["nginx"]["environment"]
+    image_env = dockerfile_env(NGINX_DOCKERFILE)
     # "resolve" re-resolves the api service name (scaled replicas) via Docker's embedded DNS.
-    assert ngx_env["KWS_API_UPSTREAM"] == f"api:{api_env['KWS_PORT']} resolve"
+    assert ngx_env["KWS_API_UPSTREAM"] == f"api:{api_env['KWS_PORT']}"
+    assert ngx_env["KWS_UPSTREAM_RESOLVE"] == image_env["KWS_UPSTREAM_RESOLVE"] == "resolve"
     assert ngx_env["KWS_RESOLVER"] == "127.0.0.11"
     assert ngx_env["KWS_LISTEN"] == "80"
-    assert ngx_env["KWS_MAX_BODY"] == f"{int(float(api_env['KWS_MAX_UPLOAD_MB']))}m"
+    # The operator endpoints are private unless KWS_ADMIN_ALLOW says otherwise.
+    assert ngx_env["KWS_ADMIN_ALLOW"] == image_env["KWS_ADMIN_ALLOW"] == "127.0.0.1"
     # The server parameter "resolve" needs nginx >= 1.27.3 (and a shared-memory zone, see the template).
     base = next(rest for word, rest in dockerfile_instructions(NGINX_DOCKERFILE) if word == "FROM")
     m = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?-alpine", base)
     assert m, base
-    assert tuple(int(x or 0) for x in m.groups()) >= (1, 27, 3), base
+    assert tuple(int(x or 0) for x in m.groups()) >= kt.RESOLVE_MIN_NGINX, base
     assert re.search(r"upstream kws_api \{\s*zone kws_api \d+k;", kt.TEMPLATE.read_text())
     # The image renders the template with its own ENV defaults, overridden by compose: every
     # KWS_ variable of the template needs a default there, and only KWS_ variables are substituted.
-    image_env = dockerfile_env(NGINX_DOCKERFILE)
     assert image_env["NGINX_ENVSUBST_FILTER"] == "^KWS_"
     used = set(re.findall(r"\$\{?(KWS_[A-Z_]+)", kt.TEMPLATE.read_text()))
     assert used and used <= set(image_env), used - set(image_env)
     assert set(ngx_env) <= used, set(ngx_env) - used  # no stray settings
     assert set(kt.nginx_variables("x:1", "1", "/")) == used  # the tests render the same names
+
+
+# --------------------------------------------------------------------------- the api healthchecks, run
+def _probe(argv: list[str], port: int) -> subprocess.CompletedProcess:
+    argv = [sys.executable if a == "python" else a for a in argv]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KWS_")}
+    env["KWS_PORT"] = str(port)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_api_healthchecks_follow_KWS_PORT(compose, api):
+    """The compose healthcheck and the image's HEALTHCHECK, run as they are against the real api:
+    healthy on the port KWS_PORT names, unhealthy on another one."""
+    hc = compose["services"]["api"]["healthcheck"]["test"]
+    image_hc = next(rest for word, rest in dockerfile_instructions(API_DOCKERFILE) if word == "HEALTHCHECK")
+    image_argv = json.loads(image_hc.split(" CMD ", 1)[1])
+    for argv in (hc[1:], image_argv):
+        assert argv[0] == "python", argv
+        ok = _probe(argv, api.port)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        assert _probe(argv, kt.free_port()).returncode != 0
+
+
+# --------------------------------------------------------------------------- the nginx template
+def test_every_nginx_error_page_is_the_api_json(tmp_path):
+    """Each status nginx itself can produce has an error_page whose answer is the api's error JSON."""
+    from kws.serving.app import HTTP_CODES
+
+    text = kt.envsubst(kt.TEMPLATE.read_text(), kt.nginx_variables("127.0.0.1:1", "1", "/", max_upload_mb=7))
+    pages = dict(re.findall(r"error_page (\d+) = (/\.kws-error/\d+);", text))
+    assert {"400", "403", "404", "405", "408", "413", "414", "494", "500", "502", "503", "504"} <= set(pages), pages
+    answers = {m.group(1): (int(m.group(2)), m.group(3)) for m in re.finditer(
+        r"location = (/\.kws-error/\d+) \{\s*internal;[^}]*?return (\d+) '([^']*)';", text)}
+    own = {502: "upstream_unavailable", 504: "upstream_timeout", 416: "range_not_satisfiable"}
+    for status, uri in pages.items():
+        code, body = answers[uri]
+        assert uri.endswith(f"/{code}") and (code == int(status) or (status, code) == ("494", 431)), (status, code)
+        doc = json.loads(body.replace("$kws_request_id", "0123abcd"))
+        assert doc["request_id"] == "0123abcd" and set(doc) == {"error", "request_id"}
+        assert doc["error"]["code"] == own.get(code, HTTP_CODES.get(code)) and doc["error"]["message"], (code, doc)
+    assert "larger than the 7 MB limit" in answers["/.kws-error/413"][1]
+    assert "@" not in "".join(pages.values())  # named locations fail for unparsed request lines (see the template)
+
+
+def test_admin_allow_list_is_rendered_like_the_image_does():
+    """The image's .envsh and render_nginx turn the KWS_ADMIN_ALLOW list into the same allow rules."""
+    script = REPO / "nginx" / "templates" / "15-kws-admin-allow.envsh"
+    instr = dockerfile_instructions(NGINX_DOCKERFILE)
+    assert ("COPY", f"{script.relative_to(REPO)} /docker-entrypoint.d/") in instr
+    # sourced by the image's entrypoint (executable .envsh), before 20-envsubst-on-templates.sh
+    assert any(w == "RUN" and "chmod" in r and "/docker-entrypoint.d/15-kws-admin-allow.envsh" in r for w, r in instr)
+    assert sorted([script.name, "20-envsubst-on-templates.sh"])[0] == script.name
+    sh = shutil.which("sh")
+    for value, rules in (("127.0.0.1", "127.0.0.1"), ("", "127.0.0.1"),
+                         ("127.0.0.1, 10.0.0.0/8 ::1", "127.0.0.1; allow 10.0.0.0/8; allow ::1"),
+                         (" 192.168.0.0/16;all ", "192.168.0.0/16; allow all"), ("*", "*")):
+        assert kt.admin_allow_rules(value) == rules
+        env = {"PATH": os.environ["PATH"], "KWS_ADMIN_ALLOW": value}
+        res = subprocess.run([sh, "-c", f'. "{script}"; printf "%s|%s" "$KWS_ADMIN_ALLOW" "$-"'],
+                             capture_output=True, text=True, timeout=30, env=env, cwd="/")
+        assert res.returncode == 0 and res.stdout.split("|")[0] == rules, (value, res.stdout, res.stderr)
+        assert "f" not in res.stdout.split("|")[1]  # globbing restored for the scripts after it
 
 
 # --------------------------------------------------------------------------- nginx -t
@@ -148,30 +265,60 @@ def _nginx_t(tmp_path: Path, variables: dict[str, str]) -> subprocess.CompletedP
     return ngx.test_config()
 
 
-def test_nginx_accepts_the_template_rendered_like_compose(tmp_path, compose):
+def _nginx_t_site(prefix: Path) -> subprocess.CompletedProcess:
+    """`nginx -t` of what is in ``prefix`` now (not rendered again)."""
+    return subprocess.run([kt.nginx_binary(), "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_nginx_accepts_the_template_rendered_like_compose(tmp_path, compose, caplog):
     nginx_or_skip()
     env = dict(compose["services"]["nginx"]["environment"])
     image_env = dockerfile_env(NGINX_DOCKERFILE)
-    host, _, params = env["KWS_API_UPSTREAM"].partition(" ")
-    assert host.startswith("api:") and params == "resolve"
-    # Debian's nginx 1.22 knows neither "resolve" nor the host "api": the same upstream port on loopback.
-    env["KWS_API_UPSTREAM"] = "127.0.0.1:" + host.split(":")[1]
+    # Compose's values as they are, "resolve" included; only the host "api" is a name that just
+    # Docker's DNS knows: the same upstream port on loopback.
+    host, port = env["KWS_API_UPSTREAM"].split(":")
+    assert host == "api" and env["KWS_UPSTREAM_RESOLVE"] == "resolve"
+    env["KWS_API_UPSTREAM"] = f"127.0.0.1:{port}"
     env["KWS_HTML_ROOT"] = image_env["KWS_HTML_ROOT"]
-    res = _nginx_t(tmp_path / "compose", env)
+    version = kt.nginx_version()
+    with caplog.at_level("WARNING", logger=kt.__name__):
+        res = _nginx_t(tmp_path / "compose", env)
     assert res.returncode == 0, res.stderr
     assert "syntax is ok" in res.stderr and "test is successful" in res.stderr
     site = (tmp_path / "compose" / "default.conf").read_text()
     assert "listen 80;" in site and "resolver 127.0.0.11 valid=10s" in site
-    assert "client_max_body_size 10m;" in site and "root /usr/share/nginx/html;" in site
+    assert "client_max_body_size 10m;" in site and "larger than the 10 MB limit" in site
+    assert "root /usr/share/nginx/html;" in site
+    assert re.search(r"allow 127\.0\.0\.1;\s*deny all;", site)
     assert not re.search(r"\$\{?KWS_", site)
+    server = re.search(r"^\s*server (127\.0\.0\.1:\d+ .*);$", site, re.M).group(1)
+    if version < kt.RESOLVE_MIN_NGINX:
+        # Debian 12's nginx 1.22: "resolve" dropped, and said so ...
+        assert "resolve" not in server.split() and "dropping the upstream parameter 'resolve'" in caplog.text
+        # ... because that nginx really rejects it (the check can fail).
+        (tmp_path / "compose" / "default.conf").write_text(site.replace(server, server.replace(" ", " resolve ", 1)))
+        res = _nginx_t_site(tmp_path / "compose")
+        assert res.returncode != 0 and "resolve" in res.stderr, res.stderr
+    else:
+        assert "resolve" in server.split()
+    # A newer nginx (the image's 1.28) keeps it.
+    assert kt.image_render_steps(env, (1, 28, 0))["KWS_UPSTREAM_RESOLVE"] == "resolve"
+    assert kt.image_render_steps(env, (1, 22, 1))["KWS_UPSTREAM_RESOLVE"] == ""
 
-    # The loopback rendering the tests run (NginxProcess defaults) is valid too ...
-    res = kt.NginxProcess(tmp_path / "loopback", upstream="127.0.0.1:8000").test_config()
+    # The loopback rendering the tests run (NginxProcess defaults) is valid too, and an admin list ...
+    res = kt.NginxProcess(tmp_path / "loopback", upstream="127.0.0.1:8000",
+                          admin_allow="127.0.0.1, 10.0.0.0/8 192.168.1.5").test_config()
     assert res.returncode == 0, res.stderr
-    # ... and nginx -t does reject a wrong value (the check can fail).
-    env["KWS_MAX_BODY"] = "ten-megabytes"
-    res = _nginx_t(tmp_path / "broken", env)
-    assert res.returncode != 0 and "client_max_body_size" in res.stderr
+    site = (tmp_path / "loopback" / "default.conf").read_text()
+    assert "allow 127.0.0.1; allow 10.0.0.0/8; allow 192.168.1.5;" in site
+    # ... and nginx -t does reject a wrong value (the check can fail): not a number of MB, a
+    # fraction (nginx sizes are integers: documented in the template), not an address.
+    for key, bad, directive in (("KWS_MAX_UPLOAD_MB", "ten", "client_max_body_size"),
+                                ("KWS_MAX_UPLOAD_MB", "2.5", "client_max_body_size"),
+                                ("KWS_ADMIN_ALLOW", "everyone", 'invalid parameter "everyone"')):
+        res = _nginx_t(tmp_path / f"broken-{key}-{bad}", {**env, key: bad})
+        assert res.returncode != 0 and directive in res.stderr, (key, bad, res.stderr)
 
 
 # --------------------------------------------------------------------------- Dockerfiles

@@ -99,8 +99,9 @@ def test_new_champion_goes_live_under_load_without_a_failed_request(tmp_path, mo
             _wait_version(api.url, "test-2")
             swapped_at = len(load.results)
             time.sleep(1.0)
-            # a broken candidate (corrupt model file) is refused: the good one keeps serving
+            # a broken candidate (unreadable labels, corrupt model) is refused: the good one keeps serving
             broken = _bundle_version(model_dir, tmp_path / "broken", "test-3")
+            (broken / "labels.json").write_text('{"labels": [')
             (broken / "model.tflite").write_bytes(b"not a flatbuffer" * 64)
             _swap_in(broken, model_dir)
             time.sleep(1.5)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
+import socket
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,8 +19,9 @@ import soundfile as sf
 
 from kws.audio import load_file
 from kws.bundle import read_meta
-from kws.serving.testing import long_recording, wav_bytes
-from serving_helpers import assert_error, ffmpeg_convert, metric_value, offline_scores, post_audio, tree
+from kws.serving.testing import NginxProcess, free_port, long_recording, wav_bytes
+from serving_helpers import (assert_error, ffmpeg_convert, metric_value, nginx_or_skip, offline_scores, post_audio,
+                             tree)
 
 LABELS = ["_silence_", "_unknown_", "one", "two", "three"]
 
@@ -106,10 +110,16 @@ def test_bad_inputs_and_nothing_left_on_disk(base, api, stack, clips, tmp_path):
     assert {p.name for p in cwd.iterdir()} - cwd_before == set()
 
 
-def test_nginx_413_is_json(base):
+def test_nginx_413_is_json(base, api, stack):
+    """One limit (KWS_MAX_UPLOAD_MB) for both: nginx refuses what the app would, with the app's words."""
+    assert stack.variables["KWS_MAX_UPLOAD_MB"] == api.extra_env["KWS_MAX_UPLOAD_MB"] == "10"
     big = b"\0" * (11 * 1024 * 1024)
-    body = assert_error(post_audio(base, big, "big.wav"), 413, "payload_too_large")
-    assert "10m" in body["error"]["message"]
+    resp = post_audio(base, big, "big.wav")
+    body = assert_error(resp, 413, "payload_too_large")
+    assert body["error"]["message"] == "the upload is larger than the 10 MB limit"
+    assert body["request_id"] == resp.headers["X-Request-ID"]
+    app_body = assert_error(post_audio(api.url, big, "big.wav"), 413, "payload_too_large")
+    assert app_body["error"]["message"] == body["error"]["message"]
 
 
 def test_app_413_directly_against_waitress(api):
@@ -117,6 +127,134 @@ def test_app_413_directly_against_waitress(api):
     resp = post_audio(api.url, big, "big.wav")
     body = assert_error(resp, 413, "payload_too_large")
     assert "10 MB" in body["error"]["message"] and resp.headers["Server"] != "nginx"
+
+
+# --------------------------------------------------------------------------- nginx's own answers
+def raw_http(url: str, data: bytes, timeout: float = 10.0) -> tuple[int | None, dict[str, str], bytes]:
+    """Send raw bytes (requests cannot send a broken request); ``(status, headers, body)``,
+    status None when nginx closed the connection without answering."""
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        if not buf:
+            return None, {}, b""
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        while len(body) < int(headers.get("content-length", 0)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def assert_raw_error(answer, status: int, code: str) -> dict:
+    got, headers, body = answer
+    assert got == status, (got, headers, body[:300])
+    assert headers["content-type"].startswith("application/json") and b"<html" not in body.lower(), body[:300]
+    doc = json.loads(body)
+    assert doc["error"]["code"] == code and doc["error"]["message"], doc
+    assert doc["request_id"] == headers["x-request-id"], (doc, headers)
+    return doc
+
+
+def test_nginx_own_errors_are_json(base):
+    """What nginx 1.22 answers ITSELF, before the api is involved, in the api's JSON shape --
+    including the errors raised while the request line/headers are read (see the template)."""
+    close = b"Connection: close\r\n\r\n"
+    assert_raw_error(raw_http(base, b"GARBAGE\r\n\r\n"), 400, "bad_request")  # no URI was ever parsed
+    assert_raw_error(raw_http(base, b"GET / HTTP/1.1 extra\r\nHost: x\r\n" + close), 400, "bad_request")
+    assert_raw_error(raw_http(base, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 400, "bad_request")
+    assert_raw_error(raw_http(base, b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n" + close),
+                     400, "bad_request")
+    assert_raw_error(raw_http(base, b"GET /health HTTP/1.1\r\n" + close), 400, "bad_request")  # HTTP/1.1 needs Host
+    long_line = b"GET /predict?" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n" + close
+    assert_raw_error(raw_http(base, long_line), 414, "uri_too_long")
+    big_header = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20_000 + b"\r\n" + close
+    assert_raw_error(raw_http(base, big_header), 431, "headers_too_large")  # nginx's 494
+    cookies = b"".join(b"Cookie: c%d=%s\r\n" % (i, b"v" * 7000) for i in range(6))
+    assert_raw_error(raw_http(base, b"GET / HTTP/1.1\r\nHost: x\r\n" + cookies + close), 431, "headers_too_large")
+    assert_raw_error(raw_http(base, b"TRACE / HTTP/1.1\r\nHost: x\r\n" + close), 405, "method_not_allowed")
+    assert_raw_error(raw_http(base, b"POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n" + close[:-2]
+                              + b"\r\nhi"), 405, "method_not_allowed")
+    assert_raw_error(raw_http(base, b"GET /index.html HTTP/1.1\r\nHost: x\r\nRange: bytes=99999999-\r\n" + close),
+                     416, "range_not_satisfiable")
+    assert_raw_error(raw_http(base, b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n" + close),
+                     501, "not_implemented")
+    # The error answers themselves are internal.
+    for path in ("/.kws-error/400", "/.kws-error/"):
+        assert_error(requests.get(base + path, timeout=10), 404, "not_found")
+    # The api's own errors pass through untouched (nginx does not intercept them).
+    resp = requests.get(f"{base}/api/nope", timeout=10)
+    assert_error(resp, 404, "not_found")
+    assert "/nope" in resp.json()["error"]["message"]
+
+
+class _ShortTimeouts(NginxProcess):
+    """The template, with 1 s client timeouts instead of 30/60 s."""
+
+    def render(self):
+        conf = super().render()
+        site = self.prefix / "default.conf"
+        site.write_text(site.read_text().replace("client_body_timeout 30s;",
+                                                 "client_body_timeout 1s;\n    client_header_timeout 1s;"))
+        return conf
+
+
+def test_nginx_500_is_json_and_408_is_never_sent(tmp_path):
+    """nginx's own 500 (here: the request body cannot be buffered to disk) answers JSON; on a client
+    timeout nginx 1.22 sends NOTHING (it logs 408 and closes), so there is no 408 to make JSON."""
+    nginx_or_skip()
+    with _ShortTimeouts(tmp_path / "nginx", upstream=f"127.0.0.1:{free_port()}") as ngx:
+        started = time.monotonic()
+        assert raw_http(ngx.url, b"GET / HTTP/1.1\r\nHost: x\r\n") == (None, {}, b"")  # headers never end
+        assert raw_http(ngx.url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc") \
+            == (None, {}, b"")  # the body never ends
+        assert time.monotonic() - started < 8  # closed by the 1 s timeouts, not by ours (10 s)
+
+        body_temp = ngx.prefix / "client_body"  # bodies over client_body_buffer_size (1m) go there
+        shutil.rmtree(body_temp)
+        body_temp.write_text("not a directory")
+        try:
+            data = b"\0" * (3 * 1024 * 1024)
+            head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(data)
+            assert_raw_error(raw_http(ngx.url, head + data), 500, "internal_error")
+        finally:
+            body_temp.unlink()
+            body_temp.mkdir()
+
+
+def test_operator_endpoints_are_private_unless_allowed(tmp_path, api, base):
+    """/metrics, /openapi.json and /admin/... (also under /api/, also %-encoded) answer JSON 403 to
+    addresses outside KWS_ADMIN_ALLOW; the page's /api/model and the API itself stay public."""
+    nginx_or_skip()
+    assert requests.get(f"{base}/metrics", timeout=10).status_code == 200  # the stack allows 127.0.0.1
+    private = ["/metrics", "/api/metrics", "/openapi.json", "/api/openapi.json", "/api/%6detrics", "/api//metrics"]
+    with NginxProcess(tmp_path / "other", upstream=f"127.0.0.1:{api.port}", admin_allow="10.255.255.1") as ngx:
+        for path in private:
+            body = assert_error(requests.get(ngx.url + path, timeout=10), 403, "forbidden")
+            assert "not served publicly" in body["error"]["message"], path
+        for path in ("/admin/reload", "/api/admin/reload", "/admin"):
+            assert_error(requests.post(ngx.url + path, timeout=10), 403, "forbidden")
+        for path in ("/model", "/api/model", "/health", "/api/ready", "/"):
+            assert requests.get(ngx.url + path, timeout=10).status_code == 200, path
+        assert requests.get(f"{ngx.url}/api/model", timeout=10).json()["labels"] == LABELS  # what app.js reads
+    # A list (spaces/commas) that includes the client's address lets it in.
+    with NginxProcess(tmp_path / "list", upstream=f"127.0.0.1:{api.port}",
+                      admin_allow="10.255.255.1, 127.0.0.1") as ngx:
+        for path in ("/metrics", "/api/metrics", "/openapi.json"):
+            assert requests.get(ngx.url + path, timeout=10).status_code == 200, path
+        # /admin/ is passed on to the api, which answers for itself (JSON, not nginx's 403)
+        resp = requests.post(f"{ngx.url}/admin/reload", timeout=30)
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert "not served publicly" not in resp.text
 
 
 @pytest.fixture(scope="module")
