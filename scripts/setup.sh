@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh Debian 12 machine with Python 3.11:
-#   system packages (nginx, ffmpeg, espeak-ng, libsndfile, chromium, docker-compose, wrk)
+#   system packages (nginx, ffmpeg, espeak-ng, libsndfile, chromium, docker-compose, wrk, postgresql)
 #   and a virtual environment in .venv with kws and its dev/test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nginx ffmpeg espeak-ng libsndfile1 chromium docker-compose wrk git gettext-base)
+# postgresql: the tracking-server test runs a throw-away PostgreSQL as MLflow's backend store.
+APT_PACKAGES=(nginx ffmpeg espeak-ng libsndfile1 chromium docker-compose wrk git gettext-base postgresql)
+# Seconds to wait for another apt/dpkg (unattended-upgrades, a second shell) to release its locks
+# instead of failing at once.
+APT_LOCK_WAIT_S="${APT_LOCK_WAIT_S:-600}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
@@ -16,9 +20,27 @@ done
 if ((${#missing[@]})); then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  # apt-get waiting for the locks: DPkg::Lock::Timeout makes `install` wait for dpkg's lock; apt 2.6
+  # `update` does not apply it to the lists lock, so a busy lock is also retried here until the deadline.
+  apt_get() {
+    local deadline=$((SECONDS + APT_LOCK_WAIT_S)) err rc
+    err="$(mktemp)"
+    while :; do
+      rc=0
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o "DPkg::Lock::Timeout=$APT_LOCK_WAIT_S" "$@" 2>"$err" || rc=$?
+      if ((rc)) && grep -q "Could not get lock" "$err" && ((SECONDS < deadline)); then
+        echo "apt-get $1: $(grep -m1 "Could not get lock" "$err"); waiting for it..." >&2
+        sleep 2
+        continue
+      fi
+      cat "$err" >&2
+      rm -f "$err"
+      return "$rc"
+    done
+  }
   echo "installing Debian packages: ${missing[*]}"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt_get update -qq
+  apt_get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if [ ! -x .venv/bin/python ]; then

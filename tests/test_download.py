@@ -455,4 +455,7 @@ def test_stage_script_unreachable_url_fails_cleanly(stage_dir):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "cannot reach 127.0.0.1" in errors[0] and url in errors[0]
+    # ... and it names the offline ways to run the pipeline (README's offline path).
+    assert "kws-params data=speech_commands_real && dvc repro" in errors[0], errors[0]
+    assert "kws-params data=synthetic && dvc repro" in errors[0], errors[0]
     assert not dest.exists()

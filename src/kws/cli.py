@@ -16,7 +16,7 @@ def run_cli(fn: Callable[[], object]) -> int:
     try:
         fn()
     except KWSError as err:
-        logging.getLogger("kws").error("%s", err.message)
+        logging.getLogger("kws").debug("failed: %s", err.message)  # the user sees the one line below
         print(f"error: {err.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

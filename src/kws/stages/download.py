@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from kws.cli import run_cli
 from kws.config import PARAMS_FILE, load_params
-from kws.errors import ConfigError
+from kws.errors import ConfigError, DownloadError
 from kws.labels import BACKGROUND_NOISE_DIR, SILENCE
 from kws.fetch import (
     build_dataset_atomically,
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 DEFAULT_DATASET = "data/raw/speech_commands"
+#: Appended when a URL source cannot be reached: the offline ways to run the pipeline.
+OFFLINE_HINT = ("offline: `kws-params data=speech_commands_real && dvc repro` trains on the real clips in "
+                "../shared/data, `kws-params data=synthetic && dvc repro` on synthetic speech")
 
 
 def synthesize_dataset(dest_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +125,12 @@ def _materialize(data, source: str, sha256: str | None, dest_dir: Path, add_dirs
         assert isinstance(params, dict)
         return synthesize_dataset(dest_dir, params)
     # cache_dir None: data/raw/.cache next to the dataset
-    return materialize_dataset(source, dest_dir, sha256=sha256, add_dirs=add_dirs, **fetch)
+    try:
+        return materialize_dataset(source, dest_dir, sha256=sha256, add_dirs=add_dirs, **fetch)
+    except DownloadError as err:
+        if not err.message.startswith("cannot reach"):  # reached, but failed: a checksum, a status, a cut
+            raise
+        raise type(err)(f"{err.message}; {OFFLINE_HINT}") from None
 
 
 def download_extra(data, extra_dir: Path, fetch: dict) -> dict[str, Any]:
