@@ -166,22 +166,30 @@ def test_dvc_exp_run_composes_hydra_overrides(project, sample_dir, first_repro):
     assert len(runs) == 1 and "test_accuracy" in runs[0].data.metrics
 
 
-def test_champion_from_another_dataset_is_rescored_on_the_candidates_test_set(project, sample_dir, first_repro,
-                                                                               tmp_path):
-    """A real-speech candidate against a synthetic-data champion: accuracies on two different
-    test sets are not compared; both models are re-scored on the candidate's (real) test split."""
+@pytest.fixture(scope="module")
+def real_pool(sample_dir, tmp_path_factory) -> dict[str, Path]:
     real = sample_dir.parent / "speech_commands_real"
     silence = sample_dir.parent / "speech_commands_real_silence"
     if not (real.is_dir() and silence.is_dir()):
         pytest.skip("real clips not found in ../shared/data")
-    pool = tmp_path / "pool"
-    pool.mkdir()
+    pool = tmp_path_factory.mktemp("pool")
     for word in ("yes", "no", "up", "dog", "wow"):  # symlinked word folders, as a user would point at a pool
         (pool / word).symlink_to(real / word, target_is_directory=True)
+    return {"real": real, "pool": pool, "silence": silence}
+
+
+def _real_pool_overrides(real_pool: dict[str, Path], sample_dir: Path, *extra: str) -> list[str]:
+    return ["data=speech_commands_real", f"data.source={real_pool['pool']}", f"data.silence_dir={real_pool['silence']}",
+            f"data.noise_dir={sample_dir / '_background_noise_'}", "prepare.augment.copies=0",
+            "train.epochs=2", "train.batch_size=32", *extra]
+
+
+def test_champion_from_another_dataset_is_rescored_on_the_candidates_test_set(project, sample_dir, first_repro,
+                                                                               real_pool):
+    """A real-speech candidate against a synthetic-data champion: accuracies on two different
+    test sets are not compared; both models are re-scored on the candidate's (real) test split."""
     before = _client(project).get_model_version_by_alias("kws", "champion")
-    write_params(compose(["data=speech_commands_real", f"data.source={pool}", f"data.silence_dir={silence}",
-                          f"data.noise_dir={sample_dir / '_background_noise_'}", "prepare.augment.copies=0",
-                          "train.epochs=2", "train.batch_size=32"], conf_dir=project / "conf"), project / "params.yaml")
+    write_params(compose(_real_pool_overrides(real_pool, sample_dir), conf_dir=project / "conf"), project / "params.yaml")
     ran, out = _repro(project)
     assert ran == set(STAGES), out[-3000:]
     result = json.loads((project / "reports/promotion.json").read_text())
@@ -195,3 +203,61 @@ def test_champion_from_another_dataset_is_rescored_on_the_candidates_test_set(pr
     assert version.tags["dataset"] == "speech_commands_real" and version.tags["test_digest"] == meta["test_digest"]
     bundle = read_meta(project / "serving/model")
     assert bundle.info["version"] == result["champion_version"]
+
+
+def _canonical_tarball(real: Path, silence: Path, out: Path, per_class: int = 3) -> Path:
+    """A small tarball in the canonical test set's layout (<class>/ incl. _unknown_, _silence_) from real clips."""
+    import tarfile
+
+    from kws.labels import task_labels
+
+    with tarfile.open(out, "w:gz") as tar:
+        for label in task_labels("keywords"):
+            if label == "_silence_":
+                clips = sorted(silence.glob("*.wav"))[:per_class]
+            elif label == "_unknown_":
+                clips = [sorted((real / w).glob("*.wav"))[0] for w in ("bed", "cat", "dog")]
+            else:
+                clips = sorted((real / label).glob("*.wav"))[:per_class]
+            for clip in clips:
+                tar.add(clip, arcname=f"./{label}/{clip.name}")
+    return out
+
+
+def test_canonical_test_set_is_fetched_verified_and_scored_by_evaluate(project, sample_dir, first_repro, real_pool,
+                                                                       tmp_path):
+    """data.canonical_test (URL + sha256, here a local tarball in the official layout): the download
+    stage verifies and extracts it beside the dataset, evaluate scores the model on it per class,
+    into metrics.json (dvc metrics) and MLflow; the data and the model are not rebuilt for it."""
+    from kws.fetch import sha256_file
+
+    tarball = _canonical_tarball(real_pool["real"], real_pool["silence"], tmp_path / "canonical.tar.gz")
+    overrides = _real_pool_overrides(real_pool, sample_dir)
+    write_params(compose(overrides, conf_dir=project / "conf"), project / "params.yaml")
+    _repro(project)  # whatever the previous tests left: this test's starting point
+    bad = compose([*overrides, f"data.canonical_test={{source: {tarball.as_uri()}, sha256: {'0' * 64}}}"],
+                  conf_dir=project / "conf")
+    write_params(bad, project / "params.yaml")
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode != 0 and "checksum mismatch" in proc.stdout + proc.stderr
+    assert not any((project / "data/raw/canonical_test").iterdir()), "a failed check left a partial test set"
+
+    write_params(compose([*overrides, f"data.canonical_test={{source: {tarball.as_uri()}, "
+                                      f"sha256: {sha256_file(tarball)}}}"], conf_dir=project / "conf"),
+                 project / "params.yaml")
+    ran, out = _repro(project)
+    assert ran == {"download", "evaluate", "promote"}, out[-3000:]
+    assert sorted(p.name for p in (project / "data/raw/canonical_test").iterdir())[:2] == ["_silence_", "_unknown_"]
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    canonical = metrics["canonical"]
+    assert canonical["n"] == 36 and canonical["errors"] == 0
+    assert set(canonical["recall"]) == set(read_meta(project / "data/model").labels)
+    assert 0.0 <= canonical["ci95"][0] <= canonical["accuracy"] <= canonical["ci95"][1] <= 1.0
+    shown = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project).stdout
+    assert "canonical" in shown
+    from kws.tracking import read_run
+
+    run = _client(project).get_run(read_run(project / "data/model")["run_id"])
+    assert run.data.metrics["canonical_accuracy"] == pytest.approx(canonical["accuracy"])
+    assert "canonical_recall_silence" in run.data.metrics

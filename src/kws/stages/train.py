@@ -6,20 +6,31 @@ schedule, early stopping on validation accuracy with the best weights restored, 
 per-epoch metrics, the model (with signature and input example), the label map, the
 feature config and a training-curves plot. The run id goes to ``<model dir>/run.json``
 so evaluate and promote log into the same run.
+
+Devices: a GPU is used when TensorFlow sees one. ``train.distribute`` picks a tf.distribute
+strategy: ``none`` (one device), ``mirrored`` (every GPU of this machine; without GPUs every
+logical CPU, see ``KWS_CPU_DEVICES``) or ``multi_worker`` (``MultiWorkerMirroredStrategy``,
+cluster from ``TF_CONFIG``; only the chief writes the outputs and logs to MLflow). The global
+batch is ``train.batch_size`` x replicas in sync. ``train.mixed_precision`` trains in
+``mixed_float16`` on GPUs (softmax head in float32); the exported model is always float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from kws.config import flatten
-from kws.errors import DatasetError
+from kws.errors import ConfigError, DatasetError
 from kws.features import FeatureConfig
 
 log = logging.getLogger(__name__)
@@ -120,7 +131,145 @@ class _MLflowEpochLogger:
         return Logger()
 
 
+STRATEGIES = ("none", "mirrored", "multi_worker")
+STRATEGY_NAMES = {"none": "default", "mirrored": "MirroredStrategy", "multi_worker": "MultiWorkerMirroredStrategy"}
+#: ``KWS_CPU_DEVICES=N`` splits the CPU into N logical devices, so ``train.distribute=mirrored``
+#: runs N replicas on a machine without GPUs (tests, CI); unset: TensorFlow's default (one CPU).
+CPU_DEVICES_ENV = "KWS_CPU_DEVICES"
+
+
+def distribute_config(t) -> tuple[str, bool]:
+    """``(train.distribute, train.mixed_precision)``, checked: :class:`ConfigError` when invalid."""
+    kind = t.get("distribute", "none")
+    kind = "none" if kind is None else str(kind).strip().lower()
+    if kind not in STRATEGIES:
+        raise ConfigError(f"unknown train.distribute {t.get('distribute')!r}: use none, mirrored or multi_worker")
+    mixed = t.get("mixed_precision", False)
+    if not isinstance(mixed, bool):
+        raise ConfigError(f"train.mixed_precision must be true or false, got {mixed!r}")
+    return kind, mixed
+
+
+def split_cpu() -> int:
+    """Honour ``KWS_CPU_DEVICES`` (N logical CPUs); must run before TensorFlow initializes its devices."""
+    raw = os.environ.get(CPU_DEVICES_ENV, "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{CPU_DEVICES_ENV} must be a positive integer, got {raw!r}")
+    import tensorflow as tf
+
+    n = int(raw)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+    except RuntimeError:  # this process already initialized TensorFlow's devices
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have != n:
+            log.warning("%s=%d ignored: TensorFlow is already initialized with %d logical CPU(s)",
+                        CPU_DEVICES_ENV, n, have)
+    return n
+
+
+def make_strategy(kind: str):
+    """The tf.distribute strategy for ``train.distribute`` (TensorFlow's default one-device strategy for none)."""
+    import tensorflow as tf
+
+    if kind == "multi_worker":  # first: it configures collective ops, before any other TensorFlow op
+        if not os.environ.get("TF_CONFIG"):
+            log.warning("train.distribute=multi_worker without TF_CONFIG: a cluster of this one worker")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()  # every GPU of this machine
+        # No GPU: every logical CPU (one, unless KWS_CPU_DEVICES splits it; MirroredStrategy's
+        # default would take CPU:0 only).
+        return tf.distribute.MirroredStrategy(devices=[d.name for d in tf.config.list_logical_devices("CPU")])
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the outputs: always, but for a multi-worker cluster's non-chief
+    workers (the chief is task ``chief``, else ``worker`` 0, as in TensorFlow's multi-worker guide)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type in (None, "chief"):
+        return True
+    return (resolver.task_type == "worker" and int(resolver.task_id or 0) == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def float32_head(model):
+    """Under ``mixed_float16``: the same model with its last layer (the softmax classifier) in float32."""
+    import keras
+
+    last = model.layers[-1]
+    if last.compute_dtype == "float32":
+        return model
+    head = last.__class__.from_config({**last.get_config(), "dtype": "float32"})
+    return keras.Model(model.inputs, head(last.input), name=model.name)
+
+
+def float32_copy(model, build):
+    """``build()`` (a float32 model, built outside any strategy) with ``model``'s trained weights."""
+    export = build()
+    export.set_weights(model.get_weights())
+    for layer in export.layers:  # Normalization caches its mean/variance
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
+    return export
+
+
+@contextlib.contextmanager
+def keras_multi_worker_fixes(model, strategy):
+    """While it lasts, ``model.fit`` works under ``MultiWorkerMirroredStrategy`` with Keras 3, which
+    fails there as released (keras-team/keras#20585, tensorflow/tensorflow#72388): (1) fit's
+    symbolic build all-reduces a whole nested batch, which the collective strategy cannot: it
+    builds from this worker's local batch instead (shapes are all it needs); (2) the scalar
+    metrics are all-reduced along axis 0, which a scalar lacks: they are averaged over every
+    replica of every worker instead, so all workers see the same logs (and stop early together)."""
+    import tensorflow as tf
+
+    try:
+        from keras.src import tree
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+
+        original = tf_trainer.reduce_per_replica
+        multi_worker = tf_trainer._collective_all_reduce_multi_worker
+    except (ImportError, AttributeError):  # another Keras: fit as it is
+        log.warning("Keras %s: multi-worker work-arounds not applied", __import__("keras").__version__)
+        yield
+        return
+
+    def local(v):
+        return strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy_, reduction):
+        if reduction in ("auto", "mean") and multi_worker(strategy_):
+            return tree.map_structure(
+                lambda v: strategy_.reduce("MEAN", v, axis=None if len(v.shape) == 0 else 0), values)
+        return original(values, strategy_, reduction)
+
+    model._maybe_symbolic_build = symbolic_build
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = original
+        del model._maybe_symbolic_build
+
+
 def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
+    t = cfg.train
+    kind, mixed = distribute_config(t)
+    split_cpu()  # before anything initializes TensorFlow's devices
     import keras
     import mlflow
     import tensorflow as tf
@@ -130,32 +279,60 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     from kws.bundle import write_bundle
     from kws.models import build_model
 
+    strategy = make_strategy(kind)
+    gpus = tf.config.list_physical_devices("GPU")
+    if mixed and not gpus:
+        log.warning("train.mixed_precision=true but TensorFlow sees no GPU: training in float32 "
+                    "(mixed_float16 is slow or unsupported on CPUs)")
+        mixed = False
+    replicas = int(strategy.num_replicas_in_sync)
+    chief = is_chief(strategy)
+
     meta = load_meta(features_dir)
     labels = meta["labels"]
     features = FeatureConfig.from_dict(meta["features"])
     x_train, y_train, w_train = load_split(features_dir, "train", weights=True)
     x_val, y_val = load_split(features_dir, "validation")
-    t = cfg.train
     for label, factor in (t.get("class_weights") or {}).items():  # e.g. {_unknown_: 2}: class balancing
         if label not in labels:
-            from kws.errors import ConfigError
-
             raise ConfigError(f"train.class_weights names {label!r}, not one of the task's labels {labels}")
         w_train = np.where(y_train == labels.index(label), w_train * float(factor), w_train).astype(np.float32)
     keras.utils.set_random_seed(int(cfg.seed))
     n_classes = len(labels)
 
-    model = build_model(cfg.model, features.shape, n_classes, x_train)
-    batch = int(t.batch_size)
+    batch = int(t.batch_size) * replicas  # the global batch: train.batch_size per replica
+    try:
+        devices = [str(d) for d in strategy.extended.worker_devices]
+    except (AttributeError, RuntimeError, NotImplementedError):  # the default strategy: TensorFlow's placement
+        devices = ["/device:GPU:0" if gpus else "/device:CPU:0"]
+    training = {
+        "distribute": kind, "strategy": STRATEGY_NAMES[kind], "replicas": replicas, "devices": devices,
+        "gpus": [d.name for d in gpus], "precision": "mixed_float16" if mixed else "float32",
+        "batch_size_per_replica": int(t.batch_size), "global_batch_size": batch, "chief": chief,
+    }
+    log.info("training devices: %d GPU(s) visible %s; train.distribute=%s: %s with %d replica(s) in sync on %s; "
+             "%s; global batch %d (%d per replica)", len(gpus), training["gpus"], kind, training["strategy"],
+             replicas, devices, training["precision"], batch, int(t.batch_size))
+
     steps = -(-len(y_train) // batch)
-    schedule = learning_rate(t, steps)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(t.get("label_smoothing", 0.0))),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        weighted_metrics=[],
-    )
-    fill = np.asarray(model.get_layer("mfcc_norm").mean).reshape(-1)
+    previous_policy = keras.mixed_precision.global_policy()
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():  # variables (model, optimizer, metrics) mirrored over the replicas
+            model = build_model(cfg.model, features.shape, n_classes, x_train)
+            if mixed:
+                model = float32_head(model)
+            schedule = learning_rate(t, steps)
+            model.compile(  # under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer
+                optimizer=keras.optimizers.Adam(schedule),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(t.get("label_smoothing", 0.0))),
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                weighted_metrics=[],
+            )
+    finally:  # the layers keep their policy; later layers (the exported copy) are float32
+        keras.mixed_precision.set_global_policy(previous_policy)
+    fill = np.asarray(model.get_layer("mfcc_norm").mean, np.float32).reshape(-1)
     sa = t.spec_augment
     one_hot = lambda x, y, w: (x, tf.one_hot(y, n_classes), w)  # noqa: E731
     train_ds = (
@@ -170,68 +347,95 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
         train_ds = train_ds.map(mixup(float(t.mixup_alpha)))
     train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     val_ds = tf.data.Dataset.from_tensor_slices((x_val[..., None], tf.one_hot(y_val, n_classes))).batch(256)
+    if kind == "multi_worker":
+        # Every worker builds the same, equally seeded pipeline and takes its share of each batch
+        # (in-memory arrays: there are no files to shard by).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                       patience=int(t.early_stopping_patience), restore_best_weights=True),
-        _MLflowEpochLogger.make(),
     ]
+    if chief:
+        callbacks.append(_MLflowEpochLogger.make())
     if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5))
 
-    tracking.setup(cfg.mlflow.experiment)
-    with mlflow.start_run(run_name=f"{cfg.model.name}") as run:
-        mlflow.log_params(flatten(cfg))
-        mlflow.set_tags({
-            "kws.stage": "train", "kws.model": cfg.model.name, "kws.task": meta["task"],
-            "kws.dataset": cfg.data.name, "kws.dataset_sha256": str(meta.get("source", {}).get("sha256")),
-        })
-        mlflow.log_dict({"labels": labels}, "labels.json")
-        mlflow.log_dict(features.to_dict(), "features.json")
-        mlflow.log_dict(meta["counts"], "dataset_counts.json")
-        mlflow.log_metric("params_count", model.count_params())
-        started = time.perf_counter()
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=int(t.epochs),
-            shuffle=False,  # train_ds reshuffles itself every epoch (seeded)
-            verbose=2,
-            callbacks=callbacks,
-        ).history
-        seconds = time.perf_counter() - started
-        epochs_run = len(history["loss"])
-        best = int(np.argmax(history["val_accuracy"]))
-        summary = {
-            "best_epoch": best + 1, "epochs_run": epochs_run,
-            "val_accuracy": float(history["val_accuracy"][best]), "val_loss": float(history["val_loss"][best]),
-            "train_seconds": seconds, "seconds_per_epoch": seconds / max(epochs_run, 1),
-            "params_count": int(model.count_params()),
-        }
-        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
+    scratch = None
+    if chief:
+        tracking.setup(cfg.mlflow.experiment)
+    else:  # TensorFlow's multi-worker recipe: every worker runs the same steps, only the chief's outputs count
+        scratch = Path(tempfile.mkdtemp(prefix="kws-train-worker-"))
+        model_dir, reports_dir = scratch / "model", scratch / "reports"
+        log.info("not the chief worker: outputs go to %s (deleted at the end); the chief logs to MLflow", scratch)
+    try:
+        with (mlflow.start_run(run_name=f"{cfg.model.name}") if chief else contextlib.nullcontext()) as run:
+            if chief:
+                mlflow.log_params(flatten(cfg))
+                mlflow.set_tags({
+                    "kws.stage": "train", "kws.model": cfg.model.name, "kws.task": meta["task"],
+                    "kws.dataset": cfg.data.name, "kws.dataset_sha256": str(meta.get("source", {}).get("sha256")),
+                    "kws.strategy": training["strategy"], "kws.replicas": replicas, "kws.gpus": len(gpus),
+                    "kws.precision": training["precision"], "kws.global_batch_size": batch,
+                })
+                mlflow.log_dict({"labels": labels}, "labels.json")
+                mlflow.log_dict(features.to_dict(), "features.json")
+                mlflow.log_dict(meta["counts"], "dataset_counts.json")
+                mlflow.log_dict(training, "training_devices.json")
+                mlflow.log_metric("params_count", model.count_params())
+            started = time.perf_counter()
+            with keras_multi_worker_fixes(model, strategy) if kind == "multi_worker" else contextlib.nullcontext():
+                history = model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=int(t.epochs),
+                    shuffle=False,  # train_ds reshuffles itself every epoch (seeded)
+                    verbose=2,
+                    callbacks=callbacks,
+                ).history
+            seconds = time.perf_counter() - started
+            epochs_run = len(history["loss"])
+            best = int(np.argmax(history["val_accuracy"]))
+            summary = {
+                "best_epoch": best + 1, "epochs_run": epochs_run,
+                "val_accuracy": float(history["val_accuracy"][best]), "val_loss": float(history["val_loss"][best]),
+                "train_seconds": seconds, "seconds_per_epoch": seconds / max(epochs_run, 1),
+                "params_count": int(model.count_params()),
+            }
+            if chief:
+                mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
 
-        reports_dir.mkdir(parents=True, exist_ok=True)
-        keys = [k for k in history if k != "learning_rate"] + (["learning_rate"] if "learning_rate" in history else [])
-        with open(reports_dir / "history.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["epoch", *keys])
-            for i in range(epochs_run):
-                writer.writerow([i + 1, *(float(history[k][i]) for k in keys)])
-        curves = plots.training_curves(history, reports_dir / "training_curves.png")
-        mlflow.log_artifact(str(curves), "plots")
+            reports_dir.mkdir(parents=True, exist_ok=True)
+            keys = ([k for k in history if k != "learning_rate"]
+                    + (["learning_rate"] if "learning_rate" in history else []))
+            with open(reports_dir / "history.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["epoch", *keys])
+                for i in range(epochs_run):
+                    writer.writerow([i + 1, *(float(history[k][i]) for k in keys)])
+            curves = plots.training_curves(history, reports_dir / "training_curves.png")
 
-        example = x_val[:1, ..., None]
-        info = mlflow.tensorflow.log_model(
-            model, name="model",
-            signature=infer_signature(example, model.predict(example, verbose=0)),
-            input_example=example,
-        )
-        run_info = {
-            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-            "model_uri": info.model_uri, "architecture": cfg.model.name,
-        }
-        write_bundle(model_dir, model, labels, features, metrics=summary,
-                     info={**run_info, "dataset": cfg.data.name, "task": meta["task"]})
-        (model_dir / tracking.RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
+            # What the service, TFLite and MLflow load: a plain float32, one-device model.
+            export = (float32_copy(model, lambda: build_model(cfg.model, features.shape, n_classes))
+                      if kind != "none" or mixed else model)
+            example = x_val[:1, ..., None]
+            run_info = {"run_id": None, "experiment_id": None, "model_uri": None, "architecture": cfg.model.name}
+            if chief:
+                mlflow.log_artifact(str(curves), "plots")
+                info = mlflow.tensorflow.log_model(
+                    export, name="model",
+                    signature=infer_signature(example, export.predict(example, verbose=0)),
+                    input_example=example,
+                )
+                run_info.update(run_id=run.info.run_id, experiment_id=run.info.experiment_id,
+                                model_uri=info.model_uri)
+            write_bundle(model_dir, export, labels, features, metrics=summary,
+                         info={**run_info, "dataset": cfg.data.name, "task": meta["task"], "training": training})
+            (model_dir / tracking.RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     log.info("trained %s: best val_accuracy %.4f at epoch %d (%.1f s/epoch); run %s",
              cfg.model.name, summary["val_accuracy"], summary["best_epoch"], summary["seconds_per_epoch"],
              run_info["run_id"])

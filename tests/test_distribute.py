@@ -1,0 +1,187 @@
+"""train.distribute / train.mixed_precision: MirroredStrategy for real on two logical CPUs
+(``KWS_CPU_DEVICES=2``, in a subprocess: the split must precede TensorFlow's device set-up),
+a clear error for an invalid strategy, the chief rule of multi-worker training, and (opt-in,
+``KWS_TEST_MULTI_WORKER=1``) two real MultiWorkerMirroredStrategy workers on localhost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from kws.config import compose, write_params
+from kws.features import FeatureConfig
+from kws.stages import train as train_stage
+
+LABELS = ["yes", "no", "up"]
+
+
+def _features_dir(root: Path, n_train: int = 48, n_val: int = 12) -> Path:
+    """A tiny features dir as prepare writes it: MFCC-shaped noise with a class-dependent offset."""
+    feats = FeatureConfig(kind="mfcc")
+    rng = np.random.default_rng(0)
+    out = root / "features"
+    out.mkdir(parents=True)
+    for split, n in (("train", n_train), ("validation", n_val)):
+        y = np.arange(n) % len(LABELS)
+        x = rng.standard_normal((n, *feats.shape)).astype(np.float32) + y[:, None, None] * 2.0
+        np.savez(out / f"{split}.npz", x=x, y=y)
+    meta = {"labels": LABELS, "features": feats.to_dict(), "task": "keywords",
+            "counts": {"train": n_train, "validation": n_val}, "source": {"sha256": "0" * 64}}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+def _params(root: Path, *overrides: str) -> Path:
+    cfg = compose([
+        "model=ds_cnn", "model.filters=8", "model.blocks=1",
+        "train.epochs=2", "train.batch_size=8", "train.lr_schedule=plateau", "train.early_stopping_patience=2",
+        f"paths.features={root / 'features'}", f"paths.model={root / 'model'}", f"paths.reports={root / 'reports'}",
+        *overrides,
+    ])
+    return write_params(cfg, root / "params.yaml")
+
+
+def _run_train(root: Path, wait: bool = True, **env: str):
+    full = {**os.environ, "KWS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2",
+            # MLflow would load the model again in a subprocess to infer its pip requirements (~15 s)
+            "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT": "1", **env}
+    full.pop("MLFLOW_TRACKING_URI", None)  # the local store in root/mlflow.db
+    cmd = [sys.executable, "-m", "kws.stages.train", "--params", str(root / "params.yaml")]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=root, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=root, env=full, capture_output=True, text=True, timeout=300)
+
+
+def test_mirrored_on_two_logical_cpus_trains_and_exports_a_float32_model(tmp_path):
+    _features_dir(tmp_path)
+    # mixed precision asked for on a machine without GPUs: a warning, float32 training
+    _params(tmp_path, "train.distribute=mirrored", "train.mixed_precision=true")
+    proc = _run_train(tmp_path, KWS_CPU_DEVICES="2")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "MirroredStrategy with 2 replica(s) in sync" in out, out[-4000:]
+    assert "global batch 16 (8 per replica)" in out
+    assert "TensorFlow sees no GPU: training in float32" in out
+
+    info = json.loads((tmp_path / "model" / "model_info.json").read_text())
+    training = info["training"]
+    assert training["replicas"] == 2 and training["strategy"] == "MirroredStrategy"
+    assert [d.rsplit(":", 1)[-1] for d in training["devices"]] == ["0", "1"]
+    assert all("CPU" in d for d in training["devices"])
+    assert training["precision"] == "float32" and training["global_batch_size"] == 16
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs_run"] >= 1
+    assert (tmp_path / "reports" / "train" / "history.csv").is_file()
+
+    import keras
+
+    model = keras.models.load_model(tmp_path / "model" / "model.keras")
+    assert model.layers[-1].compute_dtype == "float32"
+    with np.load(tmp_path / "features" / "validation.npz") as d:
+        probs = model.predict(d["x"][..., None], verbose=0)
+    assert probs.shape == (12, len(LABELS)) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+
+    from mlflow import MlflowClient
+
+    run_id = json.loads((tmp_path / "model" / "run.json").read_text())["run_id"]
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    assert run.data.tags["kws.replicas"] == "2" and run.data.tags["kws.strategy"] == "MirroredStrategy"
+    assert run.data.params["train.distribute"] == "mirrored"
+
+
+def test_invalid_distribute_value_is_a_one_line_config_error(tmp_path, capsys):
+    _params(tmp_path, "train.distribute=horovod")
+    assert train_stage.main(["--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown train.distribute 'horovod': use none, mirrored or multi_worker"
+    _params(tmp_path, "train.mixed_precision=maybe")
+    assert train_stage.main(["--params", str(tmp_path / "params.yaml")]) == 1
+    assert "train.mixed_precision must be true or false" in capsys.readouterr().err
+
+
+def test_mixed_precision_model_has_a_float32_head_and_exports_as_float32():
+    """Built (not trained: CPUs) under mixed_float16: softmax in float32; the exported copy is all
+    float32 with the same weights, the adapted normalization included, and predicts the same."""
+    import keras
+
+    from kws.models import build_model
+
+    cfg = {"name": "ds_cnn", "filters": 8, "blocks": 1}
+    x = np.random.default_rng(0).standard_normal((8, 49, 13)).astype(np.float32) * 3 + 1
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = train_stage.float32_head(build_model(cfg, (49, 13), 3, x))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.dtype_policy.name == "mixed_float16" and model.layers[1].compute_dtype == "float16"
+    assert model.layers[-1].compute_dtype == "float32" and model.output.dtype == "float32"
+    export = train_stage.float32_copy(model, lambda: build_model(cfg, (49, 13), 3))
+    assert {layer.compute_dtype for layer in export.layers} == {"float32"}
+    np.testing.assert_allclose(export.get_layer("mfcc_norm").mean, model.get_layer("mfcc_norm").mean, rtol=1e-3)
+    np.testing.assert_allclose(export.predict(x[..., None], verbose=0), model.predict(x[..., None], verbose=0),
+                               atol=2e-2)
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.skipif(os.environ.get("KWS_TEST_MULTI_WORKER") != "1",
+                    reason="two TensorFlow workers on localhost (~1 min on 2 cores): set KWS_TEST_MULTI_WORKER=1")
+def test_multi_worker_on_localhost_only_the_chief_writes(tmp_path):
+    """Two MultiWorkerMirroredStrategy workers (TF_CONFIG) train in sync; worker 0 (the chief)
+    writes the model, the reports and the MLflow run, worker 1 nothing of it."""
+    _features_dir(tmp_path)
+    _params(tmp_path, "train.distribute=multi_worker")
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    procs = [_run_train(tmp_path, wait=False, TF_CONFIG=json.dumps(
+        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    assert all("MultiWorkerMirroredStrategy with 2 replica(s) in sync" in out for out in outs)
+    assert "not the chief worker" in outs[1] and "not the chief worker" not in outs[0]
+    # the same (all-reduced) metrics on both workers
+    epochs = [[line.split(" - ", 3)[-1] for line in out.splitlines() if " - val_accuracy: " in line] for out in outs]
+    assert epochs[0] and epochs[0] == epochs[1]
+    info = json.loads((tmp_path / "model" / "model_info.json").read_text())
+    assert info["training"]["replicas"] == 2 and info["training"]["chief"] is True and info["run_id"]
+    assert (tmp_path / "reports" / "train" / "history.csv").is_file()
+
+
+def _resolver(task_type, task_id, cluster):
+    return SimpleNamespace(cluster_resolver=SimpleNamespace(
+        task_type=task_type, task_id=task_id, cluster_spec=lambda: SimpleNamespace(as_dict=lambda: cluster)))
+
+
+@pytest.mark.parametrize("task_type, task_id, cluster, chief", [
+    (None, None, {}, True),                                            # one machine, no TF_CONFIG
+    ("worker", 0, {"worker": ["a:1", "b:1"]}, True),                   # worker 0 is the chief
+    ("worker", 1, {"worker": ["a:1", "b:1"]}, False),
+    ("chief", 0, {"chief": ["c:1"], "worker": ["a:1"]}, True),
+    ("worker", 0, {"chief": ["c:1"], "worker": ["a:1"]}, False),       # an explicit chief task
+    ("evaluator", 0, {"worker": ["a:1"]}, False),
+])
+def test_only_the_chief_writes_outputs(task_type, task_id, cluster, chief):
+    assert train_stage.is_chief(_resolver(task_type, task_id, cluster)) is chief
+    assert train_stage.is_chief(SimpleNamespace()) is True  # strategies without a cluster resolver
