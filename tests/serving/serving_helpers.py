@@ -45,12 +45,17 @@ def ffmpeg_convert(src: Path, dst: Path, *args: str) -> Path:
     return dst
 
 
-def offline_scores(keras_model, samples: np.ndarray, cfg) -> np.ndarray:
-    """What the training side computes: clip_features + model.predict."""
+def offline_scores(keras_model, samples: np.ndarray, cfg, shifts_ms=None) -> np.ndarray:
+    """What the training side computes: clip_features + model.predict, averaged over the service's
+    test-time shifts of the clip (``shifts_ms``; default: the service's)."""
+    from kws.audio import fix_length, time_shift
     from kws.features import clip_features
+    from kws.serving.predictor import DEFAULT_TTA_SHIFTS_MS
 
-    x = clip_features(samples, cfg)[None, ..., None]
-    return keras_model.predict(x, verbose=0)[0]
+    clip = fix_length(np.asarray(samples, np.float32), cfg.clip_samples)
+    shifts = DEFAULT_TTA_SHIFTS_MS if shifts_ms is None else shifts_ms
+    x = np.stack([clip_features(time_shift(clip, int(round(ms * cfg.sample_rate / 1000))), cfg) for ms in shifts])
+    return keras_model.predict(x[..., None], verbose=0).mean(axis=0)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from kws.audio import load_file
+from kws.audio import fix_length, load_file
 from kws.bundle import read_meta
 from kws.errors import BundleError, ModelNotFoundError
 from kws.labels import SILENCE, UNKNOWN
@@ -42,7 +42,7 @@ def test_batched_scan_equals_clip_by_clip(tflite, clips):
     assert len(starts) == len(scores) == 12
     for s, row in zip(starts, scores):
         i = int(round(s * 16000))
-        np.testing.assert_allclose(row, tflite.scores_clip(samples[i:i + 16000]), atol=1e-5)
+        np.testing.assert_allclose(row, tflite.scores_clip(samples[i:i + 16000], tta=False), atol=1e-5)
 
 
 def test_tflite_odd_batch_sizes(tflite):
@@ -162,3 +162,16 @@ def test_missing_and_broken_bundles(tmp_path, bundle):
     with pytest.raises(BundleError, match="outputs"):
         pm.Predictor(broken, runtime="tflite")
     pm.reset()
+
+
+def test_short_clips_are_scored_with_test_time_shifts(bundle, tflite, clips):
+    from kws.audio import time_shift
+
+    samples = load_file(clips["two"][0], 16000)
+    assert tflite.tta_shifts_ms == (0.0, -50.0, 50.0)
+    plain = [tflite.scores_clip(time_shift(fix_length(samples, 16000), s), tta=False) for s in (0, -800, 800)]
+    np.testing.assert_allclose(tflite.scores_clip(samples), np.mean(plain, axis=0), atol=1e-6)
+    assert not np.allclose(plain[0], plain[1]), "a 50 ms shift changed nothing: the test proves nothing"
+    off = pm.Predictor(bundle, tta_shifts_ms=(0,))
+    np.testing.assert_allclose(off.scores_clip(samples), plain[0], atol=1e-6)
+    assert off.describe()["tta_shifts_ms"] == [0.0]

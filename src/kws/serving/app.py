@@ -19,6 +19,7 @@ preload                KWS_PRELOAD                  true     (load + warm the mo
 reload_s               KWS_RELOAD_S                 2        (poll the bundle for a new champion; 0: off)
 grace_s                KWS_GRACE_S                  20       (SIGTERM: time to finish in-flight requests)
 admin_token            KWS_ADMIN_TOKEN              (unset)  (enables POST /admin/reload with this bearer token)
+tta_shifts_ms          KWS_TTA_SHIFTS_MS            0,-50,50 (test-time shifts of a short clip, averaged; 0: off)
 =====================  ===========================  ==========================================
 
 Live model updates: ``promote`` swaps a new bundle into ``model_dir`` (mount its PARENT folder
@@ -67,6 +68,7 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "reload_s": ("KWS_RELOAD_S", float, 2.0),
     "grace_s": ("KWS_GRACE_S", float, 20.0),
     "admin_token": ("KWS_ADMIN_TOKEN", str, ""),
+    "tta_shifts_ms": ("KWS_TTA_SHIFTS_MS", tuple, predictor_mod.DEFAULT_TTA_SHIFTS_MS),
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -89,6 +91,15 @@ def _parse(name: str, kind: type, value: Any) -> Any:
         if text in ("0", "false", "no", "off", ""):
             return False
         raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind is tuple:  # comma-separated numbers, e.g. "0,-50,50"
+        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
+        try:
+            out = tuple(float(v) for v in items)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be comma-separated numbers (milliseconds), got {value!r}") from None
+        if not out or any(abs(v) >= 500 for v in out):
+            raise ConfigError(f"{name} must list one or more shifts under 500 ms, got {value!r}")
+        return out
     try:
         return kind(value)
     except (TypeError, ValueError):
@@ -154,7 +165,7 @@ class ServiceState:
         c = self.config
         return {"model_dir": c["model_dir"], "runtime": c["runtime"], "threads": c["tflite_threads"],
                 "long_audio_s": c["long_audio_s"], "stride_s": c["window_stride_s"],
-                "detection_threshold": c["detection_threshold"]}
+                "detection_threshold": c["detection_threshold"], "tta_shifts_ms": c["tta_shifts_ms"]}
 
     def predictor(self) -> predictor_mod.Predictor:
         """The loaded predictor (loading it now if needed); raises a 503 :class:`KWSError` if unavailable."""

@@ -1,0 +1,151 @@
+"""Post-hoc candidates on the served recipe's fold models: no retraining, only a different answer rule.
+
+For each of the 5 speaker folds, the recipe's model trained by ``bench_real.py`` on the other
+speakers scores its held-out clips (out-of-fold scores, through the service's decoder and
+predictor). Two post-hoc rules are measured against the plain argmax:
+
+* **log-prior offsets** per class (or for ``_unknown_`` only), fitted by coordinate search on
+  the OTHER folds' out-of-fold scores and applied to this fold (nested: no clip helps fit the
+  offsets it is scored with);
+* **test-time shifts**: the clip shifted by 0 / ±50 ms (and ±100 ms), zero-padded like the
+  training time shift, class scores averaged — with the latency that costs per clip.
+
+    .venv/bin/python benchmarks/bench_real.py --candidates recipe     # the fold models (cached)
+    .venv/bin/python benchmarks/bench_posthoc.py [--models DIR0 DIR1 DIR2 DIR3 DIR4]
+
+Without ``--models`` the fold models are where ``bench_real.py`` caches the recipe (its cache key
+is the composed configuration: after a change to ``conf/``, pass the trained folders). Results:
+``benchmarks/results/real_posthoc.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info, write_result  # noqa: E402
+from bench_real import compose_fold  # noqa: E402
+
+log = logging.getLogger("bench_posthoc")
+SHIFTS_MS = (0, -50, 50, -100, 100)
+GRID = np.linspace(-2.0, 3.0, 26)
+
+
+def shift(wave: np.ndarray, samples: int) -> np.ndarray:
+    """``wave`` moved by ``samples`` (positive: later), zero-padded, same length."""
+    if samples > 0:
+        return np.concatenate([np.zeros(samples, wave.dtype), wave[:-samples]])
+    if samples < 0:
+        return np.concatenate([wave[-samples:], np.zeros(-samples, wave.dtype)])
+    return wave
+
+
+def fold_scores(model_dir: Path, features_dir: Path, dataset: Path) -> dict:
+    """Scores ``(n_clips, len(SHIFTS_MS), n_labels)`` of the fold's test clips, and the latency of 1 vs 3 windows."""
+    from kws.audio import decode, fix_length
+    from kws.serving.predictor import Predictor
+
+    pred = Predictor(model_dir)
+    labels = json.loads((features_dir / "meta.json").read_text())["labels"]
+    with np.load(features_dir / "test.npz") as d:
+        files, y = [str(f) for f in d["files"]], d["y"].astype(int)
+    n = pred.cfg.clip_samples
+    scores, lat1, lat3 = [], [], []
+    for f in files:
+        audio = decode((dataset / f).read_bytes(), pred.cfg.sample_rate, 60.0).samples
+        t0 = time.perf_counter()
+        wave = fix_length(pred.loudest_window(audio), n)
+        rows = [pred.runtime.infer(pred.features(wave[None]))[0]]
+        lat1.append(time.perf_counter() - t0)
+        for ms in SHIFTS_MS[1:]:
+            rows.append(pred.runtime.infer(pred.features(shift(wave, int(ms * pred.cfg.sample_rate / 1000))[None]))[0])
+            if ms == SHIFTS_MS[2]:
+                lat3.append(time.perf_counter() - t0)
+        scores.append(rows)
+    return {"labels": labels, "y": y, "scores": np.asarray(scores), "lat1": lat1, "lat3": lat3}
+
+
+def fit_offsets(logp: np.ndarray, y: np.ndarray, classes: list[int], rounds: int = 3) -> np.ndarray:
+    """Per-class additive log-prior offsets maximizing accuracy, by coordinate search over GRID."""
+    b = np.zeros(logp.shape[1])
+    for _ in range(rounds):
+        for c in classes:
+            accs = []
+            for v in GRID:
+                trial = b.copy()
+                trial[c] = v
+                accs.append(np.mean(np.argmax(logp + trial, 1) == y))
+            b[c] = GRID[int(np.argmax(accs))]  # first best: the smallest offset that reaches it
+    return b
+
+
+def summary(labels: list[str], y: np.ndarray, pred: np.ndarray) -> dict:
+    from kws.score import wilson
+
+    per = {labels[c]: float(np.mean(pred[y == c] == c)) for c in range(len(labels)) if np.any(y == c)}
+    k = int(np.sum(pred == y))
+    return {"accuracy": k / len(y), "ci95": list(wilson(k, len(y))), "min_recall": min(per.values()), "recall": per}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs=5, type=Path, help="the 5 fold model folders (default: bench_real's cache)")
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("KWS_BENCH_CACHE", "/tmp/kws-bench")) / "real")
+    parser.add_argument("--out", default="real_posthoc.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    folds = []
+    for k in range(5):
+        cfg = compose_fold([], k, args.work, "recipe")
+        model_dir = args.models[k] if args.models else Path(cfg.paths.model)
+        if not (model_dir / "model.tflite").is_file():
+            print(f"no trained fold model at {model_dir}: run `bench_real.py --candidates recipe` first "
+                  "(or pass --models)", file=sys.stderr)
+            return 2
+        log.info("fold %d: %s", k, model_dir)
+        folds.append(fold_scores(model_dir, Path(cfg.paths.features), Path(cfg.paths.dataset)) | {"model": str(model_dir)})
+    labels = folds[0]["labels"]
+    y_all = np.concatenate([f["y"] for f in folds])
+    logp = [np.log(f["scores"] + 1e-9) for f in folds]
+
+    results = {"plain argmax": summary(labels, y_all, np.concatenate([np.argmax(lp[:, 0], 1) for lp in logp]))}
+    unknown = labels.index("_unknown_")
+    for name, classes in (("offset for _unknown_ (nested)", [unknown]), ("offsets per class (nested)", list(range(len(labels))))):
+        preds, offsets = [], []
+        for k in range(5):
+            others = [j for j in range(5) if j != k]
+            b = fit_offsets(np.concatenate([logp[j][:, 0] for j in others]), np.concatenate([folds[j]["y"] for j in others]),
+                            classes)
+            offsets.append(b.round(2).tolist())
+            preds.append(np.argmax(logp[k][:, 0] + b, 1))
+        results[name] = summary(labels, y_all, np.concatenate(preds)) | {"offsets_per_fold": offsets}
+    for name, n_shifts in (("shifts 0, ±50 ms", 3), ("shifts 0, ±50, ±100 ms", 5)):
+        preds = np.concatenate([np.argmax(f["scores"][:, :n_shifts].mean(1), 1) for f in folds])
+        results[name] = summary(labels, y_all, preds)
+    lat = {"1 window": float(np.percentile(sum((f["lat1"] for f in folds), []), 50) * 1000),
+           "3 windows": float(np.percentile(sum((f["lat3"] for f in folds), []), 50) * 1000)}
+
+    print(f"{'rule':32s} {'accuracy [95% CI]':>22s} {'min recall':>10s} {'_unknown_':>9s} {'go':>6s}")
+    for name, r in results.items():
+        print(f"{name:32s} {r['accuracy']:.4f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] {r['min_recall']:10.3f} "
+              f"{r['recall']['_unknown_']:9.3f} {r['recall']['go']:6.3f}")
+    print(f"latency p50 (features + TFLite, after decoding): 1 window {lat['1 window']:.2f} ms, "
+          f"3 windows {lat['3 windows']:.2f} ms")
+    write_result(args.out, {"machine": machine_info(), "n": int(len(y_all)), "rules": results, "latency_p50_ms": lat,
+                            "models": [f["model"] for f in folds]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
