@@ -16,26 +16,13 @@ import numpy as np
 import pytest
 
 from kws.config import compose, write_params
-from kws.features import FeatureConfig
 from kws.stages import train as train_stage
 
-LABELS = ["yes", "no", "up"]
+from tiny_features import LABELS, tiny_features_dir  # noqa: E402
 
 
-def _features_dir(root: Path, n_train: int = 48, n_val: int = 12) -> Path:
-    """A tiny features dir as prepare writes it: MFCC-shaped noise with a class-dependent offset."""
-    feats = FeatureConfig(kind="mfcc")
-    rng = np.random.default_rng(0)
-    out = root / "features"
-    out.mkdir(parents=True)
-    for split, n in (("train", n_train), ("validation", n_val)):
-        y = np.arange(n) % len(LABELS)
-        x = rng.standard_normal((n, *feats.shape)).astype(np.float32) + y[:, None, None] * 2.0
-        np.savez(out / f"{split}.npz", x=x, y=y)
-    meta = {"labels": LABELS, "features": feats.to_dict(), "task": "keywords",
-            "counts": {"train": n_train, "validation": n_val}, "source": {"sha256": "0" * 64}}
-    (out / "meta.json").write_text(json.dumps(meta))
-    return out
+def _features_dir(root: Path) -> Path:
+    return tiny_features_dir(root, kind="mfcc", n_train=48)
 
 
 def _params(root: Path, *overrides: str) -> Path:

@@ -4,7 +4,9 @@ SpecAugment-style time/coefficient masking and optional mixup on the fly, label
 smoothing, per-example weights (extra training sources), a plateau or cosine learning-rate
 schedule, early stopping on validation accuracy with the best weights restored, seeded. MLflow gets every resolved parameter,
 per-epoch metrics, the model (with signature and input example), the label map, the
-feature config and a training-curves plot. The run id goes to ``<model dir>/run.json``
+feature config and a training-curves plot. ``train.steps_per_epoch`` (null: the whole training
+split) bounds the steps of each epoch, for benchmarks and smoke runs; the cosine schedule then
+decays over the bounded steps. The run id goes to ``<model dir>/run.json``
 so evaluate and promote log into the same run.
 
 Devices: a GPU is used when TensorFlow sees one. ``train.distribute`` picks a tf.distribute
@@ -138,6 +140,17 @@ STRATEGY_NAMES = {"none": "default", "mirrored": "MirroredStrategy", "multi_work
 CPU_DEVICES_ENV = "KWS_CPU_DEVICES"
 
 
+def bounded_steps(t, full_steps: int) -> int:
+    """Steps per epoch: ``full_steps`` (the whole training split) unless ``train.steps_per_epoch``
+    (null = the whole epoch) bounds it, for benchmarks and smoke runs. :class:`ConfigError` when invalid."""
+    bound = t.get("steps_per_epoch")
+    if bound is None:
+        return full_steps
+    if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+        raise ConfigError(f"train.steps_per_epoch must be a positive integer or null, got {bound!r}")
+    return min(full_steps, bound)
+
+
 def distribute_config(t) -> tuple[str, bool]:
     """``(train.distribute, train.mixed_precision)``, checked: :class:`ConfigError` when invalid."""
     kind = t.get("distribute", "none")
@@ -269,6 +282,7 @@ def keras_multi_worker_fixes(model, strategy):
 def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     t = cfg.train
     kind, mixed = distribute_config(t)
+    bounded_steps(t, 1)  # an invalid train.steps_per_epoch fails before TensorFlow is loaded
     split_cpu()  # before anything initializes TensorFlow's devices
     import keras
     import mlflow
@@ -314,7 +328,11 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
              "%s; global batch %d (%d per replica)", len(gpus), training["gpus"], kind, training["strategy"],
              replicas, devices, training["precision"], batch, int(t.batch_size))
 
-    steps = -(-len(y_train) // batch)
+    full_steps = -(-len(y_train) // batch)
+    steps = bounded_steps(t, full_steps)  # the learning-rate schedule counts these steps
+    training["steps_per_epoch"] = steps
+    if steps < full_steps:
+        log.info("train.steps_per_epoch=%d: %d of the %d steps of a whole epoch per epoch", steps, steps, full_steps)
     previous_policy = keras.mixed_precision.global_policy()
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -345,6 +363,8 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     )
     if float(t.get("mixup_alpha", 0.0)) > 0:
         train_ds = train_ds.map(mixup(float(t.mixup_alpha)))
+    if steps < full_steps:  # bounded epochs: one endless (reshuffled) stream, each epoch takes the next `steps`
+        train_ds = train_ds.repeat()
     train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     val_ds = tf.data.Dataset.from_tensor_slices((x_val[..., None], tf.one_hot(y_val, n_classes))).batch(256)
     if kind == "multi_worker":
@@ -390,6 +410,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
                     train_ds,
                     validation_data=val_ds,
                     epochs=int(t.epochs),
+                    steps_per_epoch=steps if steps < full_steps else None,
                     shuffle=False,  # train_ds reshuffles itself every epoch (seeded)
                     verbose=2,
                     callbacks=callbacks,

@@ -1,0 +1,76 @@
+"""train.steps_per_epoch: null trains whole epochs; an int bounds every epoch to that many steps
+and the cosine schedule decays over the bounded steps (a real, tiny training run in a subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from kws.config import compose, write_params
+from kws.errors import ConfigError
+from kws.stages import train as train_stage
+
+from tiny_features import tiny_features_dir  # noqa: E402
+
+
+def _features_dir(root: Path) -> Path:
+    return tiny_features_dir(root, kind="logmel", n_train=96)
+
+
+def test_bounded_epochs_take_that_many_steps_and_the_cosine_schedule_decays_over_them(tmp_path):
+    _features_dir(tmp_path)  # 96 examples, batch 8: 12 steps in a whole epoch
+    cfg = compose([
+        "model=ds_cnn", "model.filters=8", "model.blocks=1",
+        "train.epochs=2", "train.batch_size=8", "train.lr_schedule=cosine", "train.learning_rate=0.002",
+        "train.steps_per_epoch=3", "train.early_stopping_patience=5",
+        f"paths.features={tmp_path / 'features'}", f"paths.model={tmp_path / 'model'}",
+        f"paths.reports={tmp_path / 'reports'}",
+    ])
+    write_params(cfg, tmp_path / "params.yaml")
+    env = {**os.environ, "KWS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the local store in tmp_path/mlflow.db
+    proc = subprocess.run([sys.executable, "-m", "kws.stages.train", "--params", str(tmp_path / "params.yaml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "train.steps_per_epoch=3: 3 of the 12 steps of a whole epoch per epoch" in out, out[-4000:]
+    assert "3/3" in out and "12/12" not in out, out[-4000:]  # Keras's per-epoch lines: 3 steps each
+
+    info = json.loads((tmp_path / "model" / "model_info.json").read_text())
+    assert info["training"]["steps_per_epoch"] == 3
+    with open(tmp_path / "reports" / "train" / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    # The saved model (a zip: config.json + weights) holds the optimizer: its cosine schedule was
+    # built for 2 x 3 steps (one epoch of warm-up, then the decay), and it took exactly 6 steps.
+    with zipfile.ZipFile(tmp_path / "model" / "model.keras") as z:
+        schedule = json.loads(z.read("config.json"))["compile_config"]["optimizer"]["config"]["learning_rate"]
+        weights = z.read("model.weights.h5")
+    assert schedule["class_name"] == "CosineDecay"
+    assert (schedule["config"]["warmup_steps"], schedule["config"]["decay_steps"]) == (3, 3)
+    import h5py
+
+    with h5py.File(io.BytesIO(weights)) as h5:
+        assert int(h5["optimizer/vars/0"][()]) == 6  # the optimizer's iteration counter
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "many", True])
+def test_invalid_steps_per_epoch_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="train.steps_per_epoch"):
+        train_stage.bounded_steps(SimpleNamespace(get=lambda key, default=None: value), 10)
+
+
+def test_null_or_a_larger_bound_is_the_whole_epoch():
+    get = lambda v: SimpleNamespace(get=lambda key, default=None: v)  # noqa: E731
+    assert train_stage.bounded_steps(get(None), 12) == 12
+    assert train_stage.bounded_steps(get(50), 12) == 12
+    assert train_stage.bounded_steps(get(5), 12) == 5
