@@ -61,7 +61,6 @@ from _common import REPO, machine_info, table, write_result  # noqa: E402
 
 ARCHIVE_NAME = "speech_commands_v0.02.tar.gz"
 CANONICAL_NAME = "speech_commands_test_set_v0.02.tar.gz"
-PROJECT_ITEMS = ("conf", "src", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore")
 MB = 1e6
 ETA = re.compile(r"\d+:\d\d<\d+:\d\d")  # tqdm's "[elapsed<remaining, rate]"
 LONG_STAGE_S = 30.0
@@ -278,24 +277,13 @@ def leftovers(parent: Path, name: str) -> list[dict]:
 
 
 def make_project(work: Path, overrides: list[str], env: dict) -> Path:
-    from kws.config import compose, write_params
+    from kws.config import compose
+    from kws.workspace import copy_pipeline
 
     root = work / "project"
     if root.exists():
         shutil.rmtree(root)
-    root.mkdir(parents=True)
-    for item in PROJECT_ITEMS:
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            (root / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, root / item)
-    write_params(compose(overrides, conf_dir=root / "conf"), root / "params.yaml", overrides)
-    git = ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench"]
-    for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "bench_scale"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    return root
+    return copy_pipeline(REPO, root, compose(overrides, conf_dir=REPO / "conf"), overrides, env=env)
 
 
 def ensure_archive(archive_dir: Path, scale: float, workers: int, logs: Path) -> tuple[dict, dict | None]:

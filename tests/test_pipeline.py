@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from kws.bundle import read_meta
 from kws.config import compose, write_params
+from kws.workspace import copy_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +37,8 @@ def _overrides(sample_dir: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, repo, sample_dir) -> Path:
-    root = tmp_path_factory.mktemp("kws-project")
-    for item in ("conf", "src", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
-        src = repo / item
-        if src.is_dir():
-            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            (root / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, root / item)
-    write_params(compose(_overrides(sample_dir), conf_dir=root / "conf"), root / "params.yaml")
-    _run(["git", "init", "-q"], root)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)
-    return root
+    return copy_pipeline(repo, tmp_path_factory.mktemp("kws-project"),
+                         compose(_overrides(sample_dir), conf_dir=repo / "conf"))
 
 
 def _env() -> dict:

@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from kws.bundle import read_meta
-from kws.config import compose, write_params
+from kws.config import compose
+from kws.workspace import copy_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -207,20 +208,8 @@ def _overrides(sample_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, sample_dir) -> Path:
     """A temporary copy of the project (as tests/test_pipeline.py builds it), its own git repo."""
-    root = tmp_path_factory.mktemp("kws-tracked")
-    for item in ("conf", "src", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            (root / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, root / item)
-    write_params(compose(_overrides(sample_dir), conf_dir=root / "conf"), root / "params.yaml")
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    _run(["git", "init", "-q"], root)
-    _run([*git, "add", "-A"], root)
-    _run([*git, "commit", "-qm", "init"], root)
-    return root
+    return copy_pipeline(REPO, tmp_path_factory.mktemp("kws-tracked"),
+                         compose(_overrides(sample_dir), conf_dir=REPO / "conf"))
 
 
 @pytest.fixture(scope="module")
