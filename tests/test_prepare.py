@@ -189,3 +189,76 @@ def test_stage_cli_reports_missing_dataset_without_traceback(tmp_path, repo):
     assert proc.returncode == 1
     assert "does not exist: run the download stage first" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the stage ended (rc {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_interrupted_prepare_stops_its_workers_and_keeps_the_old_features(dataset, tmp_path, signame):
+    """`kill` (SIGTERM) or Ctrl-C mid-featurization: the queued chunks are cancelled, both pool
+    workers exit, the temp dir is removed and the previous features stay byte for byte."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "features"
+    prepare(_cfg(), dataset, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # ~70,000 examples: half a minute of work for 2 workers, interrupted after the first chunks
+    write_params(_cfg("prepare.augment.copies=1000", "prepare.batch_size=64", f"paths.dataset={dataset}",
+                      f"paths.features={out}"), tmp_path / "params.yaml")
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "kws.stages.prepare"], cwd=tmp_path, stderr=err,
+                                stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for(lambda: "train:" in (tmp_path / "stderr.txt").read_text(), 120, "featurization", proc)
+        time.sleep(1.0)
+        assert list(tmp_path.glob(".features.tmp-*")), "the stage writes into a temp dir beside its output"
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= 2
+        started = time.monotonic()
+        if signame == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)  # the stage process only, as `kill` does
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        rc = proc.wait(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert rc == (143 if signame == "SIGTERM" else 130), stderr[-3000:]
+    assert took < 10, f"took {took:.1f} s to stop: the queued chunks were not cancelled"
+    assert "Traceback" not in stderr and "outputs unchanged" in stderr, stderr[-3000:]
+    _, gone_alive = psutil.wait_procs(workers, timeout=10)
+    assert not gone_alive, f"pool workers left running: {gone_alive}"
+    assert not list(tmp_path.glob(".features.tmp-*"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_temp_dir_left_by_a_killed_run_is_removed_by_the_next_one(dataset, tmp_path):
+    """SIGKILL cannot be caught: the temp dir (named with its writer's pid) stays until the next run,
+    which removes it — but never the temp dir of a writer that is still alive."""
+    import os
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".features.tmp-{int(dead.stdout)}-abcd1234"
+    live = tmp_path / f".features.tmp-{os.getpid()}-live0000"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "train.npz").write_bytes(b"half written")
+    prepare(_cfg(), dataset, tmp_path / "features")
+    assert not stale.exists() and live.is_dir()
+    assert (tmp_path / "features" / "meta.json").is_file()

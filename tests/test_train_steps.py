@@ -44,7 +44,9 @@ def test_bounded_epochs_take_that_many_steps_and_the_cosine_schedule_decays_over
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "train.steps_per_epoch=3: 3 of the 12 steps of a whole epoch per epoch" in out, out[-4000:]
-    assert "3/3" in out and "12/12" not in out, out[-4000:]  # Keras's per-epoch lines: 3 steps each
+    # the progress bar counts every step of the run (2 epochs x 3), the epoch lines give the time left
+    assert "6/6" in out and "/24" not in out, out[-4000:]
+    assert "epoch 1/2: loss" in out and "epoch 2/2: loss" in out and "left)" in out, out[-4000:]
 
     info = json.loads((tmp_path / "model" / "model_info.json").read_text())
     assert info["training"]["steps_per_epoch"] == 3
@@ -74,3 +76,44 @@ def test_null_or_a_larger_bound_is_the_whole_epoch():
     assert train_stage.bounded_steps(get(None), 12) == 12
     assert train_stage.bounded_steps(get(50), 12) == 12
     assert train_stage.bounded_steps(get(5), 12) == 5
+
+
+def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_model(tmp_path):
+    """`kill` mid-training: exit 143 after clean-up, the MLflow run is KILLED (never left RUNNING),
+    no model folder appears."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    _features_dir(tmp_path)
+    cfg = compose([
+        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=500", "train.batch_size=8",
+        "train.early_stopping_patience=500",
+        f"paths.features={tmp_path / 'features'}", f"paths.model={tmp_path / 'model'}",
+        f"paths.reports={tmp_path / 'reports'}",
+    ])
+    write_params(cfg, tmp_path / "params.yaml")
+    env = {**os.environ, "KWS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log_file = tmp_path / "stderr.txt"
+    with open(log_file, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "kws.stages.train", "--params", str(tmp_path / "params.yaml")],
+                                cwd=tmp_path, env=env, stdout=err, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "epoch 2/500:" not in log_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log_file.read_text()
+    assert rc == 143, out[-3000:]
+    assert "Traceback" not in out and "ended as KILLED" in out, out[-3000:]
+    assert not (tmp_path / "model").exists()
+    runs = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]

@@ -6,12 +6,15 @@ A failed or interrupted stage never leaves a half-written directory where a late
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -27,12 +30,39 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(target: str | Path) -> list[Path]:
+    """Remove temp dirs that :func:`staged_dir` left beside ``target`` when its process was killed
+    outright (SIGKILL, power loss): their names carry the writer's pid, and only dead writers'
+    dirs are removed. Returns what was removed."""
+    target = Path(target)
+    removed = []
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = tmp.name[len(f".{target.name}.tmp-"):].split("-", 1)[0]
+        if tmp.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextmanager
 def staged_dir(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temp dir beside ``target``; on success it replaces ``target``, on any error it is removed."""
+    """Yield an empty temp dir beside ``target``; on success it replaces ``target``, on any error it is removed.
+    Temp dirs of earlier writers that were killed outright are removed first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    for stale in remove_stale_temps(target):
+        log.info("removed %s, left by a killed run", stale)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         os.chmod(tmp, 0o755)
         yield tmp

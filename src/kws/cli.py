@@ -3,24 +3,60 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-from typing import Callable
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from kws.errors import KWSError
 from kws.logs import setup_logging
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``docker stop``, a CI timeout) delivered to a command: unwinds like Ctrl-C,
+    so every ``finally``/context manager runs (temp dirs removed, worker pools shut down, the
+    MLflow run ended as KILLED) instead of the process dying mid-write."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cli(fn: Callable[[], object]) -> int:
-    """Run ``fn``; a :class:`KWSError` becomes a one-line message and exit status 1."""
+    """Run ``fn``; a :class:`KWSError` becomes a one-line message and exit status 1; Ctrl-C exits
+    130 and SIGTERM 143, both after the stage's own clean-up has run."""
     setup_logging()
     try:
-        fn()
+        with terminate_as_interrupt():
+            fn()
     except KWSError as err:
         logging.getLogger("kws").debug("failed: %s", err.message)  # the user sees the one line below
         print(f"error: {err.message}", file=sys.stderr)
         return 1
+    except Terminated as err:
+        print(f"terminated ({err}): cleaned up, outputs unchanged", file=sys.stderr)
+        return 128 + int(err.signum)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: cleaned up, outputs unchanged", file=sys.stderr)
         return 130
     return 0
 

@@ -133,6 +133,57 @@ class _MLflowEpochLogger:
         return Logger()
 
 
+@contextlib.contextmanager
+def _killed_on_interrupt(chief: bool):
+    """Ctrl-C or SIGTERM (see :func:`kws.cli.terminate_as_interrupt`) ends the MLflow run as
+    KILLED, not FAILED and never left RUNNING; the model folder is written only at the end."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if chief:
+            import mlflow
+
+            log.warning("training interrupted: MLflow run ended as KILLED, no model written")
+            mlflow.end_run(status="KILLED")
+        raise
+
+
+class _Progress:
+    """Keras callback factory: one progress bar over every step of the run (tqdm: rate and ETA,
+    redrawn at most every few seconds so logs stay short) and one log line per epoch with its
+    metrics, its duration and the time left if every epoch runs (early stopping may end sooner)."""
+
+    @staticmethod
+    def make(epochs: int, steps: int, enabled: bool = True):
+        import keras
+        from tqdm import tqdm
+
+        class Progress(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.bar = tqdm(total=epochs * steps, desc="train", unit="step", disable=not enabled,
+                                mininterval=2.0, dynamic_ncols=True)
+                self.started = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.bar.update(1)
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                done = epoch + 1
+                per_epoch = (time.perf_counter() - self.started) / done
+                left = per_epoch * (epochs - done)
+                shown = {k: logs[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs}
+                self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in shown.items()}, refresh=False)
+                log.info("epoch %d/%d: %s (%.1f s/epoch; at most %s left)", done, epochs,
+                         " ".join(f"{k} {float(v):.4f}" for k, v in shown.items()), per_epoch,
+                         time.strftime("%H:%M:%S", time.gmtime(left)))
+
+            def on_train_end(self, logs=None):
+                self.bar.close()
+
+        return Progress()
+
+
 STRATEGIES = ("none", "mirrored", "multi_worker")
 STRATEGY_NAMES = {"none": "default", "mirrored": "MirroredStrategy", "multi_worker": "MultiWorkerMirroredStrategy"}
 #: ``KWS_CPU_DEVICES=N`` splits the CPU into N logical devices, so ``train.distribute=mirrored``
@@ -377,6 +428,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                       patience=int(t.early_stopping_patience), restore_best_weights=True),
     ]
+    callbacks.append(_Progress.make(int(t.epochs), steps, enabled=chief))
     if chief:
         callbacks.append(_MLflowEpochLogger.make())
     if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
@@ -390,7 +442,8 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
         model_dir, reports_dir = scratch / "model", scratch / "reports"
         log.info("not the chief worker: outputs go to %s (deleted at the end); the chief logs to MLflow", scratch)
     try:
-        with (mlflow.start_run(run_name=f"{cfg.model.name}") if chief else contextlib.nullcontext()) as run:
+        with (mlflow.start_run(run_name=f"{cfg.model.name}") if chief else contextlib.nullcontext()) as run, \
+                _killed_on_interrupt(chief):
             if chief:
                 mlflow.log_params(flatten(cfg))
                 mlflow.set_tags({
@@ -412,7 +465,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
                     epochs=int(t.epochs),
                     steps_per_epoch=steps if steps < full_steps else None,
                     shuffle=False,  # train_ds reshuffles itself every epoch (seeded)
-                    verbose=2,
+                    verbose=0,  # _Progress: one bar with an ETA, one log line per epoch
                     callbacks=callbacks,
                 ).history
             seconds = time.perf_counter() - started
