@@ -220,8 +220,11 @@ def test_interrupted_prepare_stops_its_workers_and_keeps_the_old_features(datase
     write_params(_cfg("prepare.augment.copies=1000", "prepare.batch_size=64", f"paths.dataset={dataset}",
                       f"paths.features={out}"), tmp_path / "params.yaml")
     with open(tmp_path / "stderr.txt", "w") as err:
+        # SIGINT as in a terminal: a shell's background job (`nohup … &`, some CI runners) starts
+        # with SIGINT ignored, and the stage would inherit that
         proc = subprocess.Popen([sys.executable, "-m", "kws.stages.prepare"], cwd=tmp_path, stderr=err,
-                                stdout=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(lambda: "train:" in (tmp_path / "stderr.txt").read_text(), 120, "featurization", proc)
         time.sleep(1.0)
