@@ -20,6 +20,8 @@ from kws.labels import SILENCE, UNKNOWN
 from kws.splits import speaker_of, split_by_hash
 from kws.stages.prepare import prepare
 
+from waiting import wait_for  # noqa: E402
+
 KEYWORDS = ("yes", "no", "up")
 
 
@@ -191,18 +193,6 @@ def test_stage_cli_reports_missing_dataset_without_traceback(tmp_path, repo):
     assert "Traceback" not in proc.stderr
 
 
-def _wait_for(predicate, timeout: float, what: str, proc=None) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the stage ended (rc {proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_interrupted_prepare_stops_its_workers_and_keeps_the_old_features(dataset, tmp_path, signame):
     """`kill` (SIGTERM) or Ctrl-C mid-featurization: the queued chunks are cancelled, both pool
@@ -226,7 +216,7 @@ def test_interrupted_prepare_stops_its_workers_and_keeps_the_old_features(datase
                                 stdout=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        _wait_for(lambda: "train:" in (tmp_path / "stderr.txt").read_text(), 120, "featurization", proc)
+        wait_for(lambda: "train:" in (tmp_path / "stderr.txt").read_text(), 120, "featurization", proc)
         time.sleep(1.0)
         assert list(tmp_path.glob(".features.tmp-*")), "the stage writes into a temp dir beside its output"
         workers = psutil.Process(proc.pid).children(recursive=True)

@@ -20,6 +20,7 @@ from kws.errors import ConfigError
 from kws.stages import train as train_stage
 
 from tiny_features import tiny_features_dir  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 
 def _features_dir(root: Path) -> Path:
@@ -82,7 +83,6 @@ def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_mod
     """`kill` mid-training: exit 143 after clean-up, the MLflow run is KILLED (never left RUNNING),
     no model folder appears."""
     import signal
-    import time
 
     from mlflow.tracking import MlflowClient
 
@@ -101,10 +101,7 @@ def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_mod
         proc = subprocess.Popen([sys.executable, "-m", "kws.stages.train", "--params", str(tmp_path / "params.yaml")],
                                 cwd=tmp_path, env=env, stdout=err, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while "epoch 2/500:" not in log_file.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()[-3000:]
-            time.sleep(0.05)
+        wait_for(lambda: "epoch 2/500:" in log_file.read_text(), 120, "the second epoch", proc)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)
     finally:
@@ -114,6 +111,6 @@ def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_mod
     assert rc == 143, out[-3000:]
     assert "Traceback" not in out and "ended as KILLED" in out, out[-3000:]
     assert not (tmp_path / "model").exists()
-    runs = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
-        [e.experiment_id for e in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]

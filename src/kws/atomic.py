@@ -43,13 +43,14 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temps(target: str | Path) -> list[Path]:
     """Remove temp dirs that :func:`staged_dir` left beside ``target`` when its process was killed
     outright (SIGKILL, power loss): their names carry the writer's pid, and only dead writers'
-    dirs are removed. Returns what was removed."""
+    dirs are removed (each logged). Returns what was removed."""
     target = Path(target)
     removed = []
     for tmp in target.parent.glob(f".{target.name}.tmp-*"):
         pid = tmp.name[len(f".{target.name}.tmp-"):].split("-", 1)[0]
         if tmp.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed %s, left by a killed run (pid %s)", tmp, pid)
             removed.append(tmp)
     return removed
 
@@ -60,8 +61,7 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
     Temp dirs of earlier writers that were killed outright are removed first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temps(target):
-        log.info("removed %s, left by a killed run", stale)
+    remove_stale_temps(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         os.chmod(tmp, 0o755)

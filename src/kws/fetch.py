@@ -582,8 +582,7 @@ def build_dataset_atomically(
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DatasetError(f"cannot create {dest_dir.parent}: {err}") from None
-    for stale in remove_stale_temps(dest_dir):
-        log.info("removed leftover %s from an interrupted run", stale)
+    remove_stale_temps(dest_dir)
     tmp = dest_dir.parent / f".{dest_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()  # not mkdtemp: its 0700 mode would end up on the dataset directory
