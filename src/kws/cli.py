@@ -41,6 +41,19 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block (e.g. a write to the MLflow store: interrupted
+    inside its SQLite transaction, the run could not be ended afterwards); one that arrives
+    meanwhile is delivered as the block ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def run_cli(fn: Callable[[], object]) -> int:
     """Run ``fn``; a :class:`KWSError` becomes a one-line message and exit status 1; Ctrl-C exits
     130 and SIGTERM 143, both after the stage's own clean-up has run."""

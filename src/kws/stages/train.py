@@ -127,8 +127,11 @@ class _MLflowEpochLogger:
 
         class Logger(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
+                from kws.cli import uninterrupted
+
                 logs = dict(logs or {})
-                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+                with uninterrupted():  # never stopped mid-transaction: the run must still be ended
+                    mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
 
         return Logger()
 
