@@ -17,8 +17,8 @@ records the wall time, the peak RSS of its process tree (psutil, every 0.2 s; PS
 disk its outputs use, its throughput, the longest stretch without any output and whether its
 log shows a progress bar with an ETA. It also interrupts ``prepare`` once its training split is
 40 % featurized (complete features from the previous run present), twice: SIGINT to its process
-group (Ctrl-C) and SIGTERM to its main process (``kill``); and ``train`` (SIGTERM, 20 s into the
-first epoch; no model yet). It checks that the outputs are the old complete ones or absent —
+group (Ctrl-C) and SIGTERM to its main process (``kill``); and ``train`` (SIGTERM, 8 s after its
+progress bar appears: in the first epoch; no model yet). It checks that the outputs are the old complete ones or absent —
 never partial —, records what was left behind (temp dirs, still-running processes, MLflow runs
 left RUNNING; leftover processes are then ended by pid) and runs the stage again.
 
@@ -427,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     # ---- train: interrupted first (no model yet), then the measured run
     model = data / "model"
     if not args.no_interrupts:
-        ti = stage("train", "train_interrupted", interrupt=(r"Epoch 1/", 20.0, signal.SIGTERM, False))
+        # 8 s after train's progress bar appears: inside the first epoch (150 bounded steps take ~12 s)
+        ti = stage("train", "train_interrupted", interrupt=(r"train: +\d+%\|", 8.0, signal.SIGTERM, False))
         state = snapshot(model)
         left = leftovers(data, "model")
         complete = state is not None and {"model.keras", "model.tflite", "labels.json", "run.json"} <= {
             Path(k).name for k in state}
         results["interrupts"]["train"] = {
-            "signal": "SIGTERM to the stage process (kill), 20 s into epoch 1",
+            "signal": "SIGTERM to the stage process (kill), 8 s after its progress bar appeared (epoch 1)",
             "interrupted": _slim(ti), "outputs_after": "absent" if state is None else ("complete" if complete else "PARTIAL"),
             "temp_left_behind": left, "stage_processes_left": reap(project, "train"),
             "mlflow_runs_by_status": mlflow_run_statuses(project / "mlflow.db"),
@@ -441,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     r = stage("train")
     _check(r)
     out = _plain((logs / "train.log").read_text())
-    per_step = [float(v) / (1000 if u == "ms" else 1) for v, u in re.findall(r"\d+/\d+ - \S+ - (\d+(?:\.\d+)?)(ms|s)/step", out)]
     bundle_info = json.loads((model / "model_info.json").read_text())
+    per_step = seconds_per_step(out, bundle_info["training"]["steps_per_epoch"])
     n_train = meta["counts"]["train"]
     batch = int(defaults.train.batch_size)
     full_steps = math.ceil(n_train / batch)
@@ -505,6 +506,12 @@ PREPARE_INTERRUPTS = (
     ("prepare_sigint", signal.SIGINT, True, "SIGINT to the process group (Ctrl-C)"),
     ("prepare_sigterm", signal.SIGTERM, False, "SIGTERM to the stage process only (kill)"),
 )
+
+
+def seconds_per_step(train_log: str, steps_per_epoch: int) -> list[float]:
+    """Per epoch, seconds per training step from train's epoch lines ("epoch 1/2: ... (14.6 s/epoch;
+    ..."): the epoch's time, its validation pass included, over its steps."""
+    return [round(float(v) / steps_per_epoch, 4) for v in re.findall(r"epoch \d+/\d+: .*?\((\d+(?:\.\d+)?) s/epoch", train_log)]
 
 
 def stage_processes(project: Path, name: str) -> list:
