@@ -281,6 +281,41 @@ def test_wrong_checksum_extracts_nothing(server, tarball, tmp_path):
     assert not list((dest.parent / ".cache").iterdir()), "the bad download is deleted"
 
 
+def test_canonical_test_set_is_verified_then_installed_and_removed_when_unset(server, clips, tmp_path):
+    """data.canonical_test (URL + sha256): a wrong digest installs nothing and leaves the folder
+    as it was (the DVC output stays an empty folder); the right one installs ``<class>/*.wav``;
+    unsetting it empties the folder again."""
+    from omegaconf import OmegaConf
+
+    from kws.stages.download import download_canonical
+
+    base, state = server
+    words = sorted({rel.split("/")[0] for rel in clips})
+    classes = {words[0]: "_unknown_", words[1]: "_silence_"}  # the canonical layout's class folders
+    layout = {f"./{classes.get(rel.split('/')[0], 'yes')}/{rel.split('/')[1]}": data for rel, data in clips.items()}
+    state.files["/test_set.tar.gz"] = canonical = _make_tar(layout)
+    dest = tmp_path / "raw" / "canonical_test"
+    dest.mkdir(parents=True)
+    fetch = dict(cache_dir=None, keep_archive=False, progress=False, retries=0)
+
+    def spec(sha256: str):
+        return OmegaConf.create({"canonical_test": {"source": f"{base}/test_set.tar.gz", "sha256": sha256,
+                                                    "size": len(canonical)}})
+
+    with pytest.raises(ChecksumError, match="checksum mismatch"):
+        download_canonical(spec("0" * 64), dest, fetch)
+    assert dest.is_dir() and not any(dest.iterdir()), "a failed check left a partial test set"
+    assert _leftovers(dest.parent) == []
+
+    info = download_canonical(spec(_sha(canonical)), dest, fetch)
+    assert info["sha256"] == _sha(canonical)
+    assert sorted(p.name for p in dest.iterdir()) == ["_silence_", "_unknown_", "yes"]
+    assert sum(1 for _ in dest.rglob("*.wav")) == len(clips)
+
+    assert download_canonical(OmegaConf.create({"canonical_test": None}), dest, fetch) is None
+    assert dest.is_dir() and not any(dest.iterdir())
+
+
 # --- unsafe and broken archives -----------------------------------------------------------
 def _evil_members(outside: Path) -> dict[str, list[tarfile.TarInfo]]:
     def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:

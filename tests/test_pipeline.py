@@ -216,22 +216,15 @@ def _canonical_tarball(real: Path, silence: Path, out: Path, per_class: int = 3)
 def test_canonical_test_set_is_fetched_verified_and_scored_by_evaluate(project, sample_dir, first_repro, real_pool,
                                                                        tmp_path):
     """data.canonical_test (URL + sha256, here a local tarball in the official layout): the download
-    stage verifies and extracts it beside the dataset, evaluate scores the model on it per class,
-    into metrics.json (dvc metrics) and MLflow; the data and the model are not rebuilt for it."""
+    stage fetches it beside the dataset, evaluate scores the model on it per class, into
+    metrics.json (dvc metrics) and MLflow; the data and the model are not rebuilt for it. (Its
+    checksum check: tests/test_download.py, without a `dvc repro`.)"""
     from kws.fetch import sha256_file
 
     tarball = _canonical_tarball(real_pool["real"], real_pool["silence"], tmp_path / "canonical.tar.gz")
     overrides = _real_pool_overrides(real_pool, sample_dir)
     write_params(compose(overrides, conf_dir=project / "conf"), project / "params.yaml")
     _repro(project)  # whatever the previous tests left: this test's starting point
-    bad = compose([*overrides, f"data.canonical_test={{source: {tarball.as_uri()}, sha256: {'0' * 64}}}"],
-                  conf_dir=project / "conf")
-    write_params(bad, project / "params.yaml")
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=_env(), capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode != 0 and "checksum mismatch" in proc.stdout + proc.stderr
-    assert not any((project / "data/raw/canonical_test").iterdir()), "a failed check left a partial test set"
-
     write_params(compose([*overrides, f"data.canonical_test={{source: {tarball.as_uri()}, "
                                       f"sha256: {sha256_file(tarball)}}}"], conf_dir=project / "conf"),
                  project / "params.yaml")

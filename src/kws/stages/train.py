@@ -51,6 +51,74 @@ def load_split(features_dir: Path, split: str, weights: bool = False):
         return x, y, w
 
 
+def load_files(features_dir: Path, split: str) -> np.ndarray:
+    """The ``files`` of a split: each example's clip path relative to its source (``word/clip.wav``)."""
+    with np.load(features_dir / f"{split}.npz") as data:
+        if "files" not in data.files:
+            raise DatasetError(f"{features_dir / split}.npz has no clip paths: run the prepare stage again")
+        return data["files"]
+
+
+def word_targets(y: np.ndarray, files: np.ndarray, labels: list[str],
+                 words: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """``train.unknown_by_word``: every ``_unknown_`` example's target becomes a class of its own
+    word (``word/clip.wav``), after the task's labels: ``len(labels) + words.index(word)``.
+    ``words`` (None: the sorted unknown words of ``files``) is the vocabulary; an unknown example
+    whose word is not in it keeps the ``_unknown_`` class (the head folds them together anyway)."""
+    from kws.labels import UNKNOWN
+
+    if UNKNOWN not in labels:
+        return y, []
+    unknown = y == labels.index(UNKNOWN)
+    example_words = np.asarray([str(f).split("/", 1)[0] for f in files])
+    if words is None:
+        words = sorted(set(example_words[unknown]))
+    column = {w: len(labels) + i for i, w in enumerate(words)}
+    mapped = np.asarray([column.get(w, -1) for w in example_words], np.int64)
+    targets = np.where(unknown & (mapped >= 0), mapped, y)
+    return targets.astype(np.int64), list(words)
+
+
+def fold_matrix(labels: list[str], words: list[str]) -> np.ndarray:
+    """``(len(labels) + len(words), len(labels))`` 0/1: a label to itself, each unknown word to ``_unknown_``."""
+    from kws.labels import UNKNOWN
+
+    fold = np.zeros((len(labels) + len(words), len(labels)), np.float32)
+    fold[np.arange(len(labels)), np.arange(len(labels))] = 1.0
+    if words:
+        fold[len(labels):, labels.index(UNKNOWN)] = 1.0
+    return fold
+
+
+def folded_accuracy(fold: np.ndarray):
+    """Keras metric ``accuracy`` of the task's labels when the head has one class per unknown word."""
+    import keras
+    import tensorflow as tf
+
+    matrix = tf.constant(fold)
+
+    def accuracy(y_true, y_pred):
+        true = tf.argmax(tf.matmul(tf.cast(y_true, tf.float32), matrix), axis=-1)
+        pred = tf.argmax(tf.matmul(tf.cast(y_pred, tf.float32), matrix), axis=-1)
+        return tf.cast(tf.equal(true, pred), tf.float32)
+
+    return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
+
+
+def fold_head(model, fold: np.ndarray):
+    """``model`` (softmax over labels + unknown words) -> the same layers plus a fixed 0/1 matrix
+    that sums each unknown word's probability into ``_unknown_``: a softmax over the task's labels."""
+    import keras
+
+    layer = keras.layers.Dense(fold.shape[1], use_bias=False, trainable=False, name="unknown_words_to_unknown")
+    folded = keras.Model(model.inputs, layer(model.outputs[0]), name=model.name)
+    layer.set_weights([fold])
+    if getattr(model, "optimizer", None) is not None:  # keep the trained optimizer (state, schedule) in model.keras
+        folded.compile(optimizer=model.optimizer, loss=keras.losses.CategoricalCrossentropy(),
+                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return folded
+
+
 def load_meta(features_dir: Path) -> dict:
     path = features_dir / "meta.json"
     if not path.is_file():
@@ -345,6 +413,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
 
     from kws import plots, tracking
     from kws.bundle import write_bundle
+    from kws.cli import uninterrupted
     from kws.models import build_model
 
     strategy = make_strategy(kind)
@@ -366,7 +435,14 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
             raise ConfigError(f"train.class_weights names {label!r}, not one of the task's labels {labels}")
         w_train = np.where(y_train == labels.index(label), w_train * float(factor), w_train).astype(np.float32)
     keras.utils.set_random_seed(int(cfg.seed))
-    n_classes = len(labels)
+    words: list[str] = []
+    if bool(t.get("unknown_by_word", False)):
+        y_train, words = word_targets(y_train, load_files(features_dir, "train"), labels)
+        y_val, _ = word_targets(y_val, load_files(features_dir, "validation"), labels, words)
+        log.info("train.unknown_by_word: %d unknown words trained as classes of their own, summed into "
+                 "_unknown_ by the exported model", len(words))
+    fold = fold_matrix(labels, words)
+    n_classes = len(fold)  # the training head: the task's labels + one class per unknown word
 
     batch = int(t.batch_size) * replicas  # the global batch: train.batch_size per replica
     try:
@@ -377,6 +453,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
         "distribute": kind, "strategy": STRATEGY_NAMES[kind], "replicas": replicas, "devices": devices,
         "gpus": [d.name for d in gpus], "precision": "mixed_float16" if mixed else "float32",
         "batch_size_per_replica": int(t.batch_size), "global_batch_size": batch, "chief": chief,
+        "unknown_words": words,
     }
     log.info("training devices: %d GPU(s) visible %s; train.distribute=%s: %s with %d replica(s) in sync on %s; "
              "%s; global batch %d (%d per replica)", len(gpus), training["gpus"], kind, training["strategy"],
@@ -399,7 +476,8 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
             model.compile(  # under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer
                 optimizer=keras.optimizers.Adam(schedule),
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(t.get("label_smoothing", 0.0))),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                # accuracy of the task's labels (an unknown word for another is not an error)
+                metrics=[folded_accuracy(fold) if words else keras.metrics.CategoricalAccuracy(name="accuracy")],
                 weighted_metrics=[],
             )
     finally:  # the layers keep their policy; later layers (the exported copy) are float32
@@ -448,18 +526,19 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
         with (mlflow.start_run(run_name=f"{cfg.model.name}") if chief else contextlib.nullcontext()) as run, \
                 _killed_on_interrupt(chief):
             if chief:
-                mlflow.log_params(flatten(cfg))
-                mlflow.set_tags({
-                    "kws.stage": "train", "kws.model": cfg.model.name, "kws.task": meta["task"],
-                    "kws.dataset": cfg.data.name, "kws.dataset_sha256": str(meta.get("source", {}).get("sha256")),
-                    "kws.strategy": training["strategy"], "kws.replicas": replicas, "kws.gpus": len(gpus),
-                    "kws.precision": training["precision"], "kws.global_batch_size": batch,
-                })
-                mlflow.log_dict({"labels": labels}, "labels.json")
-                mlflow.log_dict(features.to_dict(), "features.json")
-                mlflow.log_dict(meta["counts"], "dataset_counts.json")
-                mlflow.log_dict(training, "training_devices.json")
-                mlflow.log_metric("params_count", model.count_params())
+                with uninterrupted():  # MLflow writes whole: one cut inside its SQLite transaction leaves the store locked
+                    mlflow.log_params(flatten(cfg))
+                    mlflow.set_tags({
+                        "kws.stage": "train", "kws.model": cfg.model.name, "kws.task": meta["task"],
+                        "kws.dataset": cfg.data.name, "kws.dataset_sha256": str(meta.get("source", {}).get("sha256")),
+                        "kws.strategy": training["strategy"], "kws.replicas": replicas, "kws.gpus": len(gpus),
+                        "kws.precision": training["precision"], "kws.global_batch_size": batch,
+                    })
+                    mlflow.log_dict({"labels": labels}, "labels.json")
+                    mlflow.log_dict(features.to_dict(), "features.json")
+                    mlflow.log_dict(meta["counts"], "dataset_counts.json")
+                    mlflow.log_dict(training, "training_devices.json")
+                    mlflow.log_metric("params_count", model.count_params())
             started = time.perf_counter()
             with keras_multi_worker_fixes(model, strategy) if kind == "multi_worker" else contextlib.nullcontext():
                 history = model.fit(
@@ -481,7 +560,8 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
                 "params_count": int(model.count_params()),
             }
             if chief:
-                mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
+                with uninterrupted():
+                    mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
 
             reports_dir.mkdir(parents=True, exist_ok=True)
             keys = ([k for k in history if k != "learning_rate"]
@@ -496,15 +576,16 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
             # What the service, TFLite and MLflow load: a plain float32, one-device model.
             export = (float32_copy(model, lambda: build_model(cfg.model, features.shape, n_classes))
                       if kind != "none" or mixed else model)
+            if words:
+                export = fold_head(export, fold)
             example = x_val[:1, ..., None]
             run_info = {"run_id": None, "experiment_id": None, "model_uri": None, "architecture": cfg.model.name}
             if chief:
-                mlflow.log_artifact(str(curves), "plots")
-                info = mlflow.tensorflow.log_model(
-                    export, name="model",
-                    signature=infer_signature(example, export.predict(example, verbose=0)),
-                    input_example=example,
-                )
+                signature = infer_signature(example, export.predict(example, verbose=0))
+                with uninterrupted():
+                    mlflow.log_artifact(str(curves), "plots")
+                    info = mlflow.tensorflow.log_model(export, name="model", signature=signature,
+                                                       input_example=example)
                 run_info.update(run_id=run.info.run_id, experiment_id=run.info.experiment_id,
                                 model_uri=info.model_uri)
             write_bundle(model_dir, export, labels, features, metrics=summary,
