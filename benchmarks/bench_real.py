@@ -43,10 +43,11 @@ ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left mar
 #: name -> Hydra overrides. ``recipe`` = conf/'s defaults: the served recipe.
 CANDIDATES: dict[str, list[str]] = {
     "recipe": [],
+    "recipe_filters64": ["model.filters=64"],  # the served recipe until 2026-12-01 (DS-CNN's "small" width)
     # the three architectures as they were before the real-speech work (MFCC, 1 copy, plateau LR)
     "cnn_seed": ["model=cnn_seed", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
                  "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
-    "ds_cnn": ["model=ds_cnn", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
+    "ds_cnn": ["model=ds_cnn", "model.filters=64", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
                "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
     "bc_resnet": ["model=bc_resnet", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
                   "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
