@@ -173,27 +173,6 @@ def _real_pool_overrides(real_pool: dict[str, Path], sample_dir: Path, *extra: s
             "train.epochs=2", "train.batch_size=32", *extra]
 
 
-def test_champion_from_another_dataset_is_rescored_on_the_candidates_test_set(project, sample_dir, first_repro,
-                                                                               real_pool):
-    """A real-speech candidate against a synthetic-data champion: accuracies on two different
-    test sets are not compared; both models are re-scored on the candidate's (real) test split."""
-    before = _client(project).get_model_version_by_alias("kws", "champion")
-    write_params(compose(_real_pool_overrides(real_pool, sample_dir), conf_dir=project / "conf"), project / "params.yaml")
-    ran, out = _repro(project)
-    assert ran == set(STAGES), out[-3000:]
-    result = json.loads((project / "reports/promotion.json").read_text())
-    meta = json.loads((project / "data/features/meta.json").read_text())
-    assert result["test_set"] == {"dataset": "speech_commands_real", "test_digest": meta["test_digest"]}
-    assert before.tags["dataset"] == "synthetic_speech_commands"
-    assert "re-scored" in result["compared_on"], result
-    assert isinstance(result["previous_champion_accuracy"], float)
-    assert result["promoted"] == (result["test_accuracy"] >= result["previous_champion_accuracy"])
-    version = _client(project).get_model_version("kws", result["registered_version"])
-    assert version.tags["dataset"] == "speech_commands_real" and version.tags["test_digest"] == meta["test_digest"]
-    bundle = read_meta(project / "serving/model")
-    assert bundle.info["version"] == result["champion_version"]
-
-
 def _canonical_tarball(real: Path, silence: Path, out: Path, per_class: int = 3) -> Path:
     """A small tarball in the canonical test set's layout (<class>/ incl. _unknown_, _silence_) from real clips."""
     import tarfile
@@ -213,23 +192,44 @@ def _canonical_tarball(real: Path, silence: Path, out: Path, per_class: int = 3)
     return out
 
 
-def test_canonical_test_set_is_fetched_verified_and_scored_by_evaluate(project, sample_dir, first_repro, real_pool,
-                                                                       tmp_path):
-    """data.canonical_test (URL + sha256, here a local tarball in the official layout): the download
-    stage fetches it beside the dataset, evaluate scores the model on it per class, into
-    metrics.json (dvc metrics) and MLflow; the data and the model are not rebuilt for it. (Its
-    checksum check: tests/test_download.py, without a `dvc repro`.)"""
+@pytest.fixture(scope="module")
+def real_repro(project, sample_dir, first_repro, real_pool, tmp_path_factory):
+    """The project switched to the real pool, with a canonical test set (a local tarball in the
+    official layout, URL + sha256): one `dvc repro` for the two tests below. Returns the
+    champion before it and the repro's (stages run, output)."""
     from kws.fetch import sha256_file
 
-    tarball = _canonical_tarball(real_pool["real"], real_pool["silence"], tmp_path / "canonical.tar.gz")
-    overrides = _real_pool_overrides(real_pool, sample_dir)
-    write_params(compose(overrides, conf_dir=project / "conf"), project / "params.yaml")
-    _repro(project)  # whatever the previous tests left: this test's starting point
-    write_params(compose([*overrides, f"data.canonical_test={{source: {tarball.as_uri()}, "
-                                      f"sha256: {sha256_file(tarball)}}}"], conf_dir=project / "conf"),
-                 project / "params.yaml")
-    ran, out = _repro(project)
-    assert ran == {"download", "evaluate", "promote"}, out[-3000:]
+    before = _client(project).get_model_version_by_alias("kws", "champion")
+    tarball = _canonical_tarball(real_pool["real"], real_pool["silence"],
+                                 tmp_path_factory.mktemp("canonical") / "canonical.tar.gz")
+    write_params(compose([*_real_pool_overrides(real_pool, sample_dir),
+                          f"data.canonical_test={{source: {tarball.as_uri()}, sha256: {sha256_file(tarball)}}}"],
+                         conf_dir=project / "conf"), project / "params.yaml")
+    return before, _repro(project)
+
+
+def test_champion_from_another_dataset_is_rescored_on_the_candidates_test_set(project, real_repro):
+    """A real-speech candidate against a synthetic-data champion: accuracies on two different
+    test sets are not compared; both models are re-scored on the candidate's (real) test split."""
+    before, (ran, out) = real_repro
+    assert ran == set(STAGES), out[-3000:]
+    result = json.loads((project / "reports/promotion.json").read_text())
+    meta = json.loads((project / "data/features/meta.json").read_text())
+    assert result["test_set"] == {"dataset": "speech_commands_real", "test_digest": meta["test_digest"]}
+    assert before.tags["dataset"] == "synthetic_speech_commands"
+    assert "re-scored" in result["compared_on"], result
+    assert isinstance(result["previous_champion_accuracy"], float)
+    assert result["promoted"] == (result["test_accuracy"] >= result["previous_champion_accuracy"])
+    version = _client(project).get_model_version("kws", result["registered_version"])
+    assert version.tags["dataset"] == "speech_commands_real" and version.tags["test_digest"] == meta["test_digest"]
+    bundle = read_meta(project / "serving/model")
+    assert bundle.info["version"] == result["champion_version"]
+
+
+def test_canonical_test_set_is_fetched_and_scored_by_evaluate(project, real_repro):
+    """data.canonical_test: the download stage fetches it beside the dataset, evaluate scores the
+    model on it per class, into metrics.json (dvc metrics) and MLflow. (Its checksum check:
+    tests/test_download.py, without a `dvc repro`.)"""
     assert sorted(p.name for p in (project / "data/raw/canonical_test").iterdir())[:2] == ["_silence_", "_unknown_"]
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
     canonical = metrics["canonical"]
