@@ -5,6 +5,7 @@ a clear error for an invalid strategy, the chief rule of multi-worker training, 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -46,16 +47,27 @@ def _run_train(root: Path, wait: bool = True, **env: str):
     return subprocess.run(cmd, cwd=root, env=full, capture_output=True, text=True, timeout=300)
 
 
-def test_mirrored_on_two_logical_cpus_trains_and_exports_a_float32_model(tmp_path):
-    _features_dir(tmp_path)
-    # mixed precision asked for on a machine without GPUs: a warning, float32 training
-    _params(tmp_path, "train.distribute=mirrored", "train.mixed_precision=true")
+def test_mirrored_on_two_logical_cpus_bounded_epochs_and_unknown_words_in_one_run(tmp_path):
+    """One tiny real training run (each costs the suite a TensorFlow start-up) for three options:
+    train.distribute=mirrored on 2 logical CPUs (mixed precision asked for without a GPU: a
+    warning, float32); train.steps_per_epoch=3 of a whole epoch's 6, with the cosine schedule
+    built over the 2 x 3 bounded steps; train.unknown_by_word (a 6-class training head: 4 labels
+    + bed, cat; a 4-label exported model)."""
+    tiny_features_dir(tmp_path, kind="logmel", n_train=96, unknown_words=("bed", "cat"))
+    _params(tmp_path, "train.distribute=mirrored", "train.mixed_precision=true", "train.lr_schedule=cosine",
+            "train.learning_rate=0.002", "train.steps_per_epoch=3", "train.early_stopping_patience=5",
+            "train.unknown_by_word=true", "features=logmel")
     proc = _run_train(tmp_path, KWS_CPU_DEVICES="2")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "MirroredStrategy with 2 replica(s) in sync" in out, out[-4000:]
     assert "global batch 16 (8 per replica)" in out
     assert "TensorFlow sees no GPU: training in float32" in out
+    assert "train.steps_per_epoch=3: 3 of the 6 steps of a whole epoch per epoch" in out, out[-4000:]
+    # the progress bar counts every step of the run (2 epochs x 3), the epoch lines give the time left
+    assert "6/6 [" in out and "/12 [" not in out, out[-4000:]
+    assert "epoch 1/2: loss" in out and "epoch 2/2: loss" in out and "left)" in out, out[-4000:]
+    assert "train.unknown_by_word: 2 unknown words trained as classes of their own" in out, out[-4000:]
 
     info = json.loads((tmp_path / "model" / "model_info.json").read_text())
     training = info["training"]
@@ -63,17 +75,29 @@ def test_mirrored_on_two_logical_cpus_trains_and_exports_a_float32_model(tmp_pat
     assert [d.rsplit(":", 1)[-1] for d in training["devices"]] == ["0", "1"]
     assert all("CPU" in d for d in training["devices"])
     assert training["precision"] == "float32" and training["global_batch_size"] == 16
-    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs_run"] >= 1
-    assert (tmp_path / "reports" / "train" / "history.csv").is_file()
+    assert training["steps_per_epoch"] == 3 and training["unknown_words"] == ["bed", "cat"]
+    assert json.loads((tmp_path / "model" / "labels.json").read_text())["labels"] == ["_unknown_", *LABELS]
+    # Cosine over 2 x 3 steps: one epoch of warm-up to the peak, then decay to 1 % of it by step 6
+    # (built for whole epochs, 2 x 6 steps, it would read 0.0011 then 0.002)
+    with open(tmp_path / "reports" / "train" / "history.csv") as f:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(f)]
+    assert rates == pytest.approx([0.002, 0.00002], rel=1e-3)
 
     import keras
 
-    model = keras.models.load_model(tmp_path / "model" / "model.keras")
-    assert model.layers[-1].compute_dtype == "float32"
+    from kws.serving.predictor import TFLiteRuntime
+
+    model = keras.models.load_model(tmp_path / "model" / "model.keras", compile=False)
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+    fold = model.get_layer("unknown_words_to_unknown").get_weights()[0]
+    np.testing.assert_array_equal(fold, [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
+                                         [1, 0, 0, 0], [1, 0, 0, 0]])
     with np.load(tmp_path / "features" / "validation.npz") as d:
-        probs = model.predict(d["x"][..., None], verbose=0)
-    assert probs.shape == (12, len(LABELS)) and np.isfinite(probs).all()
+        x = d["x"][..., None]
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (12, 4) and np.isfinite(probs).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(TFLiteRuntime(tmp_path / "model" / "model.tflite").infer(x), probs, atol=1e-5)
 
     from mlflow import MlflowClient
 
@@ -81,6 +105,7 @@ def test_mirrored_on_two_logical_cpus_trains_and_exports_a_float32_model(tmp_pat
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert run.data.tags["kws.replicas"] == "2" and run.data.tags["kws.strategy"] == "MirroredStrategy"
     assert run.data.params["train.distribute"] == "mirrored"
+    assert run.data.params["train.unknown_by_word"] == "True"
 
 
 def test_invalid_distribute_value_is_a_one_line_config_error(tmp_path, capsys):

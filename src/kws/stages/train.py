@@ -239,6 +239,8 @@ class _Progress:
                 self.bar.update(1)
 
             def on_epoch_end(self, epoch, logs=None):
+                if logs is not None and "learning_rate" not in logs:  # where the schedule is: history.csv, MLflow
+                    logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
                 logs = logs or {}
                 done = epoch + 1
                 per_epoch = (time.perf_counter() - self.started) / done
