@@ -54,7 +54,8 @@ def pool(tmp_path, real) -> Path:
 def _params(tmp_path: Path, source: Path, *overrides: str) -> Path:
     cfg = compose(["data=speech_commands_real", f"data.source={source}", f"data.noise_dir={NOISE}",
                    f"data.silence_dir={SILENCE_DIR}", f"paths.dataset={tmp_path}/raw/speech_commands",
-                   f"paths.extra={tmp_path}/raw/extra", f"paths.features={tmp_path}/features",
+                   f"paths.extra={tmp_path}/raw/extra", f"paths.canonical={tmp_path}/raw/canonical_test",
+                   f"paths.features={tmp_path}/features",
                    "prepare.workers=2", "prepare.augment.copies=1", *overrides])
     write_params(cfg, tmp_path / "params.yaml")
     return tmp_path / "params.yaml"
