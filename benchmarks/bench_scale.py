@@ -510,7 +510,8 @@ PREPARE_INTERRUPTS = (
 
 def seconds_per_step(train_log: str, steps_per_epoch: int) -> list[float]:
     """Per epoch, seconds per training step from train's epoch lines ("epoch 1/2: ... (14.6 s/epoch;
-    ..."): the epoch's time, its validation pass included, over its steps."""
+    ..."): the mean epoch time so far (validation passes and the first epoch's start-up included)
+    over the steps of an epoch; the last value averages the whole run."""
     return [round(float(v) / steps_per_epoch, 4) for v in re.findall(r"epoch \d+/\d+: .*?\((\d+(?:\.\d+)?) s/epoch", train_log)]
 
 

@@ -20,8 +20,8 @@ from tiny_features import tiny_features_dir  # noqa: E402
 from waiting import wait_for  # noqa: E402
 
 
-def _features_dir(root: Path, **kwargs) -> Path:
-    return tiny_features_dir(root, kind="logmel", n_train=96, **kwargs)
+def _features_dir(root: Path) -> Path:
+    return tiny_features_dir(root, kind="logmel", n_train=96)
 
 
 def test_word_targets_give_each_unknown_word_a_class_and_keep_the_rest():

@@ -193,10 +193,10 @@ class _MLflowEpochLogger:
         import keras
         import mlflow
 
+        from kws.cli import uninterrupted
+
         class Logger(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                from kws.cli import uninterrupted
-
                 logs = dict(logs or {})
                 with uninterrupted():  # never stopped mid-transaction: the run must still be ended
                     mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
