@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,35 +24,72 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: list[int] = []  # the signals terminate_as_interrupt turned into exceptions, in order
+
+
+def _on_interrupt(signum, _frame):
+    _received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated(signum)
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (restored after)."""
+    """Within the block, SIGTERM raises :class:`Terminated` and Ctrl-C ``KeyboardInterrupt`` in the
+    main thread (the previous handlers are restored after). Each is also recorded, so a long loop
+    can re-raise one that library code swallowed: see :func:`raise_if_interrupted`."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, _frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, _on_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    _received.clear()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _received.clear()
+
+
+def raise_if_interrupted() -> None:
+    """For a safe point of a long loop (a training step): the exception a signal raises can land
+    anywhere in the main thread, inside a finalizer or a library's broad ``except`` too, and be lost
+    there; a signal received before this point is raised again here, so the command still stops."""
+    if _received:
+        signum = _received[0]
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
 
 @contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back for the block (e.g. a write to the MLflow store: interrupted
-    inside its SQLite transaction, the run could not be ended afterwards); one that arrives
-    meanwhile is delivered as the block ends."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Hold Ctrl-C and SIGTERM back for the block (e.g. a write to the MLflow store: interrupted
+    inside its SQLite transaction, the store stays locked and the run cannot be ended); one that
+    arrives meanwhile is delivered as the block ends. The handlers are swapped rather than the
+    signals masked: in a process with other threads (TensorFlow's) the kernel hands a signal masked
+    in the main thread to another thread, and Python still runs its handler in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            _deliver(held[0], previous[held[0]])
+
+
+def _deliver(signum: int, handler) -> None:
+    """What ``signum`` would have done under ``handler`` (the one a held signal was kept from)."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
 
 
 def run_cli(fn: Callable[[], object]) -> int:

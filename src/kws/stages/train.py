@@ -229,6 +229,8 @@ class _Progress:
         import keras
         from tqdm import tqdm
 
+        from kws.cli import raise_if_interrupted
+
         class Progress(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
                 self.bar = tqdm(total=epochs * steps, desc="train", unit="step", disable=not enabled,
@@ -236,6 +238,7 @@ class _Progress:
                 self.started = time.perf_counter()
 
             def on_train_batch_end(self, batch, logs=None):
+                raise_if_interrupted()  # a signal whose exception a library swallowed still stops training
                 self.bar.update(1)
 
             def on_epoch_end(self, epoch, logs=None):
