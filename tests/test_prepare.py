@@ -217,10 +217,10 @@ def test_interrupted_prepare_stops_its_workers_and_keeps_the_old_features(datase
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: "train:" in (tmp_path / "stderr.txt").read_text(), 120, "featurization", proc)
-        time.sleep(1.0)
-        assert list(tmp_path.glob(".features.tmp-*")), "the stage writes into a temp dir beside its output"
+        # mid-work: both pool workers up, writing into a temp dir beside the output
+        wait_for(lambda: len(psutil.Process(proc.pid).children(recursive=True)) >= 2
+                 and any(tmp_path.glob(".features.tmp-*")), 60, "the pool workers and the temp dir", proc)
         workers = psutil.Process(proc.pid).children(recursive=True)
-        assert len(workers) >= 2
         started = time.monotonic()
         if signame == "SIGTERM":
             proc.send_signal(signal.SIGTERM)  # the stage process only, as `kill` does

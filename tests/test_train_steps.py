@@ -1,12 +1,10 @@
 """train.steps_per_epoch (its validation; the bounded run itself is trained in
 tests/test_distribute.py, together with the mirrored strategy), train.unknown_by_word's targets
-and fold matrix, and a SIGTERM during training (a real, tiny training run in a subprocess)."""
+and fold matrix, and a SIGTERM during training (a real, tiny training run, in this process)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +15,6 @@ from kws.errors import ConfigError
 from kws.stages import train as train_stage
 
 from tiny_features import tiny_features_dir  # noqa: E402
-from waiting import wait_for  # noqa: E402
 
 
 def _features_dir(root: Path) -> Path:
@@ -54,11 +51,15 @@ def test_null_or_a_larger_bound_is_the_whole_epoch():
     assert train_stage.bounded_steps(get(5), 12) == 5
 
 
-def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_model(tmp_path):
+def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_model(tmp_path, monkeypatch, capsys):
     """`kill` mid-training: exit 143 after clean-up, the MLflow run is KILLED (never left RUNNING),
-    no model folder appears."""
+    no model folder appears. In this process (TensorFlow is loaded here already: a subprocess would
+    cost a start-up), through the command's own entry point; a real SIGTERM to this process, sent
+    as the second epoch is logged. (Signals arriving at any moment: tests/test_signals.py.)"""
+    import logging
     import signal
 
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     _features_dir(tmp_path)
@@ -69,23 +70,33 @@ def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_mod
         f"paths.reports={tmp_path / 'reports'}",
     ])
     write_params(cfg, tmp_path / "params.yaml")
-    env = {**os.environ, "KWS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log_file = tmp_path / "stderr.txt"
-    with open(log_file, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "kws.stages.train", "--params", str(tmp_path / "params.yaml")],
-                                cwd=tmp_path, env=env, stdout=err, stderr=subprocess.STDOUT)
+    monkeypatch.chdir(tmp_path)  # the embedded MLflow store: tmp_path/mlflow.db
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sigterm_before, epochs = signal.getsignal(signal.SIGTERM), []
+
+    class KillAtTheSecondEpoch(logging.Handler):
+        def emit(self, record):
+            epochs.append(record.getMessage())
+            if record.getMessage().startswith("epoch 2/500:"):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    logger, handler, uri = logging.getLogger(train_stage.__name__), KillAtTheSecondEpoch(), mlflow.get_tracking_uri()
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO  # whatever the root logger's level in this process
     try:
-        wait_for(lambda: "epoch 2/500:" in log_file.read_text(), 120, "the second epoch", proc)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
+        rc = train_stage.main(["--params", str(tmp_path / "params.yaml")])
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    out = log_file.read_text()
-    assert rc == 143, out[-3000:]
-    assert "Traceback" not in out and "ended as KILLED" in out, out[-3000:]
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        mlflow.set_tracking_uri(uri)
+    err = capsys.readouterr().err
+    assert rc == 143, err[-3000:]
+    assert "terminated (SIGTERM): cleaned up, outputs unchanged" in err, err[-3000:]
+    assert "Traceback" not in err
+    assert any(m.startswith("epoch 2/500:") for m in epochs) and not any(m.startswith("epoch 3/") for m in epochs)
+    assert "training interrupted: MLflow run ended as KILLED, no model written" in epochs
     assert not (tmp_path / "model").exists()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]
+    assert signal.getsignal(signal.SIGTERM) == sigterm_before  # the command's handler is gone again
