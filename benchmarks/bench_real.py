@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(args.work)  # MLflow's embedded store (mlflow.db, mlruns/) goes here, not into the repo
 
     # the pool, materialized once by the download stage's own code (relative paths resolve from the repo)
+    from omegaconf import OmegaConf
+
     from kws.config import compose, write_params
 
     params = args.work / "params.yaml"
@@ -216,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg0.data.silence_dir = str((REPO / cfg0.data.silence_dir).resolve())
     cfg0.paths.dataset = str(args.work / "raw" / "speech_commands")
     cfg0.paths.extra = str(args.work / "raw" / "extra")
+    extras = {}  # the candidates' training-only extra sources, materialized once beside the pool
+    for overrides in candidates.values():
+        for entry in OmegaConf.to_container(compose(["data=speech_commands_real", *overrides],
+                                                    conf_dir=REPO / "conf").data.extra, resolve=True) or []:
+            extras[entry["name"]] = entry
+    cfg0.data.extra = list(extras.values())
     write_params(cfg0, params)
     download(params, progress=False)
 
@@ -237,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
             folds.append(r)
             log.info("%s fold %d: ours %.4f, original %s (%.0f s)", name, fold, r["ours"]["accuracy"],
                      f"{r['original']['accuracy']:.4f}" if "original" in r else "-", r["seconds"])
-        from omegaconf import OmegaConf
 
         folds = [previous[k] for k in sorted(previous)]  # the folds run before, with the same overrides, too
         with_original = original is not None and all("original" in f for f in folds)

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from kws.config import compose, write_params
-from kws.errors import DatasetError
+from kws.errors import ConfigError, DatasetError
 from kws.fetch import materialize_dataset, tree_digest
 from kws.labels import SILENCE, UNKNOWN
 from kws.splits import TEST, TRAIN, VALIDATION, speaker_of, split_speakers
@@ -192,6 +192,24 @@ def test_extra_source_reaches_training_only_and_never_fills_the_unknown_share(tm
     n_unk = int(np.sum(synth & (y == unknown)))
     assert 0 < n_unk <= int(np.ceil(n_kw * cfg.prepare.unknown_percentage / 100)) + 1
     assert plain["test_digest"] == meta["test_digest"]
+
+    # an entry's own unknown_percentage: 150 % of its 40 keyword clips = all 60 of its unknown clips
+    params = _params(tmp_path, pool, "+data.extra=[{name: tones, source: '%s', weight: 0.25, "
+                                     "unknown_percentage: 150}]" % extra_src)
+    download(params, progress=False)
+    cfg = load_params(params)
+    meta = prepare(cfg, Path(cfg.paths.dataset), tmp_path / "more_unknown")
+    assert meta["extra_sources"][0]["unknown_percentage"] == 150
+    y, _, files = _load(tmp_path / "more_unknown", TRAIN)
+    synth = np.asarray([speaker_of(f).startswith("synth") for f in files])
+    copies = 1 + int(cfg.prepare.augment.copies)
+    assert int(np.sum(synth & (y == unknown))) == 3 * 20 * copies
+    assert sorted(f for f, k, s in zip(files, y, synth) if k == unknown and not s) == real_unknown
+    for split in (VALIDATION, TEST):
+        assert _load(tmp_path / "more_unknown", split)[2] == _load(tmp_path / "plain", split)[2]
+    bad = _params(tmp_path, pool, "+data.extra=[{name: tones, source: '%s', unknown_percentage: lots}]" % extra_src)
+    with pytest.raises(ConfigError, match="unknown_percentage must be a number"):
+        prepare(load_params(bad), Path(cfg.paths.dataset), tmp_path / "bad")
 
     # dropped from the config: the download stage removes it
     download(_params(tmp_path, pool), progress=False)

@@ -73,6 +73,7 @@ class ExtraSource:
     root: Path
     name: str
     weight: float = 1.0
+    unknown_percentage: float | None = None  # its unknown-word examples, % of ITS keyword examples (None: the task's)
 
 
 def scan(root: Path) -> tuple[list[str], list[Path]]:
@@ -194,8 +195,9 @@ def build_index(
                 extra_clips, _ = scan(source.root)
                 e_known, e_unknown, _ = by_split(extra_clips, dict.fromkeys(extra_clips, TRAIN))
                 mine = e_known[TRAIN]
-                if has_unknown:  # the extra source's own unknown words, at the same share of ITS keywords
-                    mine += sample(e_unknown[TRAIN], min(len(e_unknown[TRAIN]), math.ceil(len(mine) * unknown_percentage / 100)))
+                if has_unknown:  # the extra source's own unknown words, as a share of ITS keywords
+                    share = unknown_percentage if source.unknown_percentage is None else source.unknown_percentage
+                    mine += sample(e_unknown[TRAIN], min(len(e_unknown[TRAIN]), math.ceil(len(mine) * share / 100)))
                 examples += [Example(e.source, e.label, origin=origin, weight=source.weight) for e in mine]
         if part == TRAIN and augment.copies > 0:
             examples += augmented_copies(examples, augment, rng, sample_rate, noise_cut if usable_noise else None)
@@ -211,7 +213,8 @@ def build_index(
         "clips_found": len(clips),
         "silence_clips_found": len(silences),
         "background_noise_files": [p.name for p in noise_files],
-        "extra_sources": [{"name": e.name, "root": str(e.root), "weight": e.weight} for e in extra],
+        "extra_sources": [{"name": e.name, "root": str(e.root), "weight": e.weight,
+                           "unknown_percentage": e.unknown_percentage} for e in extra],
         "ignored_words": dict(ignored),
         "speakers_per_split": {s: len({speaker_of(r) for r in clips if split_of[r] == s}) for s in SPLITS},
         "test_digest": digest(out[TEST]),

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from kws.atomic import staged_dir
 from kws.audio import load_file
 from kws.dataset import AugmentConfig, Example, ExtraSource, SplitConfig, build_index, render
-from kws.errors import DatasetError
+from kws.errors import ConfigError, DatasetError
 from kws.features import FeatureConfig, extract
 from kws.labels import BACKGROUND_NOISE_DIR, task_labels
 from kws.splits import SPLITS, TEST
@@ -107,7 +107,11 @@ def extra_sources(data, extra_dir: Path) -> list[ExtraSource]:
         root = extra_dir / str(entry["name"])
         if not root.is_dir():
             raise DatasetError(f"extra source {entry['name']!r} not found at {root}: run the download stage first")
-        out.append(ExtraSource(root=root, name=str(entry["name"]), weight=float(entry.get("weight", 1.0))))
+        share = entry.get("unknown_percentage")
+        if share is not None and not (isinstance(share, (int, float)) and not isinstance(share, bool) and share >= 0):
+            raise ConfigError(f"data.extra entry {entry['name']!r}: unknown_percentage must be a number >= 0, got {share!r}")
+        out.append(ExtraSource(root=root, name=str(entry["name"]), weight=float(entry.get("weight", 1.0)),
+                               unknown_percentage=None if share is None else float(share)))
     return out
 
 
