@@ -43,17 +43,19 @@ ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left mar
 #: name -> Hydra overrides. ``recipe`` = conf/'s defaults: the served recipe.
 CANDIDATES: dict[str, list[str]] = {
     "recipe": [],
-    "recipe_filters64": ["model.filters=64"],  # the served recipe until 2026-12-01 (DS-CNN's "small" width)
+    # earlier served recipes: the real pool alone (no synthetic extra source)
+    "recipe_filters64": ["model.filters=64", "data.extra=[]"],  # until 2026-12-01 (DS-CNN's "small" width)
+    "recipe_filters96": ["model.filters=96", "data.extra=[]"],  # 2026-12-01, before the synthetic extra source
     # the three architectures as they were before the real-speech work (MFCC, 1 copy, plateau LR)
     "cnn_seed": ["model=cnn_seed", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
-                 "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
+                 "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]"],
     "ds_cnn": ["model=ds_cnn", "model.filters=64", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
-               "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
+               "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]"],
     "bc_resnet": ["model=bc_resnet", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
-                  "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30"],
-    # the architectures on the served recipe's data and training settings
-    "recipe_cnn_seed": ["model=cnn_seed"],
-    "recipe_bc_resnet": ["model=bc_resnet"],
+                  "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]"],
+    # the architectures on the (64-filter era) recipe's data and training settings
+    "recipe_cnn_seed": ["model=cnn_seed", "data.extra=[]"],
+    "recipe_bc_resnet": ["model=bc_resnet", "data.extra=[]"],
 }
 DEFAULT_RUN = ["recipe", "cnn_seed", "ds_cnn", "bc_resnet"]
 
@@ -222,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     for overrides in candidates.values():
         for entry in OmegaConf.to_container(compose(["data=speech_commands_real", *overrides],
                                                     conf_dir=REPO / "conf").data.extra, resolve=True) or []:
+            synthetic = entry.get("synthetic") or {}
+            if synthetic.get("noise_dir") and not Path(synthetic["noise_dir"]).is_absolute():  # conf/: repo-relative
+                synthetic["noise_dir"] = str((REPO / synthetic["noise_dir"]).resolve())
             extras[entry["name"]] = entry
     cfg0.data.extra = list(extras.values())
     write_params(cfg0, params)

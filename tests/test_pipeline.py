@@ -169,7 +169,7 @@ def real_pool(sample_dir, tmp_path_factory) -> dict[str, Path]:
 
 def _real_pool_overrides(real_pool: dict[str, Path], sample_dir: Path, *extra: str) -> list[str]:
     return ["data=speech_commands_real", f"data.source={real_pool['pool']}", f"data.silence_dir={real_pool['silence']}",
-            f"data.noise_dir={sample_dir / '_background_noise_'}", "prepare.augment.copies=0",
+            f"data.noise_dir={sample_dir / '_background_noise_'}", "data.extra=[]", "prepare.augment.copies=0",
             "train.epochs=2", "train.batch_size=32", *extra]
 
 
