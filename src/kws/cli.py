@@ -24,15 +24,30 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []  # the signals terminate_as_interrupt turned into exceptions, in order
+
+
+def _exception(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def _on_interrupt(signum, _frame):
     _received.append(signum)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-    raise Terminated(signum)
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise _exception(signum)
+
+
+@contextmanager
+def _handling(handler) -> Iterator[dict]:
+    """``handler`` for Ctrl-C and SIGTERM within the block; yields the handlers it replaced."""
+    previous = {s: signal.signal(s, handler) for s in _SIGNALS}
+    try:
+        yield previous
+    finally:
+        for s, replaced in previous.items():
+            signal.signal(s, replaced)
 
 
 @contextmanager
@@ -43,13 +58,11 @@ def terminate_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _on_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     _received.clear()
     try:
-        yield
+        with _handling(_on_interrupt):
+            yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         _received.clear()
 
 
@@ -58,8 +71,7 @@ def raise_if_interrupted() -> None:
     anywhere in the main thread, inside a finalizer or a library's broad ``except`` too, and be lost
     there; a signal received before this point is raised again here, so the command still stops."""
     if _received:
-        signum = _received[0]
-        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+        raise _exception(_received[0])
 
 
 @contextmanager
@@ -73,14 +85,11 @@ def uninterrupted() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with _handling(lambda signum, _frame: held.append(signum)) as previous:
+            yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if held:
+        if held:  # only once the handlers are back: delivered as if it arrived now
             _deliver(held[0], previous[held[0]])
 
 
