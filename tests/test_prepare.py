@@ -255,3 +255,33 @@ def test_a_temp_dir_left_by_a_killed_run_is_removed_by_the_next_one(dataset, tmp
     prepare(_cfg(), dataset, tmp_path / "features")
     assert not stale.exists() and live.is_dir()
     assert (tmp_path / "features" / "meta.json").is_file()
+
+
+def test_a_process_with_other_threads_featurizes_through_forkserver_workers(dataset, tmp_path):
+    """Forking a multi-threaded process is unsafe (after in-process TensorFlow training the forked
+    pool workers died: BrokenProcessPool); a fresh stage process still forks, a threaded one gets
+    forkserver workers — and the same features either way."""
+    import threading
+
+    from kws.workers import start_method
+
+    fresh = subprocess.run([sys.executable, "-c", "from kws.workers import start_method; print(start_method())"],
+                           capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == "fork"
+    write_params(_cfg(f"paths.dataset={dataset}", f"paths.features={tmp_path / 'forked'}"), tmp_path / "params.yaml")
+    subprocess.run([sys.executable, "-m", "kws.stages.prepare"], cwd=tmp_path, capture_output=True, check=True)
+
+    stop = threading.Event()
+    waiter = threading.Thread(target=stop.wait)
+    waiter.start()
+    try:
+        assert start_method() == "forkserver"
+        prepare(_cfg(), dataset, tmp_path / "threaded")
+    finally:
+        stop.set()
+        waiter.join()
+    for split in ("train", "validation", "test"):
+        x_fork, y_fork, files_fork = _load(tmp_path / "forked", split)
+        x, y, files = _load(tmp_path / "threaded", split)
+        assert list(files) == list(files_fork) and np.array_equal(y, y_fork)
+        np.testing.assert_array_equal(x, x_fork)

@@ -31,7 +31,7 @@ import struct
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +43,7 @@ from kws.audio import load_file, resample, snr_gain
 from kws.cli import run_cli
 from kws.errors import ConfigError, DatasetError
 from kws.labels import ALL_WORDS, BACKGROUND_NOISE_DIR
+from kws.workers import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -540,7 +541,7 @@ def _run_jobs(jobs: list[tuple], n_workers: int, noise_files: list[str], progres
         return
 
     _warm_up()  # import librosa and compile its kernels once, inherited by forked workers
-    pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_init_worker, initargs=(noise_files,))
+    pool = process_pool(n_workers, _init_worker, (noise_files,))
     try:
         futures = [pool.submit(_render_word, *job) for job in jobs]  # before tqdm starts a thread
         with tqdm(total=total, unit="clip", desc="synthesising", disable=not progress) as bar:

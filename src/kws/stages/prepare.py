@@ -31,6 +31,7 @@ from kws.errors import ConfigError, DatasetError
 from kws.features import FeatureConfig, extract
 from kws.labels import BACKGROUND_NOISE_DIR, task_labels
 from kws.splits import SPLITS, TEST
+from kws.workers import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def prepare(cfg, dataset: Path, out_dir: Path, source_info: dict | None = None,
         **summary,
     }
     with staged_dir(out_dir) as tmp:
-        pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(roots, noise_files, features.to_dict()))
+        pool = process_pool(workers, _init_worker, (roots, noise_files, features.to_dict()))
         try:
             for split in SPLITS:
                 arrays, kept, bad = featurize_split(index[split], pool, int(prep.batch_size), split, features.shape)
