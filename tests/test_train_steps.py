@@ -100,3 +100,39 @@ def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_mod
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]
     assert signal.getsignal(signal.SIGTERM) == sigterm_before  # the command's handler is gone again
+
+
+def test_keep_weights_is_validated():
+    with pytest.raises(ConfigError, match="train.keep_weights"):
+        train_stage.keep_weights(SimpleNamespace(get=lambda key, default=None: "newest"))
+
+
+def test_keep_weights_last_saves_the_weights_training_ended_with(tmp_path, monkeypatch):
+    """`train.keep_weights=last`: the saved model is the one training ended with (its validation
+    loss is the last epoch's), not the best-val_accuracy epoch that `best_val` restores."""
+    import csv
+
+    import keras
+    import numpy as np
+
+    _features_dir(tmp_path)
+    cfg = compose([
+        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=4", "train.batch_size=8",
+        "train.learning_rate=0.05", "train.keep_weights=last",
+        f"paths.features={tmp_path / 'features'}", f"paths.model={tmp_path / 'model'}",
+        f"paths.reports={tmp_path / 'reports'}",
+    ])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    summary = train_stage.train(cfg, tmp_path / "features", tmp_path / "model", tmp_path / "reports")
+    rows = list(csv.DictReader(open(tmp_path / "reports" / "history.csv")))
+    val_loss = [float(r["val_loss"]) for r in rows]
+    kept = len(rows)
+    assert summary["kept_epoch"] == kept and summary["val_loss"] == pytest.approx(val_loss[kept - 1])
+    assert summary["best_epoch"] < kept  # the case that tells the two apart: best_val would restore an earlier epoch
+    model = keras.models.load_model(tmp_path / "model" / "model.keras")
+    with np.load(tmp_path / "features" / "validation.npz") as d:
+        x, y = d["x"][..., None], keras.utils.to_categorical(d["y"], 3)
+    loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(val_loss[kept - 1], rel=1e-4)
+    assert min(abs(loss - v) for i, v in enumerate(val_loss) if v != val_loss[kept - 1]) > 1e-4 * loss

@@ -166,6 +166,19 @@ def mixup(alpha: float):
     return apply
 
 
+KEEP_WEIGHTS = ("best_val", "last")
+
+
+def keep_weights(t) -> str:
+    """``train.keep_weights``: ``best_val`` (the epoch with the best validation accuracy, restored
+    at the end) or ``last`` (the weights training ends with: a cosine schedule has annealed them;
+    a small validation split picks an earlier, less converged epoch by noise)."""
+    keep = str(t.get("keep_weights", "best_val"))
+    if keep not in KEEP_WEIGHTS:
+        raise ConfigError(f"unknown train.keep_weights {keep!r}: use best_val or last")
+    return keep
+
+
 def learning_rate(t, steps_per_epoch: int):
     """``train.lr_schedule``: ``plateau`` (a constant, halved by a callback on a val-loss
     plateau) or ``cosine`` (linear warm-up for one epoch, cosine decay to 1 % over all epochs)."""
@@ -510,9 +523,10 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+    keep = keep_weights(t)
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                      patience=int(t.early_stopping_patience), restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=int(t.early_stopping_patience),
+                                      restore_best_weights=keep == "best_val"),
     ]
     callbacks.append(_Progress.make(int(t.epochs), steps, enabled=chief))
     if chief:
@@ -558,9 +572,10 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
             seconds = time.perf_counter() - started
             epochs_run = len(history["loss"])
             best = int(np.argmax(history["val_accuracy"]))
+            kept = best if keep == "best_val" else epochs_run - 1  # the weights the model leaves with
             summary = {
-                "best_epoch": best + 1, "epochs_run": epochs_run,
-                "val_accuracy": float(history["val_accuracy"][best]), "val_loss": float(history["val_loss"][best]),
+                "best_epoch": best + 1, "epochs_run": epochs_run, "kept_epoch": kept + 1,
+                "val_accuracy": float(history["val_accuracy"][kept]), "val_loss": float(history["val_loss"][kept]),
                 "train_seconds": seconds, "seconds_per_epoch": seconds / max(epochs_run, 1),
                 "params_count": int(model.count_params()),
             }
@@ -599,9 +614,9 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    log.info("trained %s: best val_accuracy %.4f at epoch %d (%.1f s/epoch); run %s",
-             cfg.model.name, summary["val_accuracy"], summary["best_epoch"], summary["seconds_per_epoch"],
-             run_info["run_id"])
+    log.info("trained %s: kept the weights of epoch %d (train.keep_weights=%s), val_accuracy %.4f; best epoch %d "
+             "(%.1f s/epoch); run %s", cfg.model.name, summary["kept_epoch"], keep, summary["val_accuracy"],
+             summary["best_epoch"], summary["seconds_per_epoch"], run_info["run_id"])
     return summary
 
 
