@@ -107,7 +107,37 @@ def test_keep_weights_is_validated():
         train_stage.keep_weights(SimpleNamespace(get=lambda key, default=None: "newest"))
 
 
-def test_keep_weights_last_saves_the_weights_training_ended_with(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same tiny config trained twice (4 epochs, `train.keep_weights=last`): (root, summaries)."""
+    root = tmp_path_factory.mktemp("two_runs")
+    _features_dir(root)
+    cfg = compose([
+        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=4", "train.batch_size=8",
+        "train.learning_rate=0.05", "train.keep_weights=last", f"paths.features={root / 'features'}",
+    ])
+    summaries = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # the embedded MLflow store: root/mlflow.db
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for run in ("a", "b"):
+            summaries.append(train_stage.train(cfg, root / "features", root / f"model_{run}", root / f"reports_{run}"))
+    return root, summaries
+
+
+def test_training_twice_gives_the_same_weights(two_runs):
+    """`train.deterministic` (default true): seeds alone did not repeat a run (parallel SpecAugment
+    maps, thread-order reductions); the same config and data now give bit-identical weights."""
+    import keras
+    import numpy as np
+
+    root, _ = two_runs
+    a, b = (keras.models.load_model(root / f"model_{run}" / "model.keras").get_weights() for run in ("a", "b"))
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert (root / "reports_a" / "history.csv").read_text() == (root / "reports_b" / "history.csv").read_text()
+
+
+def test_keep_weights_last_saves_the_weights_training_ended_with(two_runs):
     """`train.keep_weights=last`: the saved model is the one training ended with (its validation
     loss is the last epoch's), not the best-val_accuracy epoch that `best_val` restores."""
     import csv
@@ -115,23 +145,14 @@ def test_keep_weights_last_saves_the_weights_training_ended_with(tmp_path, monke
     import keras
     import numpy as np
 
-    _features_dir(tmp_path)
-    cfg = compose([
-        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=4", "train.batch_size=8",
-        "train.learning_rate=0.05", "train.keep_weights=last",
-        f"paths.features={tmp_path / 'features'}", f"paths.model={tmp_path / 'model'}",
-        f"paths.reports={tmp_path / 'reports'}",
-    ])
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    summary = train_stage.train(cfg, tmp_path / "features", tmp_path / "model", tmp_path / "reports")
-    rows = list(csv.DictReader(open(tmp_path / "reports" / "history.csv")))
+    root, (summary, _) = two_runs
+    rows = list(csv.DictReader(open(root / "reports_a" / "history.csv")))
     val_loss = [float(r["val_loss"]) for r in rows]
     kept = len(rows)
     assert summary["kept_epoch"] == kept and summary["val_loss"] == pytest.approx(val_loss[kept - 1])
     assert summary["best_epoch"] < kept  # the case that tells the two apart: best_val would restore an earlier epoch
-    model = keras.models.load_model(tmp_path / "model" / "model.keras")
-    with np.load(tmp_path / "features" / "validation.npz") as d:
+    model = keras.models.load_model(root / "model_a" / "model.keras")
+    with np.load(root / "features" / "validation.npz") as d:
         x, y = d["x"][..., None], keras.utils.to_categorical(d["y"], 3)
     loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     assert loss == pytest.approx(val_loss[kept - 1], rel=1e-4)

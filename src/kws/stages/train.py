@@ -453,6 +453,11 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
             raise ConfigError(f"train.class_weights names {label!r}, not one of the task's labels {labels}")
         w_train = np.where(y_train == labels.index(label), w_train * float(factor), w_train).astype(np.float32)
     keras.utils.set_random_seed(int(cfg.seed))
+    if bool(t.get("deterministic", True)):
+        # Seeds alone do not repeat a run: parallel tf.data maps draw SpecAugment's random masks in
+        # whatever order their threads run, and some kernels reduce in thread order. With this, the
+        # same config and data give the same weights (process-wide, and it cannot be switched off).
+        tf.config.experimental.enable_op_determinism()
     words: list[str] = []
     if bool(t.get("unknown_by_word", False)):
         y_train, words = word_targets(y_train, load_files(features_dir, "train"), labels)
