@@ -1,37 +1,29 @@
 """Process pools for CPU-bound stage work (featurization, speech synthesis).
 
 A forked worker inherits the parent's imports and warmed-up kernels, so ``fork`` is the
-cheap start method — but POSIX only promises a usable child when the parent has a single
-thread. A process that already trained a model (TensorFlow's thread pools), runs a web
-server or a progress-bar monitor may hold locks in other threads; its forked workers then
-die or hang (``BrokenProcessPool``). Such a process gets ``forkserver`` workers instead:
-forked from a clean single-threaded server that pre-imports the worker's module once.
+cheap start method, and the stage commands (``python -m kws.stages.prepare``, the download
+stage's synthesis) use it. A process that has loaded TensorFlow (it trained or scored a model
+in-process: the benchmarks, the tests) is another matter: TensorFlow's thread pools may hold
+locks when the process forks, and its forked workers die or hang (``BrokenProcessPool``). Such a
+process gets ``forkserver`` workers instead: forked from a clean server process that
+pre-imports the worker's module once. (Idle BLAS threads, which numpy starts at import, are
+fork-safe and do not count.)
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
 
-def thread_count() -> int:
-    """OS threads of this process (Python's and native ones, e.g. TensorFlow's)."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:  # no procfs: count what Python knows of
-        import threading
-
-        return threading.active_count()
-
-
 def start_method() -> str:
-    """``fork`` for a single-threaded process, else ``forkserver``."""
-    return "fork" if thread_count() == 1 else "forkserver"
+    """``fork``, or ``forkserver`` once TensorFlow is loaded in this process."""
+    return "forkserver" if "tensorflow" in sys.modules else "fork"
 
 
 def process_pool(
