@@ -275,9 +275,9 @@ def test_a_process_with_tensorflow_featurizes_through_forkserver_workers(dataset
 
     tf.constant([1.0]) + 1.0  # an op run: the intra/inter-op thread pools exist
     assert start_method() == "forkserver"
-    prepare(_cfg(), dataset, tmp_path / "threaded")
+    prepare(_cfg(), dataset, tmp_path / "forkserver")
     for split in ("train", "validation", "test"):
         x_fork, y_fork, files_fork = _load(tmp_path / "forked", split)
-        x, y, files = _load(tmp_path / "threaded", split)
+        x, y, files = _load(tmp_path / "forkserver", split)
         assert list(files) == list(files_fork) and np.array_equal(y, y_fork)
         np.testing.assert_array_equal(x, x_fork)

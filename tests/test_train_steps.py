@@ -156,4 +156,4 @@ def test_keep_weights_last_saves_the_weights_training_ended_with(two_runs):
         x, y = d["x"][..., None], keras.utils.to_categorical(d["y"], 3)
     loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     assert loss == pytest.approx(val_loss[kept - 1], rel=1e-4)
-    assert min(abs(loss - v) for i, v in enumerate(val_loss) if v != val_loss[kept - 1]) > 1e-4 * loss
+    assert min(abs(loss - v) for v in val_loss if v != val_loss[kept - 1]) > 1e-4 * loss

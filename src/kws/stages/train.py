@@ -423,6 +423,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     t = cfg.train
     kind, mixed = distribute_config(t)
     bounded_steps(t, 1)  # an invalid train.steps_per_epoch fails before TensorFlow is loaded
+    keep = keep_weights(t)  # and so does a misspelt train.keep_weights
     split_cpu()  # before anything initializes TensorFlow's devices
     import keras
     import mlflow
@@ -528,7 +529,6 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
-    keep = keep_weights(t)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=int(t.early_stopping_patience),
                                       restore_best_weights=keep == "best_val"),
