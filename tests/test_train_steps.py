@@ -157,3 +157,68 @@ def test_keep_weights_last_saves_the_weights_training_ended_with(two_runs):
     loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     assert loss == pytest.approx(val_loss[kept - 1], rel=1e-4)
     assert min(abs(loss - v) for v in val_loss if v != val_loss[kept - 1]) > 1e-4 * loss
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.2, "high", True])
+def test_ema_momentum_is_validated(value):
+    with pytest.raises(ConfigError, match="train.ema_momentum"):
+        train_stage.ema_momentum(SimpleNamespace(get=lambda key, default=None: value))
+    assert train_stage.ema_momentum(SimpleNamespace(get=lambda key, default=None: None)) is None
+
+
+def _val_loss(model_dir: Path, features: Path) -> float:
+    import keras
+    import numpy as np
+
+    model = keras.models.load_model(model_dir / "model.keras")
+    with np.load(features / "validation.npz") as d:
+        x, y = d["x"][..., None], keras.utils.to_categorical(d["y"], 3)
+    return model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+
+
+def _history(reports: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(open(reports / "history.csv")))
+
+
+def test_ema_validates_and_exports_the_average_of_the_weights(two_runs):
+    """`train.ema_momentum`: the average does not steer training (the raw weights follow run "a"
+    of two_runs), so what differs is what is validated and saved: the average. The saved
+    model's validation loss is the kept (last) epoch's in history.csv, and not run "a"'s."""
+    root, (plain, _) = two_runs
+    cfg = compose([
+        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=4", "train.batch_size=8",
+        "train.learning_rate=0.05", "train.keep_weights=last", "train.ema_momentum=0.9",
+        f"paths.features={root / 'features'}",
+    ])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        summary = train_stage.train(cfg, root / "features", root / "model_ema", root / "reports_ema")
+    rows = _history(root / "reports_ema")
+    assert summary["kept_epoch"] == len(rows) == 4
+    loss = _val_loss(root / "model_ema", root / "features")
+    assert loss == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-4)
+    assert abs(loss - plain["val_loss"]) > 1e-3 * loss  # not the raw weights run "a" saved
+    # same training (to rounding: the optimizer's step is a different graph with the average in it)
+    assert [float(r["loss"]) for r in rows] == pytest.approx([float(r["loss"]) for r in _history(root / "reports_a")],
+                                                             rel=1e-5)
+
+
+def test_ema_keeps_the_average_when_early_stopping_ends_training(tmp_path, monkeypatch):
+    """Early stopping before the last epoch: Keras' fit() would write the raw training weights
+    into the model at its end; with `keep_weights=last` the saved model must still be the average
+    that the last epoch validated (a slow average barely moves, so patience 0 stops at epoch 2)."""
+    _features_dir(tmp_path)
+    cfg = compose([
+        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=6", "train.batch_size=8",
+        "train.learning_rate=0.05", "train.keep_weights=last", "train.ema_momentum=0.999",
+        "train.early_stopping_patience=0", f"paths.features={tmp_path / 'features'}",
+    ])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    summary = train_stage.train(cfg, tmp_path / "features", tmp_path / "model", tmp_path / "reports")
+    rows = _history(tmp_path / "reports")
+    assert summary["epochs_run"] == len(rows) < 6  # it did stop early
+    assert _val_loss(tmp_path / "model", tmp_path / "features") == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-4)

@@ -179,6 +179,39 @@ def keep_weights(t) -> str:
     return keep
 
 
+def ema_momentum(t) -> float | None:
+    """``train.ema_momentum``: null (off) or a momentum in (0, 1). On, the optimizer keeps an
+    exponential moving average of the weights (Polyak averaging: a run's last few epochs averaged,
+    so a smaller draw of the weights' noise), and validation, the kept epoch and the exported model
+    all use that average (Keras' ``use_ema`` with its ``SwapEMAWeights`` callback)."""
+    value = t.get("ema_momentum", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError(f"train.ema_momentum must be null (off) or a number between 0 and 1 "
+                          f"(e.g. 0.998), not {value!r}")
+    return float(value)
+
+
+def ema_callbacks(keras, momentum: float | None) -> tuple[list, list]:
+    """Callbacks around early stopping for ``train.ema_momentum``: (before, after).
+
+    Before it: ``SwapEMAWeights(swap_on_epoch=True)`` puts the average in the model for
+    validation and at each epoch's end, so the best epoch early stopping records is the average's.
+    After it: when early stopping ends training before the last epoch, the average is handed to
+    ``fit``'s final step (which otherwise writes the raw training weights into the model)."""
+    if momentum is None:
+        return [], []
+    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+
+    class KeepAverageOnEarlyStop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if self.model.stop_training and epoch < self.params["epochs"] - 1:
+                swap._finalize_ema_values()  # what SwapEMAWeights does itself at the last epoch
+
+    return [swap], [KeepAverageOnEarlyStop()]
+
+
 def learning_rate(t, steps_per_epoch: int):
     """``train.lr_schedule``: ``plateau`` (a constant, halved by a callback on a val-loss
     plateau) or ``cosine`` (linear warm-up for one epoch, cosine decay to 1 % over all epochs)."""
@@ -424,6 +457,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     kind, mixed = distribute_config(t)
     bounded_steps(t, 1)  # an invalid train.steps_per_epoch fails before TensorFlow is loaded
     keep = keep_weights(t)  # and so does a misspelt train.keep_weights
+    ema = ema_momentum(t)  # and an invalid train.ema_momentum
     split_cpu()  # before anything initializes TensorFlow's devices
     import keras
     import mlflow
@@ -498,7 +532,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
                 model = float32_head(model)
             schedule = learning_rate(t, steps)
             model.compile(  # under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer
-                optimizer=keras.optimizers.Adam(schedule),
+                optimizer=keras.optimizers.Adam(schedule, use_ema=ema is not None, ema_momentum=ema or 0.99),
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(t.get("label_smoothing", 0.0))),
                 # accuracy of the task's labels (an unknown word for another is not an error)
                 metrics=[folded_accuracy(fold) if words else keras.metrics.CategoricalAccuracy(name="accuracy")],
@@ -529,10 +563,11 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=int(t.early_stopping_patience),
-                                      restore_best_weights=keep == "best_val"),
-    ]
+    stopping = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                             patience=int(t.early_stopping_patience),
+                                             restore_best_weights=keep == "best_val")
+    before, after = ema_callbacks(keras, ema)
+    callbacks = [*before, stopping, *after]
     callbacks.append(_Progress.make(int(t.epochs), steps, enabled=chief))
     if chief:
         callbacks.append(_MLflowEpochLogger.make())
