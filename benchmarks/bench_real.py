@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-original", action="store_true")
     parser.add_argument("--report", action="store_true", help="only print the tables of --out")
     args = parser.parse_args(argv)
-    out_path = Path(args.out) if Path(args.out).parent != Path(".") else REPO / "benchmarks" / "results" / args.out
+    out_path = (Path(args.out).resolve() if Path(args.out).parent != Path(".")  # before the chdir below
+                else REPO / "benchmarks" / "results" / args.out)
     if args.report:
         report(json.loads(out_path.read_text()))
         return 0
