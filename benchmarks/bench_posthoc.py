@@ -6,7 +6,9 @@ predictor). Two post-hoc rules are measured against the plain argmax:
 
 * **log-prior offsets** per class (or for ``_unknown_`` only), fitted by coordinate search on
   the OTHER folds' out-of-fold scores and applied to this fold (nested: no clip helps fit the
-  offsets it is scored with);
+  offsets it is scored with), to maximize accuracy; and, on the served rule's scores (below),
+  one offset for ``_unknown_`` maximizing either accuracy or the weakest class's recall (the
+  goal is stated per class);
 * **test-time shifts**: the clip shifted by 0 / ±50 ms (and ±100 ms), zero-padded like the
   training time shift, class scores averaged — with the latency that costs per clip.
 
@@ -75,17 +77,26 @@ def fold_scores(model_dir: Path, features_dir: Path, dataset: Path) -> dict:
     return {"labels": labels, "y": y, "scores": np.asarray(scores), "lat1": lat1, "lat3": lat3}
 
 
-def fit_offsets(logp: np.ndarray, y: np.ndarray, classes: list[int], rounds: int = 3) -> np.ndarray:
-    """Per-class additive log-prior offsets maximizing accuracy, by coordinate search over GRID."""
+def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean(pred == y))
+
+
+def min_recall(y: np.ndarray, pred: np.ndarray) -> float:
+    """The weakest class's recall: the objective of a goal stated per class ("every class ≥ 85 %")."""
+    return min(float(np.mean(pred[y == c] == c)) for c in np.unique(y))
+
+
+def fit_offsets(logp: np.ndarray, y: np.ndarray, classes: list[int], rounds: int = 3, objective=accuracy) -> np.ndarray:
+    """Per-class additive log-prior offsets maximizing ``objective``, by coordinate search over GRID."""
     b = np.zeros(logp.shape[1])
     for _ in range(rounds):
         for c in classes:
-            accs = []
+            scores = []
             for v in GRID:
                 trial = b.copy()
                 trial[c] = v
-                accs.append(np.mean(np.argmax(logp + trial, 1) == y))
-            b[c] = GRID[int(np.argmax(accs))]  # first best: the smallest offset that reaches it
+                scores.append(objective(y, np.argmax(logp + trial, 1)))
+            b[c] = GRID[int(np.argmax(scores))]  # first best: the smallest offset that reaches it
     return b
 
 
@@ -121,14 +132,20 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"plain argmax": summary(labels, y_all, np.concatenate([np.argmax(lp[:, 0], 1) for lp in logp]))}
     unknown = labels.index("_unknown_")
-    for name, classes in (("offset for _unknown_ (nested)", [unknown]), ("offsets per class (nested)", list(range(len(labels))))):
+    # the served rule's scores: the clip and its ±50 ms shifts averaged (KWS_TTA_SHIFTS_MS' default)
+    served = [np.log(f["scores"][:, :3].mean(1) + 1e-9) for f in folds]
+    rules = (("offset for _unknown_ (nested)", [unknown], [lp[:, 0] for lp in logp], accuracy),
+             ("offsets per class (nested)", list(range(len(labels))), [lp[:, 0] for lp in logp], accuracy),
+             ("served + offset for _unknown_, max accuracy (nested)", [unknown], served, accuracy),
+             ("served + offset for _unknown_, max min-recall (nested)", [unknown], served, min_recall))
+    for name, classes, scores, objective in rules:
         preds, offsets = [], []
         for k in range(5):
             others = [j for j in range(5) if j != k]
-            b = fit_offsets(np.concatenate([logp[j][:, 0] for j in others]), np.concatenate([folds[j]["y"] for j in others]),
-                            classes)
+            b = fit_offsets(np.concatenate([scores[j] for j in others]), np.concatenate([folds[j]["y"] for j in others]),
+                            classes, objective=objective)
             offsets.append(b.round(2).tolist())
-            preds.append(np.argmax(logp[k][:, 0] + b, 1))
+            preds.append(np.argmax(scores[k] + b, 1))
         results[name] = summary(labels, y_all, np.concatenate(preds)) | {"offsets_per_fold": offsets}
     for name, n_shifts in (("shifts 0, ±50 ms", 3), ("shifts 0, ±50, ±100 ms", 5)):
         preds = np.concatenate([np.argmax(f["scores"][:, :n_shifts].mean(1), 1) for f in folds])
@@ -136,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     lat = {"1 window": float(np.percentile(sum((f["lat1"] for f in folds), []), 50) * 1000),
            "3 windows": float(np.percentile(sum((f["lat3"] for f in folds), []), 50) * 1000)}
 
-    print(f"{'rule':32s} {'accuracy [95% CI]':>22s} {'min recall':>10s} {'_unknown_':>9s} {'go':>6s}")
+    print(f"{'rule':54s} {'accuracy [95% CI]':>22s} {'min recall':>10s} {'_unknown_':>9s} {'go':>6s}")
     for name, r in results.items():
-        print(f"{name:32s} {r['accuracy']:.4f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] {r['min_recall']:10.3f} "
+        print(f"{name:54s} {r['accuracy']:.4f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] {r['min_recall']:10.3f} "
               f"{r['recall']['_unknown_']:9.3f} {r['recall']['go']:6.3f}")
     print(f"latency p50 (features + TFLite, after decoding): 1 window {lat['1 window']:.2f} ms, "
           f"3 windows {lat['3 windows']:.2f} ms")
