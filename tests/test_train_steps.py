@@ -107,15 +107,33 @@ def test_keep_weights_is_validated():
         train_stage.keep_weights(SimpleNamespace(get=lambda key, default=None: "newest"))
 
 
+#: a tiny model trained for 4 epochs, keeping the weights it ends with
+TINY_RUN = ["model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=4", "train.batch_size=8",
+            "train.learning_rate=0.05", "train.keep_weights=last"]
+
+
+def _val_loss(model_dir: Path, features: Path) -> float:
+    import keras
+    import numpy as np
+
+    model = keras.models.load_model(model_dir / "model.keras")
+    with np.load(features / "validation.npz") as d:
+        x, y = d["x"][..., None], keras.utils.to_categorical(d["y"], 3)
+    return model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+
+
+def _history(reports: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(open(reports / "history.csv")))
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """The same tiny config trained twice (4 epochs, `train.keep_weights=last`): (root, summaries)."""
     root = tmp_path_factory.mktemp("two_runs")
     _features_dir(root)
-    cfg = compose([
-        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=4", "train.batch_size=8",
-        "train.learning_rate=0.05", "train.keep_weights=last", f"paths.features={root / 'features'}",
-    ])
+    cfg = compose([*TINY_RUN, f"paths.features={root / 'features'}"])
     summaries = []
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # the embedded MLflow store: root/mlflow.db
@@ -140,21 +158,12 @@ def test_training_twice_gives_the_same_weights(two_runs):
 def test_keep_weights_last_saves_the_weights_training_ended_with(two_runs):
     """`train.keep_weights=last`: the saved model is the one training ended with (its validation
     loss is the last epoch's), not the best-val_accuracy epoch that `best_val` restores."""
-    import csv
-
-    import keras
-    import numpy as np
-
     root, (summary, _) = two_runs
-    rows = list(csv.DictReader(open(root / "reports_a" / "history.csv")))
-    val_loss = [float(r["val_loss"]) for r in rows]
-    kept = len(rows)
+    val_loss = [float(r["val_loss"]) for r in _history(root / "reports_a")]
+    kept = len(val_loss)
     assert summary["kept_epoch"] == kept and summary["val_loss"] == pytest.approx(val_loss[kept - 1])
     assert summary["best_epoch"] < kept  # the case that tells the two apart: best_val would restore an earlier epoch
-    model = keras.models.load_model(root / "model_a" / "model.keras")
-    with np.load(root / "features" / "validation.npz") as d:
-        x, y = d["x"][..., None], keras.utils.to_categorical(d["y"], 3)
-    loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    loss = _val_loss(root / "model_a", root / "features")
     assert loss == pytest.approx(val_loss[kept - 1], rel=1e-4)
     assert min(abs(loss - v) for v in val_loss if v != val_loss[kept - 1]) > 1e-4 * loss
 
@@ -166,32 +175,12 @@ def test_ema_momentum_is_validated(value):
     assert train_stage.ema_momentum(SimpleNamespace(get=lambda key, default=None: None)) is None
 
 
-def _val_loss(model_dir: Path, features: Path) -> float:
-    import keras
-    import numpy as np
-
-    model = keras.models.load_model(model_dir / "model.keras")
-    with np.load(features / "validation.npz") as d:
-        x, y = d["x"][..., None], keras.utils.to_categorical(d["y"], 3)
-    return model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
-
-
-def _history(reports: Path) -> list[dict]:
-    import csv
-
-    return list(csv.DictReader(open(reports / "history.csv")))
-
-
 def test_ema_validates_and_exports_the_average_of_the_weights(two_runs):
     """`train.ema_momentum`: the average does not steer training (the raw weights follow run "a"
     of two_runs), so what differs is what is validated and saved: the average. The saved
     model's validation loss is the kept (last) epoch's in history.csv, and not run "a"'s."""
     root, (plain, _) = two_runs
-    cfg = compose([
-        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=4", "train.batch_size=8",
-        "train.learning_rate=0.05", "train.keep_weights=last", "train.ema_momentum=0.9",
-        f"paths.features={root / 'features'}",
-    ])
+    cfg = compose([*TINY_RUN, "train.ema_momentum=0.9", f"paths.features={root / 'features'}"])
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -211,11 +200,8 @@ def test_ema_keeps_the_average_when_early_stopping_ends_training(tmp_path, monke
     into the model at its end; with `keep_weights=last` the saved model must still be the average
     that the last epoch validated (a slow average barely moves, so patience 0 stops at epoch 2)."""
     _features_dir(tmp_path)
-    cfg = compose([
-        "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=6", "train.batch_size=8",
-        "train.learning_rate=0.05", "train.keep_weights=last", "train.ema_momentum=0.999",
-        "train.early_stopping_patience=0", f"paths.features={tmp_path / 'features'}",
-    ])
+    cfg = compose([*TINY_RUN, "train.epochs=6", "train.ema_momentum=0.999", "train.early_stopping_patience=0",
+                   f"paths.features={tmp_path / 'features'}"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     summary = train_stage.train(cfg, tmp_path / "features", tmp_path / "model", tmp_path / "reports")
