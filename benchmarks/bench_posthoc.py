@@ -134,33 +134,36 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"plain argmax": summary(labels, y_all, np.concatenate([np.argmax(lp[:, 0], 1) for lp in logp]))}
     unknown = labels.index("_unknown_")
+    ys = [f["y"] for f in folds]
+
+    def nested(scores: list[np.ndarray], fit, decide) -> tuple[np.ndarray, list]:
+        """Each fold decided with what ``fit`` learns from the OTHER folds' scores and labels."""
+        preds, fitted = [], []
+        for k in range(5):
+            others = [j for j in range(5) if j != k]
+            param = fit(np.concatenate([scores[j] for j in others]), np.concatenate([ys[j] for j in others]))
+            fitted.append(param)
+            preds.append(decide(scores[k], param))
+        return np.concatenate(preds), fitted
+
     # the served rule's scores: the clip and its ±50 ms shifts averaged (KWS_TTA_SHIFTS_MS' default)
-    served = [np.log(f["scores"][:, :3].mean(1) + 1e-9) for f in folds]
+    probs = [f["scores"][:, :3].mean(1) for f in folds]
+    served = [np.log(p + 1e-9) for p in probs]
     rules = (("offset for _unknown_ (nested)", [unknown], [lp[:, 0] for lp in logp], accuracy),
              ("offsets per class (nested)", list(range(len(labels))), [lp[:, 0] for lp in logp], accuracy),
              ("served + offset for _unknown_, max accuracy (nested)", [unknown], served, accuracy),
              ("served + offset for _unknown_, max min-recall (nested)", [unknown], served, min_recall))
     for name, classes, scores, objective in rules:
-        preds, offsets = [], []
-        for k in range(5):
-            others = [j for j in range(5) if j != k]
-            b = fit_offsets(np.concatenate([scores[j] for j in others]), np.concatenate([folds[j]["y"] for j in others]),
-                            classes, objective=objective)
-            offsets.append(b.round(2).tolist())
-            preds.append(np.argmax(scores[k] + b, 1))
-        results[name] = summary(labels, y_all, np.concatenate(preds)) | {"offsets_per_fold": offsets}
+        preds, offsets = nested(scores, lambda s, y, c=classes, o=objective: fit_offsets(s, y, c, objective=o),
+                                lambda s, b: np.argmax(s + b, 1))
+        results[name] = summary(labels, y_all, preds) | {"offsets_per_fold": [b.round(2).tolist() for b in offsets]}
     # the service's own knob (`threshold`, the API's ?threshold=): a top score below it answers
     # _unknown_; a threshold per fold fitted on the other folds for the weakest class's recall
     with_threshold = lambda p, th: np.where(p.max(1) < th, unknown, np.argmax(p, 1))  # noqa: E731
-    probs = [f["scores"][:, :3].mean(1) for f in folds]
-    preds, thresholds = [], []
-    for k in range(5):
-        others = [j for j in range(5) if j != k]
-        p_o, y_o = np.concatenate([probs[j] for j in others]), np.concatenate([folds[j]["y"] for j in others])
-        th = max(THRESHOLDS, key=lambda v: (min_recall(y_o, with_threshold(p_o, v)), -v))  # ties: the lowest
-        thresholds.append(float(th))
-        preds.append(with_threshold(probs[k], th))
-    results["served + threshold, max min-recall (nested)"] = (summary(labels, y_all, np.concatenate(preds))
+    preds, thresholds = nested(
+        probs, lambda p, y: float(max(THRESHOLDS, key=lambda v: (min_recall(y, with_threshold(p, v)), -v))),  # ties: lowest
+        with_threshold)
+    results["served + threshold, max min-recall (nested)"] = (summary(labels, y_all, preds)
                                                               | {"threshold_per_fold": thresholds})
     for name, n_shifts in (("shifts 0, ±50 ms", 3), ("shifts 0, ±50, ±100 ms", 5)):
         preds = np.concatenate([np.argmax(f["scores"][:, :n_shifts].mean(1), 1) for f in folds])
