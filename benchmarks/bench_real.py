@@ -43,6 +43,7 @@ ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left mar
 #: name -> Hydra overrides. ``recipe`` = conf/'s defaults: the served recipe.
 CANDIDATES: dict[str, list[str]] = {
     "recipe": [],
+    "recipe_synth_w05": ["data.extra.0.weight=0.5"],  # 2026-12-01, synthetic extra source at half a real clip's weight
     # earlier served recipes: the real pool alone (no synthetic extra source)
     "recipe_filters64": ["model.filters=64", "data.extra=[]"],  # until 2026-12-01 (DS-CNN's "small" width)
     "recipe_filters96": ["model.filters=96", "data.extra=[]"],  # 2026-12-01, before the synthetic extra source
