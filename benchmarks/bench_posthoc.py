@@ -11,13 +11,18 @@ predictor). Two post-hoc rules are measured against the plain argmax:
   goal is stated per class), and the service's own ``threshold`` (a top score below it answers
   ``_unknown_``) fitted the same way;
 * **test-time shifts**: the clip shifted by 0 / ±50 ms (and ±100 ms), zero-padded like the
-  training time shift, class scores averaged — with the latency that costs per clip.
+  training time shift, class scores averaged — with the latency that costs per clip;
+* **ensembles** (``--ensemble NAME=OVERRIDES``): the served scores averaged with those of other
+  cached fold models (another candidate of ``bench_real.py``, trained on the same folds), alone
+  and with the nested ``_unknown_`` offset — what a served ensemble (or its distilled student, at
+  best) could reach, before anyone builds one.
 
     .venv/bin/python benchmarks/bench_real.py --candidates recipe     # the fold models (cached)
     .venv/bin/python benchmarks/bench_posthoc.py [--models DIR0 DIR1 DIR2 DIR3 DIR4]
 
 Without ``--models`` the fold models are where ``bench_real.py`` caches the recipe (its cache key
-is the composed configuration: after a change to ``conf/``, pass the trained folders). Results:
+is the composed configuration: after a change to ``conf/``, pass the trained folders). The rules
+assume models that answer by plain argmax: pass folds trained with ``train.logit_offsets=null``. Results:
 ``benchmarks/results/real_posthoc.json``.
 """
 
@@ -43,6 +48,7 @@ log = logging.getLogger("bench_posthoc")
 SHIFTS_MS = (0, -50, 50, -100, 100)
 GRID = np.linspace(-2.0, 3.0, 26)
 THRESHOLDS = np.round(np.arange(0.0, 0.95, 0.05), 2)
+OFFSET_GRID = np.round(np.arange(0.0, 1.01, 0.1), 2)
 
 
 def shift(wave: np.ndarray, samples: int) -> np.ndarray:
@@ -115,19 +121,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs=5, type=Path, help="the 5 fold model folders (default: bench_real's cache)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("KWS_BENCH_CACHE", "/tmp/kws-bench")) / "real")
     parser.add_argument("--out", default="real_posthoc.json")
+    parser.add_argument("--ensemble", nargs="*", default=[], metavar="NAME=OVERRIDES",
+                        help="members averaged with the recipe, as bench_real.py --extra names them "
+                             "(trained there first): 'synth_w1=data.extra.0.weight=1.0'")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    folds = []
-    for k in range(5):
-        cfg = compose_fold([], k, args.work, "recipe")
-        model_dir = args.models[k] if args.models else Path(cfg.paths.model)
-        if not (model_dir / "model.tflite").is_file():
-            print(f"no trained fold model at {model_dir}: run `bench_real.py --candidates recipe` first "
-                  "(or pass --models)", file=sys.stderr)
-            return 2
-        log.info("fold %d: %s", k, model_dir)
-        folds.append(fold_scores(model_dir, Path(cfg.paths.features), Path(cfg.paths.dataset)) | {"model": str(model_dir)})
+    members = {"recipe": []}
+    for spec in args.ensemble:
+        name, _, overrides = spec.partition("=")
+        members[name] = [o for o in overrides.split(";") if o]
+    by_member = {}
+    for name, overrides in members.items():
+        by_member[name] = []
+        for k in range(5):
+            cfg = compose_fold(overrides, k, args.work, name)
+            model_dir = args.models[k] if args.models and name == "recipe" else Path(cfg.paths.model)
+            if not (model_dir / "model.tflite").is_file():
+                print(f"no trained fold model for {name} at {model_dir}: run `bench_real.py --candidates recipe` "
+                      "(or --extra NAME=OVERRIDES) first, or pass --models", file=sys.stderr)
+                return 2
+            log.info("%s fold %d: %s", name, k, model_dir)
+            by_member[name].append(fold_scores(model_dir, Path(cfg.paths.features), Path(cfg.paths.dataset))
+                                   | {"model": str(model_dir)})
+            if not np.array_equal(by_member[name][k]["y"], by_member["recipe"][k]["y"]):
+                print(f"{name} fold {k} was tested on other clips than the recipe's", file=sys.stderr)
+                return 2
+    folds = by_member.pop("recipe")
     labels = folds[0]["labels"]
     y_all = np.concatenate([f["y"] for f in folds])
     logp = [np.log(f["scores"] + 1e-9) for f in folds]
@@ -165,20 +185,43 @@ def main(argv: list[str] | None = None) -> int:
         with_threshold)
     results["served + threshold, max min-recall (nested)"] = (summary(labels, y_all, preds)
                                                               | {"threshold_per_fold": thresholds})
+    # as `train.logit_offsets` serves it: the offset added to each window's logits (softmax(log p + b)),
+    # then the windows averaged; one offset for _unknown_ on OFFSET_GRID, fitted nested for the
+    # weakest class's recall (ties: the smallest). The median of the folds' picks is conf/'s default.
+    def baked(s: np.ndarray, b: float) -> np.ndarray:
+        lp = np.log(s[:, :3] + 1e-9)
+        lp[..., unknown] += b
+        p = np.exp(lp)
+        return np.argmax((p / p.sum(-1, keepdims=True)).mean(1), 1)
+
+    raw = [f["scores"] for f in folds]
+    preds, picks = nested(raw, lambda s, y: float(max(OFFSET_GRID, key=lambda v: (min_recall(y, baked(s, v)), -v))),
+                          baked)
+    results["served + train.logit_offsets for _unknown_, max min-recall (nested)"] = (
+        summary(labels, y_all, preds) | {"offset_per_fold": picks, "median_offset": float(np.median(picks))})
+    fit_unknown = lambda s, y: fit_offsets(s, y, [unknown], objective=min_recall)  # noqa: E731
+    for name, member in by_member.items():
+        averaged = [(p + m["scores"][:, :3].mean(1)) / 2 for p, m in zip(probs, member)]
+        results[f"ensemble with {name}"] = summary(labels, y_all, np.concatenate([np.argmax(p, 1) for p in averaged]))
+        preds, offsets = nested([np.log(p + 1e-9) for p in averaged], fit_unknown, lambda s, b: np.argmax(s + b, 1))
+        results[f"ensemble with {name} + offset for _unknown_, max min-recall (nested)"] = (
+            summary(labels, y_all, preds) | {"offsets_per_fold": [b.round(2).tolist() for b in offsets]})
     for name, n_shifts in (("shifts 0, ±50 ms", 3), ("shifts 0, ±50, ±100 ms", 5)):
         preds = np.concatenate([np.argmax(f["scores"][:, :n_shifts].mean(1), 1) for f in folds])
         results[name] = summary(labels, y_all, preds)
     lat = {"1 window": float(np.percentile(sum((f["lat1"] for f in folds), []), 50) * 1000),
            "3 windows": float(np.percentile(sum((f["lat3"] for f in folds), []), 50) * 1000)}
 
-    print(f"{'rule':54s} {'accuracy [95% CI]':>22s} {'min recall':>10s} {'_unknown_':>9s} {'go':>6s}")
+    width = max(map(len, results))
+    print(f"{'rule':{width}s} {'accuracy [95% CI]':>22s} {'min recall':>10s} {'_unknown_':>9s} {'go':>6s}")
     for name, r in results.items():
-        print(f"{name:54s} {r['accuracy']:.4f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] {r['min_recall']:10.3f} "
+        print(f"{name:{width}s} {r['accuracy']:.4f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] {r['min_recall']:10.3f} "
               f"{r['recall']['_unknown_']:9.3f} {r['recall']['go']:6.3f}")
     print(f"latency p50 (features + TFLite, after decoding): 1 window {lat['1 window']:.2f} ms, "
           f"3 windows {lat['3 windows']:.2f} ms")
     write_result(args.out, {"machine": machine_info(), "n": int(len(y_all)), "rules": results, "latency_p50_ms": lat,
-                            "models": [f["model"] for f in folds]})
+                            "models": [f["model"] for f in folds],
+                            "ensemble_members": {n: [m["model"] for m in ms] for n, ms in by_member.items()}})
     return 0
 
 

@@ -228,7 +228,7 @@ def test_the_pools_default_extra_source_is_weighted_synthetic_speech(tmp_path, p
 
     default = OmegaConf.to_container(compose(["data=speech_commands_real"]).data.extra, resolve=True)
     assert [(e["name"], e["source"], e["weight"], e["unknown_percentage"]) for e in default] \
-        == [("synthetic", "synthetic", 0.5, 100.0)]
+        == [("synthetic", "synthetic", 1.0, 100.0)]
     entry = default[0]
     assert (Path(__file__).resolve().parents[1] / entry["synthetic"]["noise_dir"]).is_dir()  # repo-relative (dvc repro)
     entry["synthetic"].update(voices=8, noise_dir=str(NOISE))
@@ -240,9 +240,10 @@ def test_the_pools_default_extra_source_is_weighted_synthetic_speech(tmp_path, p
     assert info["extra"]["synthetic"]["n_words"] == 35
 
     meta = prepare(load_params(params), Path(cfg.paths.dataset), tmp_path / "features")
-    y, w, _ = _load(tmp_path / "features", TRAIN)
-    synth, unknown = w == 0.5, meta["labels"].index(UNKNOWN)
+    y, w, files = _load(tmp_path / "features", TRAIN)
+    voices = {speaker_of(f) for f in (tmp_path / "raw" / "extra" / "synthetic").rglob("*.wav")}  # its speakers
+    synth, unknown = np.asarray([speaker_of(f) in voices for f in files]), meta["labels"].index(UNKNOWN)
     n_keywords = int(np.sum(synth & (y != unknown)))
     assert n_keywords == 10 * 8 * 3 * (1 + cfg.prepare.augment.copies)  # 10 keywords x 8 voices x 3 takes
     assert int(np.sum(synth & (y == unknown))) == n_keywords  # 100 % of its keywords (of its 25 x 8 x 3 unknown clips)
-    assert set(np.unique(w)) == {0.5, 1.0}
+    assert np.all(w == 1.0)  # weighted like a real clip

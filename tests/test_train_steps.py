@@ -1,9 +1,11 @@
 """train.steps_per_epoch (its validation; the bounded run itself is trained in
 tests/test_distribute.py, together with the mirrored strategy), train.unknown_by_word's targets
-and fold matrix, and a SIGTERM during training (a real, tiny training run, in this process)."""
+and fold matrix, train.keep_weights, train.ema_momentum, train.logit_offsets, and a SIGTERM during
+training (real, tiny training runs, in this process)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -208,3 +210,51 @@ def test_ema_keeps_the_average_when_early_stopping_ends_training(tmp_path, monke
     rows = _history(tmp_path / "reports")
     assert summary["epochs_run"] == len(rows) < 6  # it did stop early
     assert _val_loss(tmp_path / "model", tmp_path / "features") == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-4)
+
+
+@pytest.mark.parametrize("value", [0.5, {"_unknown_": "lots"}, {"_unknown_": True}, {"_unknown_": float("inf")},
+                                   {"_unknwn_": 0.5}])
+def test_logit_offsets_are_validated(value):
+    with pytest.raises(ConfigError, match="train.logit_offsets"):
+        train_stage.logit_offsets(SimpleNamespace(get=lambda key, default=None: value))
+
+
+def test_logit_offsets_of_another_tasks_label_are_left_out():
+    t = SimpleNamespace(get=lambda key, default=None: {"_unknown_": 0.5, "yes": -1})
+    assert train_stage.logit_offsets(t, ["_silence_", "yes", "zero"]) == {"yes": -1.0}  # all_words: no _unknown_
+    assert train_stage.logit_offsets(SimpleNamespace(get=lambda key, default=None: None), ["yes"]) == {}
+
+
+@pytest.mark.parametrize("unknown_words", [(), ("cat", "dog")], ids=["labels", "one class per unknown word"])
+def test_logit_offsets_shift_the_exported_models_log_probabilities(tmp_path, monkeypatch, unknown_words):
+    """The same training with and without `train.logit_offsets`: the exported model's (Keras and
+    TFLite) probabilities are softmax(log p + offset) of the plain one's, and the offset changes
+    answers. With one class per unknown word, `_unknown_`'s offset applies to its words' sum."""
+    import keras
+    import numpy as np
+
+    from kws.serving.predictor import TFLiteRuntime
+
+    features = tiny_features_dir(tmp_path, kind="logmel", n_train=96, unknown_words=unknown_words)
+    labels = json.loads((features / "meta.json").read_text())["labels"]
+    offsets = {"_unknown_": 1.5, "no": -2.0} if unknown_words else {"no": -2.0, "up": 1.0}
+    # Hydra's syntax: change the default's key, add (+) others; without _unknown_ its default is left out
+    shifted = [f"{'' if label in ('_unknown_',) else '+'}train.logit_offsets.{label}={v}" for label, v in offsets.items()]
+    base = [*TINY_RUN, "train.epochs=2", f"paths.features={features}"] + (["train.unknown_by_word=true"] if unknown_words else [])
+    configs = {"plain": compose([*base, "train.logit_offsets=null"]),
+               "shifted": compose([*base, *shifted])}
+    monkeypatch.chdir(tmp_path)  # the embedded MLflow store (after composing: conf/ is found from the repo)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with np.load(features / "validation.npz") as d:
+        x = d["x"][..., None].astype(np.float32)
+    probs = {}
+    for name, cfg in configs.items():
+        train_stage.train(cfg, features, tmp_path / name, tmp_path / f"reports_{name}")
+        probs[name] = keras.models.load_model(tmp_path / name / "model.keras").predict(x, verbose=0)
+        np.testing.assert_allclose(TFLiteRuntime(tmp_path / name / "model.tflite").infer(x), probs[name], atol=1e-5)
+    b = np.asarray([offsets.get(label, 0.0) for label in labels])
+    expected = probs["plain"] * np.exp(b)
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs["shifted"], expected, rtol=1e-4, atol=1e-6)
+    assert not np.array_equal(probs["shifted"].argmax(1), probs["plain"].argmax(1))
+    assert json.loads((tmp_path / "shifted" / "model_info.json").read_text())["logit_offsets"] == offsets

@@ -15,6 +15,9 @@ logical CPU, see ``KWS_CPU_DEVICES``) or ``multi_worker`` (``MultiWorkerMirrored
 cluster from ``TF_CONFIG``; only the chief writes the outputs and logs to MLflow). The global
 batch is ``train.batch_size`` x replicas in sync. ``train.mixed_precision`` trains in
 ``mixed_float16`` on GPUs (softmax head in float32); the exported model is always float32.
+``train.logit_offsets`` (label -> number) adds a constant to those labels' logits in the exported
+model (a log-prior correction: softmax(log p + b)), so the service, ``kws-score``, evaluate and
+promote all decide with it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -191,6 +195,52 @@ def ema_momentum(t) -> float | None:
         raise ConfigError(f"train.ema_momentum must be null (off) or a number between 0 and 1 "
                           f"(e.g. 0.998), not {value!r}")
     return float(value)
+
+
+def logit_offsets(t, labels: list[str] | None = None) -> dict[str, float]:
+    """``train.logit_offsets``: null or ``{label: offset}``, checked (numbers first, the labels once
+    the task's ``labels`` are known: a label of no task is an error, one of another task's labels,
+    e.g. ``_unknown_`` under ``all_words``, does not apply and is left out). The exported model's
+    probabilities become softmax(log p + offset): a positive offset for ``_unknown_`` answers it
+    more often (fewer false accepts of other words, a few more missed keywords); training itself
+    is unchanged."""
+    from kws.labels import task_labels
+
+    value = t.get("logit_offsets", None) or {}
+    if not hasattr(value, "items"):
+        raise ConfigError(f"train.logit_offsets must be null or a mapping label -> number "
+                          f"(e.g. {{_unknown_: 0.5}}), not {value!r}")
+    offsets = {}
+    for label, offset in value.items():
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
+            raise ConfigError(f"train.logit_offsets.{label} must be a finite number, not {offset!r}")
+        if label not in {*task_labels("keywords"), *task_labels("all_words")}:
+            raise ConfigError(f"train.logit_offsets names {label!r}, which is no task's label "
+                              f"(e.g. _unknown_, _silence_, yes)")
+        if labels is not None and label not in labels:
+            log.info("train.logit_offsets.%s left out: not a label of this task", label)
+            continue
+        offsets[str(label)] = float(offset)
+    return offsets
+
+
+def shift_logits(model, offsets: dict[str, float], labels: list[str], fold: np.ndarray) -> None:
+    """Add ``offsets`` (label -> number) to the bias of ``model``'s softmax classifier, in place.
+    With one class per unknown word (``fold``), each word's class gets ``_unknown_``'s offset."""
+    import keras
+
+    if not offsets:
+        return
+    by_label = np.asarray([offsets.get(label, 0.0) for label in labels], np.float32)
+    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)
+            and getattr(layer.activation, "__name__", "") == "softmax"]
+    if not head or not head[-1].use_bias:
+        raise ConfigError(f"train.logit_offsets needs a model that ends in a softmax Dense layer with a bias; "
+                          f"{model.name} does not")
+    kernel, bias = head[-1].get_weights()
+    head[-1].set_weights([kernel, bias + fold @ by_label])
+    log.info("train.logit_offsets: %s added to the exported model's logits",
+             ", ".join(f"{label} {v:+g}" for label, v in offsets.items()))
 
 
 def ema_callbacks(keras, momentum: float | None) -> tuple[list, list]:
@@ -458,6 +508,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     bounded_steps(t, 1)  # an invalid train.steps_per_epoch fails before TensorFlow is loaded
     keep = keep_weights(t)  # and so does a misspelt train.keep_weights
     ema = ema_momentum(t)  # and an invalid train.ema_momentum
+    logit_offsets(t)  # and a train.logit_offsets that is not label -> number
     split_cpu()  # before anything initializes TensorFlow's devices
     import keras
     import mlflow
@@ -483,6 +534,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     features = FeatureConfig.from_dict(meta["features"])
     x_train, y_train, w_train = load_split(features_dir, "train", weights=True)
     x_val, y_val = load_split(features_dir, "validation")
+    offsets = logit_offsets(t, labels)
     for label, factor in (t.get("class_weights") or {}).items():  # e.g. {_unknown_: 2}: class balancing
         if label not in labels:
             raise ConfigError(f"train.class_weights names {label!r}, not one of the task's labels {labels}")
@@ -636,6 +688,7 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
             # What the service, TFLite and MLflow load: a plain float32, one-device model.
             export = (float32_copy(model, lambda: build_model(cfg.model, features.shape, n_classes))
                       if kind != "none" or mixed else model)
+            shift_logits(export, offsets, labels, fold)
             if words:
                 export = fold_head(export, fold)
             example = x_val[:1, ..., None]
@@ -649,7 +702,8 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
                 run_info.update(run_id=run.info.run_id, experiment_id=run.info.experiment_id,
                                 model_uri=info.model_uri)
             write_bundle(model_dir, export, labels, features, metrics=summary,
-                         info={**run_info, "dataset": cfg.data.name, "task": meta["task"], "training": training})
+                         info={**run_info, "dataset": cfg.data.name, "task": meta["task"], "training": training,
+                               "logit_offsets": offsets})
             (model_dir / tracking.RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     finally:
         if scratch is not None:
