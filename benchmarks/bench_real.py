@@ -40,23 +40,26 @@ ORIGINAL = REPO.parent / "shared" / "baselines" / "original_cnn"
 ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left marvin nine no off on one "
                   "right seven sheila six stop three tree two up wow yes zero").split()
 
+#: the candidates measured before ``train.logit_offsets`` existed answer by plain argmax
+ARGMAX = "train.logit_offsets=null"
 #: name -> Hydra overrides. ``recipe`` = conf/'s defaults: the served recipe.
 CANDIDATES: dict[str, list[str]] = {
     "recipe": [],
-    "recipe_synth_w05": ["data.extra.0.weight=0.5"],  # 2026-12-01, synthetic extra source at half a real clip's weight
+    # 2026-12-01: the synthetic extra source at half a real clip's weight, no logit offset
+    "recipe_synth_w05": ["data.extra.0.weight=0.5", ARGMAX],
     # earlier served recipes: the real pool alone (no synthetic extra source)
-    "recipe_filters64": ["model.filters=64", "data.extra=[]"],  # until 2026-12-01 (DS-CNN's "small" width)
-    "recipe_filters96": ["model.filters=96", "data.extra=[]"],  # 2026-12-01, before the synthetic extra source
+    "recipe_filters64": ["model.filters=64", "data.extra=[]", ARGMAX],  # until 2026-12-01 (DS-CNN's "small" width)
+    "recipe_filters96": ["model.filters=96", "data.extra=[]", ARGMAX],  # 2026-12-01, before the synthetic extra source
     # the three architectures as they were before the real-speech work (MFCC, 1 copy, plateau LR)
     "cnn_seed": ["model=cnn_seed", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
-                 "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]"],
+                 "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]", ARGMAX],
     "ds_cnn": ["model=ds_cnn", "model.filters=64", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
-               "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]"],
+               "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]", ARGMAX],
     "bc_resnet": ["model=bc_resnet", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
-                  "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]"],
+                  "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]", ARGMAX],
     # the architectures on the (64-filter era) recipe's data and training settings
-    "recipe_cnn_seed": ["model=cnn_seed", "data.extra=[]"],
-    "recipe_bc_resnet": ["model=bc_resnet", "data.extra=[]"],
+    "recipe_cnn_seed": ["model=cnn_seed", "data.extra=[]", ARGMAX],
+    "recipe_bc_resnet": ["model=bc_resnet", "data.extra=[]", ARGMAX],
 }
 DEFAULT_RUN = ["recipe", "cnn_seed", "ds_cnn", "bc_resnet"]
 
