@@ -89,6 +89,7 @@ def test_repro_runs_every_stage_and_promotes(project, first_repro):
     bundle = read_meta(project / "serving/model")
     assert bundle.labels == meta["labels"] and bundle.info["alias"] == "champion"
     assert bundle.metrics["accuracy"] == metrics["accuracy"]
+    assert bundle.info["logit_offsets"] == {"_unknown_": 0.5}  # conf/'s default, baked in by train, carried over
 
     client = _client(project)
     champion = client.get_model_version_by_alias("kws", "champion")

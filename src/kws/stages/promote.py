@@ -106,6 +106,8 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
         "name": name, "version": str(version.version), "run_id": run["run_id"],
         "architecture": run["architecture"], "dataset": cfg.data.name, "task": cfg.prepare.task,
         "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # how the model decides (train.logit_offsets, baked into its weights): shown by the service's /model
+        "logit_offsets": read_meta(model_dir).info.get("logit_offsets", {}),
     }
     with tempfile.TemporaryDirectory(prefix="kws-bundle-") as tmp:
         staged = Path(tmp) / BUNDLE_ARTIFACT
