@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="real_posthoc.json")
     parser.add_argument("--ensemble", nargs="*", default=[], metavar="NAME=OVERRIDES",
                         help="members averaged with the recipe, as bench_real.py --extra names them "
-                             "(trained there first): 'synth_w1=data.extra.0.weight=1.0'")
+                             "(trained there first): 'recipe_synth_w05=data.extra.0.weight=0.5;train.logit_offsets=null'")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
