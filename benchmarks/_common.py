@@ -7,6 +7,7 @@ import importlib.metadata as _md
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -113,11 +114,29 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+def _dumps(payload: dict) -> str:
+    """JSON indented by 2, except that a list of plain values stays on one line (per-clip rows such
+    as ``[file, true, predicted]`` would otherwise take five lines each)."""
+    flat: list[str] = []
+
+    def fold(obj):
+        if isinstance(obj, dict):
+            return {k: fold(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            if obj and all(v is None or isinstance(v, (str, int, float, bool)) for v in obj):
+                flat.append(json.dumps(list(obj)))
+                return f"\0{len(flat) - 1}\0"
+            return [fold(v) for v in obj]
+        return obj
+
+    return re.sub(r'"\\u0000(\d+)\\u0000"', lambda m: flat[int(m.group(1))], json.dumps(fold(payload), indent=2))
+
+
 def write_result(name: str | Path, payload: dict) -> Path:
     """Write ``payload`` to ``name`` (a bare file name goes under benchmarks/results/)."""
     path = Path(name) if Path(name).parent != Path(".") else RESULTS_DIR / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(_dumps(payload) + "\n")
     return path
 
 
