@@ -173,10 +173,15 @@ def main(argv: list[str] | None = None) -> int:
              ("offsets per class (nested)", list(range(len(labels))), [lp[:, 0] for lp in logp], accuracy),
              ("served + offset for _unknown_, max accuracy (nested)", [unknown], served, accuracy),
              ("served + offset for _unknown_, max min-recall (nested)", [unknown], served, min_recall))
-    for name, classes, scores, objective in rules:
-        preds, offsets = nested(scores, lambda s, y, c=classes, o=objective: fit_offsets(s, y, c, objective=o),
+
+    def offset_rule(scores: list[np.ndarray], classes: list[int], objective) -> dict:
+        """Log-prior offsets for ``classes`` added to ``scores``, fitted nested for ``objective``."""
+        preds, offsets = nested(scores, lambda s, y: fit_offsets(s, y, classes, objective=objective),
                                 lambda s, b: np.argmax(s + b, 1))
-        results[name] = summary(labels, y_all, preds) | {"offsets_per_fold": [b.round(2).tolist() for b in offsets]}
+        return summary(labels, y_all, preds) | {"offsets_per_fold": [b.round(2).tolist() for b in offsets]}
+
+    for name, classes, scores, objective in rules:
+        results[name] = offset_rule(scores, classes, objective)
     # the service's own knob (`threshold`, the API's ?threshold=): a top score below it answers
     # _unknown_; a threshold per fold fitted on the other folds for the weakest class's recall
     with_threshold = lambda p, th: np.where(p.max(1) < th, unknown, np.argmax(p, 1))  # noqa: E731
@@ -199,13 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                           baked)
     results["served + train.logit_offsets for _unknown_, max min-recall (nested)"] = (
         summary(labels, y_all, preds) | {"offset_per_fold": picks, "median_offset": float(np.median(picks))})
-    fit_unknown = lambda s, y: fit_offsets(s, y, [unknown], objective=min_recall)  # noqa: E731
     for name, member in by_member.items():
         averaged = [(p + m["scores"][:, :3].mean(1)) / 2 for p, m in zip(probs, member)]
         results[f"ensemble with {name}"] = summary(labels, y_all, np.concatenate([np.argmax(p, 1) for p in averaged]))
-        preds, offsets = nested([np.log(p + 1e-9) for p in averaged], fit_unknown, lambda s, b: np.argmax(s + b, 1))
-        results[f"ensemble with {name} + offset for _unknown_, max min-recall (nested)"] = (
-            summary(labels, y_all, preds) | {"offsets_per_fold": [b.round(2).tolist() for b in offsets]})
+        results[f"ensemble with {name} + offset for _unknown_, max min-recall (nested)"] = offset_rule(
+            [np.log(p + 1e-9) for p in averaged], [unknown], min_recall)
     for name, n_shifts in (("shifts 0, ±50 ms", 3), ("shifts 0, ±50, ±100 ms", 5)):
         preds = np.concatenate([np.argmax(f["scores"][:, :n_shifts].mean(1), 1) for f in folds])
         results[name] = summary(labels, y_all, preds)

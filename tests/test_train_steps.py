@@ -239,7 +239,7 @@ def test_logit_offsets_shift_the_exported_models_log_probabilities(tmp_path, mon
     labels = json.loads((features / "meta.json").read_text())["labels"]
     offsets = {"_unknown_": 1.5, "no": -2.0} if unknown_words else {"no": -2.0, "up": 1.0}
     # Hydra's syntax: change the default's key, add (+) others; without _unknown_ its default is left out
-    shifted = [f"{'' if label in ('_unknown_',) else '+'}train.logit_offsets.{label}={v}" for label, v in offsets.items()]
+    shifted = [f"{'' if label == '_unknown_' else '+'}train.logit_offsets.{label}={v}" for label, v in offsets.items()]
     base = [*TINY_RUN, "train.epochs=2", f"paths.features={features}"] + (["train.unknown_by_word=true"] if unknown_words else [])
     configs = {"plain": compose([*base, "train.logit_offsets=null"]),
                "shifted": compose([*base, *shifted])}
