@@ -20,6 +20,9 @@ reload_s               KWS_RELOAD_S                 2        (poll the bundle fo
 grace_s                KWS_GRACE_S                  20       (SIGTERM: time to finish in-flight requests)
 admin_token            KWS_ADMIN_TOKEN              (unset)  (enables POST /admin/reload with this bearer token)
 tta_shifts_ms          KWS_TTA_SHIFTS_MS            0,-50,50 (test-time shifts of a short clip, averaged; 0: off)
+stream_max_sessions    KWS_STREAM_MAX_SESSIONS      64       (live-listening sessions open at once, per process)
+stream_idle_s          KWS_STREAM_IDLE_S            30       (a session without a chunk for this long expires)
+stream_max_chunk_bytes KWS_STREAM_MAX_CHUNK_BYTES   32000    (largest audio chunk of a session: 1 s of s16)
 =====================  ===========================  ==========================================
 
 Live model updates: ``promote`` swaps a new bundle into ``model_dir`` (mount its PARENT folder
@@ -69,6 +72,10 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "grace_s": ("KWS_GRACE_S", float, 20.0),
     "admin_token": ("KWS_ADMIN_TOKEN", str, ""),
     "tta_shifts_ms": ("KWS_TTA_SHIFTS_MS", tuple, predictor_mod.DEFAULT_TTA_SHIFTS_MS),
+    # live listening (kws.serving.stream_api)
+    "stream_max_sessions": ("KWS_STREAM_MAX_SESSIONS", int, 64),
+    "stream_idle_s": ("KWS_STREAM_IDLE_S", float, 30.0),
+    "stream_max_chunk_bytes": ("KWS_STREAM_MAX_CHUNK_BYTES", int, 32000),
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -283,6 +290,9 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["kws"] = state
     app.register_blueprint(bp)
     app.register_blueprint(bp, url_prefix="/api", name="api_prefixed")
+    from kws.serving import stream_api  # live listening: /stream (its own blueprint and settings check)
+
+    stream_api.install(app, state)
 
     @app.before_request
     def _start() -> None:
