@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # postgresql: the tracking-server test runs a throw-away PostgreSQL as MLflow's backend store.
-APT_PACKAGES=(nginx ffmpeg espeak-ng libsndfile1 chromium docker-compose wrk git gettext-base postgresql)
+APT_PACKAGES=(nginx ffmpeg espeak-ng libsndfile1 libportaudio2 chromium docker-compose wrk git gettext-base postgresql)
 # Seconds to wait for another apt/dpkg (unattended-upgrades, a second shell) to release its locks
 # instead of failing at once.
 APT_LOCK_WAIT_S="${APT_LOCK_WAIT_S:-600}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kws.serving import stream_openapi
+
 AUDIO_TYPES = (
     "audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac", "audio/ogg",
     "audio/mpeg", "audio/mp3", "audio/webm", "audio/mp4", "audio/x-m4a", "audio/aac", "video/webm",
@@ -64,7 +66,7 @@ def document(version: str = "1") -> dict[str, Any]:
         request_id,
     ]
     audio_schema = {"type": "string", "format": "binary"}
-    return {
+    doc = {
         "openapi": "3.0.3",
         "info": {
             "title": "kws keyword spotting API",
@@ -162,3 +164,4 @@ def document(version: str = "1") -> dict[str, Any]:
             },
         },
     }
+    return stream_openapi.extend(doc)  # live listening: /stream

@@ -1,0 +1,121 @@
+"""The live-listening part of the OpenAPI document (``/stream``; see :mod:`kws.serving.stream_api`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The error codes of the live-listening endpoints, by HTTP status.
+ERRORS = {
+    400: ["invalid_parameter"],
+    404: ["unknown_session"],
+    409: ["out_of_order", "session_busy", "session_model_changed"],
+    410: ["session_closed", "session_expired"],
+    413: ["chunk_too_large"],
+    415: ["unsupported_media_type"],
+    422: ["empty_chunk", "bad_chunk_length", "invalid_samples", "wrong_sample_rate", "bad_channels"],
+    429: ["too_many_sessions"],
+    503: ["model_not_found", "bad_bundle", "model_loading", "shutting_down"],
+}
+
+_DESCRIPTIONS = {
+    400: "A bad `threshold` or `seq`, or `application/octet-stream` without `?format=s16|f32`.",
+    404: "No such session on this server (never opened, or the server restarted): open a new one.",
+    409: "`out_of_order`: `seq` is not the next chunk's number; `session_busy`: an earlier chunk of the session "
+         "is still being scored; `session_model_changed`: the new model works at another sample rate.",
+    410: "The session was closed, or expired after KWS_STREAM_IDLE_S without a chunk: open a new one.",
+    413: "The chunk is larger than KWS_STREAM_MAX_CHUNK_BYTES (send ~200 ms per request).",
+    415: "Not a raw audio Content-Type: send `audio/L16;rate=16000` or `application/octet-stream`.",
+    422: "Empty, not a whole number of samples, NaN/Inf samples, another sample rate, or more than one channel.",
+    429: "KWS_STREAM_MAX_SESSIONS sessions are open on this server; close one or retry later.",
+    503: "The model is not loaded, or the service is shutting down (no new sessions).",
+}
+
+
+def _error(status: int) -> dict:
+    return {"description": _DESCRIPTIONS[status], "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"},
+        "example": {"error": {"code": ERRORS[status][0], "message": "..."}}}}}
+
+
+def _json(ref: str, description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+_SESSION = {"name": "session", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "The id `POST /stream` answered."}
+
+PATHS: dict[str, Any] = {
+    "/stream": {"post": {
+        "summary": "Open a live-listening session",
+        "description": "Then post the audio in small chunks, in order, to `/stream/{session}`. Behind nginx the "
+                       "chunks of a session always reach the server that holds it (consistent hash on the id).",
+        "parameters": [{"name": "threshold", "in": "query", "required": False,
+                        "schema": {"type": "number", "minimum": 0, "maximum": 1},
+                        "description": "The session's detection threshold (default: the model's operating point)."}],
+        "responses": {"201": _json("StreamSession", "The session, its sample rate, chunk limits and detector."),
+                      **{str(s): _error(s) for s in (400, 429, 503)}},
+    }},
+    "/stream/{session}": {
+        "post": {
+            "summary": "Send the next chunk of a session (100-250 ms of mono audio)",
+            "parameters": [_SESSION,
+                           {"name": "seq", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+                            "description": "This chunk's number (0, 1, 2, ...); a chunk out of order is refused."},
+                           {"name": "format", "in": "query", "required": False, "schema": {"enum": ["s16", "f32"]},
+                            "description": "With application/octet-stream: 16-bit integer or 32-bit float samples, "
+                                           "little-endian."},
+                           {"name": "rate", "in": "query", "required": False, "schema": {"type": "integer"},
+                            "description": "With application/octet-stream: the sample rate, if the client states it "
+                                           "(must be the session's)."}],
+            "requestBody": {"required": True, "content": {
+                "audio/L16;rate=16000": {"schema": {"type": "string", "format": "binary"},
+                                         "example": "16-bit big-endian samples (RFC 2586)"},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"200": _json("StreamChunk", "What this chunk completed."),
+                          **{str(s): _error(s) for s in (400, 404, 409, 410, 413, 415, 422, 503)}},
+        },
+        "delete": {"summary": "Close a session", "parameters": [_SESSION], "responses": {
+            "200": {"description": "Closed: its chunk and detection counts.",
+                    "content": {"application/json": {"schema": {"type": "object"}}}},
+            **{str(s): _error(s) for s in (404, 410)}}},
+    },
+}
+
+SCHEMAS: dict[str, Any] = {
+    "StreamSession": {"type": "object", "required": ["session", "sample_rate", "chunk"], "properties": {
+        "session": {"type": "string"}, "url": {"type": "string", "description": "Relative URL of the chunks."},
+        "sample_rate": {"type": "integer", "example": 16000},
+        "formats": {"type": "object"},
+        "chunk": {"type": "object", "properties": {"max_bytes": {"type": "integer"}, "max_ms_s16": {"type": "number"},
+                                                   "max_ms_f32": {"type": "number"},
+                                                   "recommended_ms": {"type": "integer"}}},
+        "window_s": {"type": "number"}, "stride_s": {"type": "number"}, "idle_timeout_s": {"type": "number"},
+        "detector": {"type": "object", "description": "The operating point: threshold, average_window_s, "
+                                                      "suppression_s, min_count."},
+        "labels": {"type": "array", "items": {"type": "string"}}, "model": {"type": "object"}}},
+    "StreamDetection": {"type": "object", "required": ["keyword", "time_s", "confidence"], "properties": {
+        "keyword": {"type": "string"},
+        "time_s": {"type": "number", "description": "Stream time of the centre of the window where it scored highest."},
+        "start_s": {"type": "number"}, "end_s": {"type": "number"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1}}},
+    "StreamChunk": {"type": "object", "required": ["session", "seq", "t_s", "detections"], "properties": {
+        "session": {"type": "string"}, "seq": {"type": "integer"},
+        "t_s": {"type": "number", "description": "Stream time at the end of this chunk."},
+        "detections": {"type": "array", "items": {"$ref": "#/components/schemas/StreamDetection"}},
+        "windows": {"type": "integer", "description": "1 s windows this chunk completed and scored."},
+        "scores": {"type": "object", "nullable": True, "additionalProperties": {"type": "number"},
+                   "description": "Every label's score in the latest window (null before the first second)."},
+        "window_time_s": {"type": "number", "nullable": True},
+        "level": {"type": "object", "properties": {"rms_dbfs": {"type": "number"}, "peak": {"type": "number"}}},
+        "model": {"type": "object"}, "latency_ms": {"type": "number"}}},
+}
+
+
+def extend(doc: dict[str, Any]) -> dict[str, Any]:
+    """Add the live-listening paths, schemas and error codes to the service's document."""
+    doc["paths"].update(PATHS)
+    doc["components"]["schemas"].update(SCHEMAS)
+    codes = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+    codes["enum"] = sorted(set(codes["enum"]) | {c for cs in ERRORS.values() for c in cs})
+    return doc
