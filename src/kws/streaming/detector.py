@@ -45,9 +45,9 @@ class DetectorSettings:
     """How the detector decides; the operating point of a model (``detector.json`` in a bundle)."""
 
     threshold: float = 0.6         # averaged score of the keyword needed to detect it
-    average_window_s: float = 0.75  # the windows of this many seconds are averaged
+    average_window_s: float = 0.5  # the windows of the last this-many seconds are averaged
     suppression_s: float = 1.0     # no detection within this many seconds of the previous one
-    min_count: int = 3             # windows needed in the average
+    min_count: int = 2             # windows needed in the average
 
     def __post_init__(self) -> None:
         checks = [
