@@ -366,11 +366,13 @@ class Predictor:
                 "scan": {"windows": int(len(starts)), "window_s": self.window_s, "stride_s": stride}}
 
     def detect(self, starts: np.ndarray, scores: np.ndarray, threshold: float | None = None,
-               duration_s: float | None = None) -> list[Detection]:
+               duration_s: float | None = None, settings: DetectorSettings | None = None) -> list[Detection]:
         """Window scores (``starts`` in seconds) -> detections, through a fresh :class:`StreamDetector`
-        with this bundle's settings (``threshold`` overriding its threshold). A detection spans
-        the window where its keyword scored highest."""
-        settings = self.detector if threshold is None else self.detector.replace(threshold=float(threshold))
+        with ``settings`` (default: this bundle's), ``threshold`` overriding their threshold. A
+        detection spans the window where its keyword scored highest."""
+        settings = settings or self.detector
+        if threshold is not None:
+            settings = settings.replace(threshold=float(threshold))
         half = self.window_s / 2
         found = StreamDetector(self.labels, settings).push_many(np.asarray(starts) + half, scores)
         cap = duration_s if duration_s is not None else float("inf")
