@@ -45,9 +45,9 @@ class DetectorSettings:
     """How the detector decides; the operating point of a model (``detector.json`` in a bundle)."""
 
     threshold: float = 0.6         # averaged score of the keyword needed to detect it
-    average_window_s: float = 0.75  # the windows of this many seconds are averaged
+    average_window_s: float = 0.5  # the windows of the last this-many seconds are averaged
     suppression_s: float = 1.0     # no detection within this many seconds of the previous one
-    min_count: int = 3             # windows needed in the average
+    min_count: int = 2             # windows needed in the average
 
     def __post_init__(self) -> None:
         checks = [
@@ -114,9 +114,10 @@ class StreamDetector:
 
     def reset(self) -> None:
         """Forget the stream: a new one starts (nothing detected yet)."""
-        self._times: deque[float] = deque(maxlen=self._max)
-        self._scores: deque[np.ndarray] = deque(maxlen=self._max)
-        self._last_label: str | None = None
+        self._times: deque[float] = deque()
+        self._scores: deque[np.ndarray] = deque()
+        self._sum = np.zeros(len(self.labels))  # running sum of the kept windows' scores
+        self._last_label: int | None = None
         self._last_time = -math.inf
         self._armed = True  # False while the last detected keyword is still above threshold
 
@@ -134,9 +135,11 @@ class StreamDetector:
                            code="bad_scores", status=422)
         self._times.append(time_s)
         self._scores.append(row)
-        while self._times and self._times[0] < time_s - self.settings.average_window_s - 1e-9:
+        self._sum += row
+        horizon = time_s - self.settings.average_window_s - 1e-9
+        while self._times[0] < horizon or len(self._times) > self._max:
             self._times.popleft()
-            self._scores.popleft()
+            self._sum -= self._scores.popleft()
         found = self._decide(time_s)
         return [found] if found else []
 
@@ -152,19 +155,18 @@ class StreamDetector:
 
     def _decide(self, now: float) -> Detection | None:
         s = self.settings
-        stack = np.stack(self._scores)
-        mean = stack.mean(axis=0)
+        count = len(self._scores)
+        mean = self._sum / count
         if self._last_label is not None and not self._armed:
             # re-arm once the previous keyword's smoothed score has fallen below the threshold
-            self._armed = mean[self.labels.index(self._last_label)] < s.threshold
+            self._armed = bool(mean[self._last_label] < s.threshold)
         best = int(np.argmax(mean))
-        if not self._keyword[best] or mean[best] < s.threshold or len(stack) < s.min_count:
+        if not self._keyword[best] or mean[best] < s.threshold or count < s.min_count:
             return None
-        label = self.labels[best]
         if now - self._last_time < s.suppression_s - 1e-9:
             return None
-        if label == self._last_label and not self._armed:
+        if best == self._last_label and not self._armed:
             return None
-        peak = int(np.argmax(stack[:, best]))
-        self._last_label, self._last_time, self._armed = label, now, False
-        return Detection(label, float(self._times[peak]), float(mean[best]), now)
+        peak = int(np.argmax([row[best] for row in self._scores]))
+        self._last_label, self._last_time, self._armed = best, now, False
+        return Detection(self.labels[best], float(self._times[peak]), float(min(1.0, mean[best])), now)
