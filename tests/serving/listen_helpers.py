@@ -67,3 +67,64 @@ def word_end_s(path: Path, start_s: float, rel_db: float = -30.0) -> float:
     energy = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
     loud = np.nonzero(energy >= energy.max() + rel_db)[0]
     return start_s + (loud[-1] + 1) * hop / SR
+
+
+# --------------------------------------------------------------------------- a six-keyword talk
+TALK_KEYWORDS = ("one", "two", "three", "four", "five", "six")
+TALK_OTHERS = ("seven", "nine")  # _unknown_ to the model below: never to be detected
+TALK_ORDER = ("one", "two", "seven", "three", "four", "nine", "five", "six")
+TALK_LABELS = ("_silence_", "_unknown_", *TALK_KEYWORDS)
+
+
+def talk_bundle(tmp_path_factory, sample: Path) -> Path:
+    """The tiny real model of the serving tests, trained on six keywords of the real clips (the
+    other digits are its `_unknown_`); built once per test session."""
+    from kws.serving.testing import build_tiny_bundle
+
+    out = tmp_path_factory.getbasetemp() / "listen-talk-bundle" / "model"
+    if not (out / "model.tflite").is_file():
+        build_tiny_bundle(out, sample_dir=sample, labels=TALK_LABELS)
+    return out
+
+
+def talk_clips(pred, sample: Path, rounds: int = 3,
+               offsets_s: tuple[float, ...] = (0.0, 0.0625, 0.125, 0.1875)) -> dict[str, Path]:
+    """Per word of :data:`TALK_ORDER`, a real clip that the model gets right IN the talk
+    (:func:`talk_recording` scanned like ``/predict``, its windows at several offsets): a keyword
+    detected in its slot, another word not detected. Starts from each word's first clip and moves on to the next clip of the words the
+    model gets wrong. The tiny test model knows only a few clips well; this picks those."""
+    options = {w: sorted((sample / w).glob("*.wav")) for w in TALK_ORDER}
+    pick = {w: 0 for w in TALK_ORDER}
+    for _ in range(rounds):
+        clips = {w: options[w][min(i, len(options[w]) - 1)] for w, i in pick.items()}
+        audio, placed = talk_recording(clips, sample)
+        wrong = set()
+        for offset in offsets_s:  # a live stream's windows fall anywhere on the words
+            skip = int(round(offset * SR))
+            found = pred.predict(audio[skip:], stride_s=0.25)["detections"]
+            for start, word, _ in placed:
+                near = [d["keyword"] for d in found if start - 0.5 <= d["start_s"] + offset <= start + 0.75]
+                if near != ([word] if word in TALK_KEYWORDS else []):
+                    wrong.add(word)
+        if not wrong:
+            return clips
+        for word in wrong:
+            pick[word] += 1
+    raise AssertionError(f"the test model does not recognise {wrong} in the talk with any of their clips")
+
+
+def talk_recording(clips: dict[str, Path], sample: Path, first_s: float = 1.5, gap_s: float = 2.0,
+                   tail_s: float = 2.5, noise_rms: float = 0.004) -> tuple[np.ndarray, list[tuple[float, str, Path]]]:
+    """The words of :data:`TALK_ORDER` every ``gap_s`` seconds over a quiet pink-noise bed plus a
+    real background recording (running tap); returns the samples and ``(start_s, word, clip)``."""
+    from kws.audio import load_file
+    from kws.serving.testing import long_recording
+
+    placed = [(first_s + i * gap_s, word, clips[word]) for i, word in enumerate(TALK_ORDER)]
+    duration = first_s + (len(placed) - 1) * gap_s + 1.0 + tail_s
+    audio = long_recording([(t, p) for t, _, p in placed], duration_s=duration, sample_dir=sample,
+                           noise_level=noise_rms / 2)
+    tap = load_file(sample / "_background_noise_" / "running_tap.wav", SR)
+    tap = np.tile(tap, int(np.ceil(len(audio) / len(tap))))[: len(audio)]
+    audio = audio + tap / (np.sqrt(np.mean(tap ** 2)) + 1e-9) * noise_rms
+    return quantized(np.clip(audio, -1, 1)), placed

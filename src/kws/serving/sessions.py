@@ -141,8 +141,9 @@ class Session:
         """Add one chunk, score every window it completes with ``pred``, run the detector.
 
         Returns the new detections (``keyword``, ``time_s`` = centre of the window where the
-        keyword scored highest, ``start_s``/``end_s`` = that window, ``confidence``), the scores
-        of the latest window, and the stream time."""
+        keyword scored highest, ``start_s``/``end_s`` = that window, ``confidence``, ``fired_s`` =
+        centre of the window that completed the detection), the scores of the latest window, and
+        the level of the chunk."""
         if pred.cfg.sample_rate != self.sample_rate:
             raise SessionError(f"the model now served works at {pred.cfg.sample_rate} Hz but this session streams "
                                f"{self.sample_rate} Hz: open a new session", code="session_model_changed")
@@ -165,7 +166,7 @@ class Session:
         end_cap = self.t_s
         detections = [{"keyword": d.label, "time_s": round(d.time_s, 3),
                        "start_s": round(max(0.0, d.time_s - half), 3), "end_s": round(min(d.time_s + half, end_cap), 3),
-                       "confidence": round(d.confidence, 6)} for d in found]
+                       "confidence": round(d.confidence, 6), "fired_s": round(d.fired_s, 3)} for d in found]
         return {"detections": detections, "windows": int(len(win.starts)), "scores": self.last_scores,
                 "window_time_s": self.last_window_s, "level": level(samples)}
 

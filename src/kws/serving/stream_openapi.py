@@ -98,7 +98,9 @@ SCHEMAS: dict[str, Any] = {
         "keyword": {"type": "string"},
         "time_s": {"type": "number", "description": "Stream time of the centre of the window where it scored highest."},
         "start_s": {"type": "number"}, "end_s": {"type": "number"},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1}}},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "fired_s": {"type": "number", "description": "Centre of the window that completed the detection: it was "
+                                                    "known once the audio up to fired_s + window_s / 2 had arrived."}}},
     "StreamChunk": {"type": "object", "required": ["session", "seq", "t_s", "detections"], "properties": {
         "session": {"type": "string"}, "seq": {"type": "integer"},
         "t_s": {"type": "number", "description": "Stream time at the end of this chunk."},
