@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # One BLAS thread per request: requests already run in parallel (KWS_THREADS), and a window's
+    # features are small matrices, for which a per-call pool of BLAS threads only fights over
+    # busy cores (benchmarks/bench_listen.py --blas-threads). Set before numpy loads; an explicit
+    # environment value wins.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     args = parse_args(argv)
     setup_logging()
     from waitress import create_server
