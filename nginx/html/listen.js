@@ -242,6 +242,7 @@
       const { ctx, source } = await audioContext(stream);
       r.ctx = ctx;
       r.source = source;
+      trace.contextRate = ctx.sampleRate;
       await ctx.audioWorklet.addModule("listen-worklet.js");
       if (run !== r) return;
       r.node = new AudioWorkletNode(ctx, "kws-capture", {

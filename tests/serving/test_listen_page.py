@@ -67,10 +67,12 @@ def pw():
         yield p
 
 
-def _open(browser, url: str, grant: bool):
+def _open(browser, url: str, grant: bool, init_script: str | None = None):
     ctx = browser.new_context()
     if grant:
         ctx.grant_permissions(["microphone"], origin=url)
+    if init_script:
+        ctx.add_init_script(init_script)
     page = ctx.new_page()
     page.set_default_timeout(60_000)
     errors: list[str] = []
@@ -87,14 +89,25 @@ def _captured_at(chunks: list[dict], t_s: float) -> float:
     return chunk["at"] - (chunk["end_s"] - t_s) * 1000
 
 
-def test_listen_lists_each_keyword_within_500_ms_and_nothing_else(pw, site, talk):
+# A browser whose AudioContext cannot run at 16 kHz (the page then captures at the device rate and
+# the worklet resamples): the real fallback path, in the same real Chromium.
+NO_16K_CONTEXT = """
+const NativeContext = window.AudioContext;
+window.AudioContext = class extends NativeContext {
+  constructor(options) { const o = Object.assign({}, options || {}); delete o.sampleRate; super(o); }
+};
+"""
+
+
+@pytest.mark.parametrize("resampler", ["browser", "worklet"])
+def test_listen_lists_each_keyword_within_500_ms_and_nothing_else(pw, site, talk, resampler):
     api, url = site
     _, audio, placed, wav = talk
     browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
         "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
         "--autoplay-policy=no-user-gesture-required"])
     try:
-        ctx, page, errors = _open(browser, url, grant=True)
+        ctx, page, errors = _open(browser, url, grant=True, init_script=NO_16K_CONTEXT if resampler == "worklet" else None)
         page.click("#listen-toggle")
         page.wait_for_function("() => document.getElementById('listen-toggle').getAttribute('aria-pressed') === 'true'")
         assert page.text_content("#listen-toggle") == "Stop listening"
@@ -115,6 +128,8 @@ def test_listen_lists_each_keyword_within_500_ms_and_nothing_else(pw, site, talk
     finally:
         browser.close()
 
+    # the device's own rate (44.1 or 48 kHz) when the worklet resamples
+    assert (trace["contextRate"] == 16000) == (resampler == "browser"), trace["contextRate"]
     # The fake device started playing at getUserMedia; the page's stream starts at its first chunk.
     lost_s = (trace["chunks"][0]["at"] - 200 - trace["micAt"]) / 1000
     assert 0 <= lost_s < 2.0, lost_s
