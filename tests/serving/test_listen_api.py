@@ -183,3 +183,29 @@ def test_a_session_keeps_answering_across_a_champion_swap(tmp_path, bundle, clip
     assert versions == ["test-1"] * 18 + ["test-2"] * (len(answers) - 18)
     found = [(d["keyword"], a["model"]["version"]) for a in answers for d in a["detections"]]
     assert found == [("one", "test-1"), ("two", "test-2")]
+
+
+def test_any_chunk_sizes_give_the_same_windows_and_memory_stays_bounded(bundle, recording):
+    app = _app(bundle)
+    c = app.test_client()
+    sid = _open(c)["session"]
+    store = app.extensions["kws_stream"].store
+    sizes, i, seq, found = [1, 1601, 4000, 333, 3200, 7999], 0, 0, []
+    while i < len(recording):
+        n = sizes[seq % len(sizes)]
+        r = _send(c, sid, recording[i:i + n], ("f32", "s16")[seq % 2], seq=seq)
+        assert r.status_code == 200, r.get_data(as_text=True)
+        found += [(d["keyword"], d["time_s"]) for d in r.get_json()["detections"]]
+        i, seq = i + n, seq + 1
+        assert store.get(sid).capacity == 16000 + 32000 // 2  # one window + the largest chunk, never more
+    assert found == offline_detections(app.extensions["kws"].predictor(), recording)
+
+
+def test_the_proxy_names_the_session(bundle):
+    c = _app(bundle).test_client()
+    named = c.post("/stream", headers={"X-KWS-Session": "a" * 32})
+    assert named.status_code == 201 and named.get_json()["session"] == "a" * 32
+    assert named.headers["Location"].endswith("/stream/" + "a" * 32)
+    again = c.post("/stream", headers={"X-KWS-Session": "a" * 32}).get_json()["session"]  # taken: a new id
+    odd = c.post("/stream", headers={"X-KWS-Session": "../x y"}).get_json()["session"]  # malformed: a new id
+    assert len({"a" * 32, again, odd}) == 3 and all(len(s) == 32 for s in (again, odd))
