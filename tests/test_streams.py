@@ -136,3 +136,96 @@ def test_det_curve_and_the_operating_point():
     assert pick_threshold(curve, target_fa_per_hour=1.0)["threshold"] == 0.6
     assert pick_threshold(curve, target_fa_per_hour=5.0)["threshold"] == 0.6  # same recall, fewer FAs
     assert pick_threshold([{"threshold": 0.5, "recall": 1.0, "false_accepts_per_hour": 9.0}], 1.0) is None
+
+
+# --------------------------------------------------------------------------- the stage, end to end
+@pytest.fixture(scope="module")
+def stage_run(sample_dir, repo, tmp_path_factory):
+    """The stream stage on a tiny real model (trained for seconds on the sample's digits), with
+    validation and test lists of different clips, and MLflow's embedded store in a scratch folder."""
+    import os
+
+    import mlflow
+
+    from kws import tracking
+    from kws.config import compose
+    from kws.serving import testing as kt
+    from kws.stages.stream import run_stream
+
+    root = tmp_path_factory.mktemp("stage")
+    labels = list(kt.TINY_LABELS)
+    model = kt.build_tiny_bundle(root / "model", sample_dir=sample_dir)
+    noise = sorted(str(p) for p in (sample_dir / "_background_noise_").glob("*.wav"))
+    features = root / "features"
+    features.mkdir()
+    for split, pick in (("test", slice(0, 2)), ("validation", slice(2, 3))):
+        examples = [{"source": f"{w}/{p.name}", "label": labels.index(w) if w in labels else 1, "origin": 0}
+                    for w in ("one", "two", "three", "four", "five") for p in sorted((sample_dir / w).glob("*.wav"))[pick]]
+        (features / f"{split}_examples.json").write_text(json.dumps(
+            {"root": str(sample_dir), "labels": labels, "noise_files": noise, "examples": examples, "digest": split}))
+    cwd = os.getcwd()
+    os.chdir(root)  # MLflow's embedded store (mlflow.db, mlruns/) lands here
+    try:
+        tracking.setup("kws")
+        with mlflow.start_run() as run:
+            (model / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
+        cfg = compose(["stream.streams=2", "stream.duration_s=30", "stream.thresholds.step=0.1",
+                       "stream.smoothing.average_window_s=[0.0,0.5]", "stream.smoothing.suppression_s=[1.0]"],
+                      conf_dir=repo / "conf")
+        metrics = run_stream(cfg, features, model, root / "reports")
+    finally:
+        os.chdir(cwd)
+    return root, model, metrics, run.info.run_id
+
+
+def test_the_stage_chooses_on_validation_and_reports_on_test(stage_run):
+    import csv
+
+    root, _, metrics, _ = stage_run
+    reports = root / "reports"
+    point = json.loads((reports / "operating_point.json").read_text())
+    assert point["operating_point"]["chosen_on"] == "validation"
+    thr = point["settings"]["threshold"]
+    rows = list(csv.DictReader(open(reports / "det.csv")))
+    assert {r["split"] for r in rows} == {"validation", "test"} and len(rows) == 2 * 8  # 0.3..1.0 by 0.1
+    at = {r["split"]: r for r in rows if float(r["threshold"]) == thr}
+    # the test figures are the test curve's at the threshold chosen on validation
+    assert float(at["test"]["recall"]) == metrics["test"]["recall"]
+    assert float(at["test"]["false_accepts_per_hour"]) == metrics["test"]["false_accepts_per_hour"]
+    target = point["operating_point"]["target_fa_per_hour"]
+    val = [r for r in rows if r["split"] == "validation"]
+    if point["operating_point"]["target_met_on_validation"]:
+        assert float(at["validation"]["false_accepts_per_hour"]) <= target
+        ok = [float(r["recall"]) for r in val if float(r["false_accepts_per_hour"]) <= target]
+        assert float(at["validation"]["recall"]) == max(ok)  # the best recall at the target, on validation
+    s = metrics["streams"]
+    assert s["validation"]["digest"] == "validation" and s["test"]["digest"] == "test"
+    assert not set(s["validation"]["seeds"]) & set(s["test"]["seeds"])
+    assert s["test"]["minutes"] == 1.0 and metrics["recipe"]["duration_s"] == 30.0
+    assert set(metrics["test"]["recall_per_keyword"]) == {"one", "two", "three"}
+    assert (reports / "det.png").stat().st_size > 5000
+
+
+def test_the_operating_point_goes_to_mlflow_and_into_the_bundle_the_service_uses(stage_run, tmp_path):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from kws.serving.predictor import Predictor
+    from kws.streaming.benchmark import promotion_record
+
+    root, model, metrics, run_id = stage_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    logged = client.get_run(run_id).data.metrics
+    assert logged["stream_recall"] == pytest.approx(metrics["test"]["recall"])
+    assert logged["stream_threshold"] == pytest.approx(metrics["operating_point"]["threshold"])
+    assert {"plots/det.png"} <= {a.path for a in client.list_artifacts(run_id, "plots")}
+    detector, tags = promotion_record(root / "reports")
+    assert tags["stream_recall"] == f"{metrics['test']['recall']:.6f}" and len(tags["stream_key"]) == 16
+    bundle = tmp_path / "bundle"
+    shutil.copytree(model, bundle)
+    (bundle / "detector.json").write_text(json.dumps(detector))
+    pred = Predictor(bundle, warmup=False)
+    assert pred.detector.to_dict() == detector["settings"]
+    assert pred.describe()["detector"]["source"] == "bundle"
+    assert promotion_record(tmp_path / "nothing") == (None, {})

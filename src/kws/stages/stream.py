@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from kws.errors import ConfigError
 from kws.streaming import benchmark as bm
+from kws.streaming.detector import DetectorSettings
 from kws.streaming.generate import StreamRecipe, generate_streams, split_clips
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,12 @@ def _write_det(path: Path, curves: dict[str, list[dict]]) -> None:
             writer.writerows([split, *(r[c] for c in cols)] for r in rows)
 
 
-def run_stream(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
+def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[str, list[dict]]]:
+    """The stream benchmark of the bundle-like ``model_dir`` with settings ``sc`` (``cfg.stream``):
+    ``(metrics, operating_point, det curves)``, nothing written (the stage and benchmarks share it)."""
     from kws.serving.predictor import Predictor
     from kws.stages.prepare import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
 
-    sc = cfg.stream
     t0 = time.perf_counter()
     predictor = Predictor(model_dir, runtime="tflite", warmup=False)
     rate, stride, tol, target = predictor.cfg.sample_rate, float(sc.stride_s), float(sc.tolerance_s), float(sc.target_fa_per_hour)
@@ -95,7 +97,14 @@ def run_stream(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> d
                "streams": {"validation": val_info, "test": test_info},
                "seconds": {"generate": round(t_gen - t0, 2), "score": round(t_score - t_gen, 2),
                            "sweep": round(t_sweep - t_score, 2)}}
+    return metrics, operating_point, curves
 
+
+def run_stream(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
+    metrics, operating_point, curves = measure(cfg.stream, features_dir, model_dir)
+    at_val, at_test, point = metrics["validation"], metrics["test"], metrics["operating_point"]
+    settings = DetectorSettings.from_dict(operating_point["settings"])
+    val_info, test_info = metrics["streams"]["validation"], metrics["streams"]["test"]
     reports_dir.mkdir(parents=True, exist_ok=True)
     (reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (reports_dir / "operating_point.json").write_text(json.dumps(operating_point, indent=2) + "\n")
@@ -103,9 +112,8 @@ def run_stream(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> d
     title = (f"{cfg.model.name} on {cfg.data.name} streams ({test_info['minutes']:g} min of test audio)\n"
              f"test recall {at_test['recall']:.3f} at {at_test['false_accepts_per_hour']:.1f} FA/h "
              f"(threshold {settings.threshold:.2f}, chosen on validation)")
-    png = bm.plot_det(curves, {"validation": chosen["row"],
-                               "test": next(r for r in curves["test"] if r["threshold"] == settings.threshold)},
-                      reports_dir / "det.png", title, target)
+    marks = {split: next(r for r in rows if r["threshold"] == settings.threshold) for split, rows in curves.items()}
+    png = bm.plot_det(curves, marks, reports_dir / "det.png", title, point["target_fa_per_hour"])
     _log_to_mlflow(cfg, model_dir, reports_dir, png, metrics)
     log.info("streams: %s min validation / %s min test; operating point %s (validation recall %.3f at %.1f FA/h); "
              "test recall %.3f at %.1f FA/h, %d wrong words", val_info["minutes"], test_info["minutes"],

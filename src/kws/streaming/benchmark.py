@@ -119,3 +119,25 @@ def plot_det(curves: dict[str, list[dict[str, Any]]], points: dict[str, dict[str
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def promotion_record(stream_dir: str | Path) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """What promotion takes from the stream stage's reports in ``stream_dir``: the operating point
+    (the bundle's ``detector.json``) and registry tags (test stream recall and false accepts per
+    hour at it, and ``stream_key``: the identity of the test streams, so that two versions'
+    figures are compared only when measured on the same streams). ``(None, {})`` without them."""
+    import hashlib
+    import json
+
+    stream_dir = Path(stream_dir)
+    point_file, metrics_file = stream_dir / "operating_point.json", stream_dir / "metrics.json"
+    if not (point_file.is_file() and metrics_file.is_file()):
+        return None, {}
+    point, metrics = json.loads(point_file.read_text()), json.loads(metrics_file.read_text())
+    DetectorSettings.from_dict(point["settings"])  # refuse to ship an invalid operating point
+    identity = {"recipe": metrics["recipe"], "test": {k: metrics["streams"]["test"][k] for k in ("digest", "seeds")},
+                "tolerance_s": metrics["operating_point"]["tolerance_s"]}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    test = metrics["test"]
+    return point, {"stream_recall": f"{test['recall']:.6f}", "stream_fa_per_hour": f"{test['false_accepts_per_hour']:.3f}",
+                   "stream_threshold": str(point["settings"]["threshold"]), "stream_key": key}
