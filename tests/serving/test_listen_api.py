@@ -209,3 +209,19 @@ def test_the_proxy_names_the_session(bundle):
     again = c.post("/stream", headers={"X-KWS-Session": "a" * 32}).get_json()["session"]  # taken: a new id
     odd = c.post("/stream", headers={"X-KWS-Session": "../x y"}).get_json()["session"]  # malformed: a new id
     assert len({"a" * 32, again, odd}) == 3 and all(len(s) == 32 for s in (again, odd))
+
+
+def test_sessions_use_the_bundles_operating_point(tmp_path, bundle, recording):
+    model_dir = shutil.copytree(bundle, tmp_path / "model")
+    point = {"threshold": 0.99, "average_window_s": 0.75, "suppression_s": 1.5, "min_count": 3}
+    (model_dir / "detector.json").write_text(json.dumps({"settings": point}))
+    try:
+        c = _app(model_dir).test_client()
+        opened = _open(c)
+        assert opened["detector"] == point
+        assert _open(c, threshold=0.5)["detector"] == {**point, "threshold": 0.5}
+        found = [d for chunk in chunks(recording, 200)
+                 for d in _send(c, opened["session"], chunk).get_json()["detections"]]
+        assert found == []  # nothing of the tiny model reaches 0.99 averaged over 0.75 s
+    finally:
+        pm.reset()
