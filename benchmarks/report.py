@@ -1,0 +1,232 @@
+"""Every table of figures in README.md and docs/*.md, generated from ``benchmarks/results/*.json``.
+
+A doc asks for a table with a pair of markers; what lies between them is this script's to write:
+
+    <!-- table:real -->
+    (generated)
+    <!-- /table -->
+
+    .venv/bin/python benchmarks/report.py            # rewrite the tables in place
+    .venv/bin/python benchmarks/report.py --check    # exit 1 naming each stale table; writes nothing
+
+The tables are plain functions of the result files (``TABLES``), so a figure in a doc is always
+the one a benchmark wrote; ``tests/test_docs.py`` runs the same check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from functools import cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+MARKER = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+@cache
+def result(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def ci(summary: dict) -> str:
+    lo, hi = summary["ci95"]
+    return f"{pct(summary['accuracy'])} [{pct(lo)}, {pct(hi)}]"
+
+
+def weakest(per_class: dict) -> str:
+    label, v = min(per_class.items(), key=lambda kv: kv[1]["recall"])
+    return f"`{label}` {pct(v['recall'])}"
+
+
+def md(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def ms(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+# --------------------------------------------------------------------------- real speech
+def table_real() -> str:
+    """The README's one table: the served recipe vs the original model on the same clips."""
+    r = result("real")["candidates"]["recipe"]
+    ours, orig = r["ours"], r["original"]
+    legacy = result("serving")["inprocess"]["results"]["legacy"]
+    # the original model has no _silence_ class: its weakest class is taken among the ones it can answer
+    answerable = {k: v for k, v in orig["per_class"].items() if k != "_silence_"}
+    rows = [["**served recipe** (`conf/` defaults)", ours["n"], f"**{ci(ours)}**", weakest(ours["per_class"]),
+             pct(ours["per_class"]["_unknown_"]["recall"]), pct(ours["per_class"]["_silence_"]["recall"]),
+             ms(ours["latency_p50_ms"])],
+            ["original model (`../shared/baselines/original_cnn`)", orig["n"], ci(orig), weakest(answerable),
+             pct(orig["per_class"]["_unknown_"]["recall"]), "– (no such class)", f"{ms(legacy['p50_ms'])} ¹"]]
+    return md(["model", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`", "`_silence_`",
+               "p50 ms/clip"], rows) + ("\n\n¹ the original project's way of serving (librosa at 22.05 kHz + Keras "
+                                        "`predict` per request), `bench_serving.py`, 1 s clips in-process")
+
+
+def table_real_per_class() -> str:
+    r = result("real")["candidates"]["recipe"]
+    ours, orig = r["ours"]["per_class"], r["original"]["per_class"]
+    rows = [[f"`{label}`", v["n"], f"{pct(v['recall'])} [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]",
+             pct(orig[label]["recall"]) if label in orig else "–"] for label, v in ours.items()]
+    return md(["class", "clips", "served recipe % [95 % CI]", "original model %"], rows)
+
+
+def _candidate_rows(candidates: dict, source: str | None = None) -> list[list]:
+    rows = []
+    for name, e in candidates.items():
+        o, g = e["ours"], e["original"]
+        row = [f"`{name}`", len(e["folds"]), o["n"], ci(o), weakest(o["per_class"]),
+               pct(o["per_class"]["_unknown_"]["recall"]), ci(g) if g else "–"]
+        rows.append(row + ([f"`{source}`"] if source else [f"{e['params_count']:,}", ms(o["latency_p50_ms"])]))
+    return rows
+
+
+def table_real_candidates() -> str:
+    return md(["candidate", "folds", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`",
+               "original model, same clips", "params", "p50 ms/clip"], _candidate_rows(result("real")["candidates"]))
+
+
+def table_screens() -> str:
+    """Every screening run: one row per candidate of every ``real_screen*.json``."""
+    rows = []
+    for path in sorted(RESULTS.glob("real_screen*.json")):
+        rows += _candidate_rows(result(path.stem)["candidates"], path.name)
+    return md(["candidate", "folds", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`",
+               "original model, same clips", "file"], rows)
+
+
+def table_screen_overrides() -> str:
+    rows = []
+    for path in sorted(RESULTS.glob("real_screen*.json")):
+        for name, e in result(path.stem)["candidates"].items():
+            rows.append([f"`{name}`", " ".join(f"`{o}`" for o in e["overrides"]) or "(conf/ defaults then)"])
+    return md(["candidate", "overrides on `data=speech_commands_real`"], rows)
+
+
+def table_posthoc() -> str:
+    rows = []
+    for path in sorted(RESULTS.glob("real_posthoc*.json")):
+        for rule, s in result(path.stem)["rules"].items():
+            rows.append([f"`{path.name}`", rule, ci(s), pct(s["min_recall"]), pct(s["recall"]["_unknown_"]),
+                         pct(s["recall"]["go"])])
+    return md(["file", "rule", "accuracy % [95 % CI]", "weakest class", "`_unknown_`", "`go`"], rows)
+
+
+# --------------------------------------------------------------------------- speed
+def table_prepare() -> str:
+    r = result("prepare")
+    res, art = r["results"], r["artifacts"]
+    rows = [["original (librosa 22.05 kHz per file → JSON)", res["original"]["seconds_median"],
+             res["original"]["clips_per_s"], f"{art['original_json_bytes'] / 1e6:.2f} MB JSON"],
+            [f"kws prepare ({res['ours']['workers']} workers → NPZ)", res["ours"]["seconds_median"],
+             res["ours"]["clips_per_s"], f"{art['ours_npz_bytes'] / 1e6:.2f} MB NPZ"],
+            ["kws prepare, 1 worker", res["ours_1_worker"]["seconds_median"], res["ours_1_worker"]["clips_per_s"], "–"],
+            ["**ratio**", f"**{r['speedup']}× faster**", f"(1 worker: {r['speedup_1_worker']}×)",
+             f"**{r['size_reduction']}× smaller**"]]
+    return md([f"{r['dataset']['word_clips']} synthetic clips", "s (median)", "clips/s", "artifact"], rows)
+
+
+def table_train() -> str:
+    rows = [[f"`{name}`", f"{m['params_count']:,}", f"{m['seconds_per_epoch']:.2f}", m["best_epoch"],
+             f"{m['test_accuracy_synthetic']:.3f}", f"{m['test_macro_f1_synthetic']:.3f}", m["tflite_agreement"],
+             f"{100 * m['real_digits_unknown_share']:.0f} %"] for name, m in result("train")["results"].items()]
+    return md(["model", "params", "s/epoch", "best epoch", "synthetic test acc", "macro F1", "TFLite agreement",
+               "real digits → `_unknown_`"], rows)
+
+
+def table_serving_inprocess() -> str:
+    res = result("serving")["inprocess"]["results"]
+    rows = [[f"`{name}`", ms(m["p50_ms"]), ms(m["p90_ms"]), ms(m["p99_ms"]), ms(m["mean_ms"]),
+             f"{m['speedup_p50_vs_legacy']}×" if "speedup_p50_vs_legacy" in m else "1×"] for name, m in res.items()]
+    return md(["in-process, per 1 s clip (ms)", "p50", "p90", "p99", "mean", "speed-up p50"], rows)
+
+
+def table_serving_http() -> str:
+    h = result("serving")["http"]
+    rows = [[f"`{name}`", f"{m['requests']:,}", f"{m['requests_per_s']:.1f}", f"{m['latency_ms']['p50']:.1f}",
+             f"{m['latency_ms']['p90']:.1f}", f"{m['latency_ms']['p99']:.1f}", m["non_2xx_3xx"], sum(m["socket_errors"].values())]
+            for name, m in h["results"].items()]
+    return md([f"nginx → Waitress ({h['waitress_threads']} threads), wrk {h['duration_s']} s, "
+               f"{h['connections']} connections", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
+               "socket errors"], rows)
+
+
+def table_scale() -> str:
+    st = result("scale")["stages"]
+    rate = {"download": lambda s: f"{s['transfer_mb_s']} MB/s transfer, {s['clips']:,} clips",
+            "prepare": lambda s: f"{s['extractions_per_s']} featurized examples/s ({s['examples']:,})",
+            "train": lambda s: f"{s['s_per_step']} s/step ({s['examples_per_s']} examples/s)",
+            "evaluate": lambda s: f"{s['clips_per_s']} clips/s ({s['n_test']:,} test + {s['n_canonical']:,} canonical)"}
+    rows = [[name, f"{s['wall_s']} s", f"{s['peak_rss_mb'] / 1000:.2f} GB", f"{s['disk']['mb']:,.1f} MB",
+             rate[name](s) if name in rate else "–"] for name, s in st.items()]
+    t = st["train"]
+    return md(["stage", "wall", "peak RSS", "disk", "throughput"], rows) + (
+        f"\n\nA full training run, extrapolated: {t['s_per_step']} s/step × {t['full_epoch_steps']:,} steps per epoch "
+        f"× {t['conf_epochs']} epochs ≈ {t['extrapolated_full_training_s'] / 60:.0f} min "
+        "(conf/'s defaults at the time of the run).")
+
+
+def table_scale_targets() -> str:
+    return md(["target", "measured", "pass"],
+              [[t["target"], t["measured"], "yes" if t["pass"] else "**no**"] for t in result("scale")["targets"]])
+
+
+TABLES = {name.removeprefix("table_").replace("_", "-"): fn for name, fn in globals().items()
+          if name.startswith("table_") and callable(fn)}
+
+
+# --------------------------------------------------------------------------- the docs
+def docs() -> list[Path]:
+    return [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def rewrite(text: str) -> str:
+    """``text`` with every marked table regenerated (an unknown table name is an error)."""
+    def fill(m: re.Match) -> str:
+        if m.group(2) not in TABLES:
+            raise KeyError(f"unknown table {m.group(2)!r}: one of {', '.join(sorted(TABLES))}")
+        return m.group(1) + TABLES[m.group(2)]() + "\n" + m.group(4)
+    return MARKER.sub(fill, text)
+
+
+def stale(paths: list[Path] | None = None) -> list[str]:
+    """``path: table NAME`` for every table whose text differs from what the results give."""
+    out = []
+    for path in paths or docs():
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        for m in MARKER.finditer(text):
+            if rewrite(m.group(0)) != m.group(0):
+                out.append(f"{path.relative_to(REPO)}: table {m.group(2)}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 naming each stale table; write nothing")
+    args = parser.parse_args(argv)
+    if args.check:
+        bad = stale()
+        for line in bad:
+            print(f"stale: {line} (run `python benchmarks/report.py`)", file=sys.stderr)
+        return 1 if bad else 0
+    for path in docs():
+        if path.is_file() and (new := rewrite(old := path.read_text())) != old:
+            path.write_text(new)
+            print(f"rewrote tables in {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
