@@ -208,7 +208,7 @@ def stale(paths: list[Path] | None = None) -> list[str]:
         text = path.read_text()
         for m in MARKER.finditer(text):
             if rewrite(m.group(0)) != m.group(0):
-                out.append(f"{path.relative_to(REPO)}: table {m.group(2)}")
+                out.append(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: table {m.group(2)}")
     return out
 
 
