@@ -67,9 +67,19 @@ def _links():
             yield path, target
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
 @pytest.mark.parametrize("doc,target", [(p.relative_to(REPO).as_posix(), t) for p, t in _links()])
 def test_every_relative_link_points_to_a_file(doc, target):
-    assert ((REPO / doc).parent / target.split("#", 1)[0]).exists(), f"{doc} links to missing {target}"
+    name, _, anchor = target.partition("#")
+    path = (REPO / doc).parent / name
+    assert path.exists(), f"{doc} links to missing {target}"
+    if anchor:
+        assert anchor in _anchors(path), f"{doc} links to {target}: no such heading in {name}"
 
 
 def test_no_tracked_result_file_is_over_the_limit():
