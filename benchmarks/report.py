@@ -81,6 +81,21 @@ def table_real_per_class() -> str:
     return md(["class", "clips", "served recipe % [95 % CI]", "original model %"], rows)
 
 
+def table_recipe() -> str:
+    """The served recipe's configuration as ``bench_real.py`` recorded it with the figures above."""
+    def flat(d: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            out += flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"`{prefix}{k}={json.dumps(v)}`"]
+        return out
+
+    cfg = result("real")["candidates"]["recipe"]["config"]
+    groups = {"features": cfg["features"], "model": cfg["model"], "train": cfg["train"],
+              "prepare.augment": cfg["augment"],
+              "prepare": {k: cfg[k] for k in ("unknown_percentage", "silence_percentage")}}
+    return md(["group", "keys"], [[f"`{g}`", " ".join(flat(v))] for g, v in groups.items()])
+
+
 def _candidate_rows(candidates: dict, source: str | None = None) -> list[list]:
     rows = []
     for name, e in candidates.items():
