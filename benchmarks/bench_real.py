@@ -311,7 +311,7 @@ def _pct(x: float) -> str:
 
 
 def report(results: dict) -> None:
-    """The console table, then the same as Markdown (for the README)."""
+    """The console table, then the same as Markdown (the docs' tables come from ``benchmarks/report.py``)."""
     rows, md = [], []
     for name, e in results["candidates"].items():
         o, g = e["ours"], e["original"]
