@@ -26,16 +26,9 @@ import pytest
 
 from kws.config import compose, write_params
 from kws.errors import ChecksumError, DatasetError, DownloadError, UnsafeArchiveError
-from kws.fetch import (
-    build_dataset_atomically,
-    check_members,
-    fetch_archive,
-    info_path,
-    materialize_dataset,
-    part_path,
-    safe_extract,
-    tree_digest,
-)
+from kws.data.archive import check_members, safe_extract
+from kws.data.http import fetch_archive, part_path
+from kws.data.install import build_dataset_atomically, info_path, materialize_dataset, tree_digest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "speech_commands_sample"
@@ -403,7 +396,7 @@ def test_folder_source_then_second_run_skips(tmp_path, caplog):
     assert _tree(dest).keys() == _tree(SAMPLE).keys()
     before = dest.stat()
 
-    with caplog.at_level(logging.INFO, logger="kws.fetch"):
+    with caplog.at_level(logging.INFO, logger="kws.data.install"):
         again = materialize_dataset(str(SAMPLE), dest, sha256=info["sha256"], progress=False)
 
     assert again == info
