@@ -274,6 +274,26 @@ def test_wrong_checksum_extracts_nothing(server, tarball, tmp_path):
     assert not list((dest.parent / ".cache").iterdir()), "the bad download is deleted"
 
 
+def test_wrong_checksum_of_a_local_archive_keeps_it_and_installs_nothing(tarball, tmp_path):
+    """The same check as for a download, but the archive is the user's: it is named, never deleted."""
+    archive = tmp_path / "sc.tar.gz"
+    archive.write_bytes(tarball)
+    dest = tmp_path / "raw" / "speech_commands"
+    wrong = "f" * 64
+
+    with pytest.raises(ChecksumError) as excinfo:
+        materialize_dataset(archive, dest, sha256=wrong.upper(), progress=False)
+
+    message = str(excinfo.value)
+    assert wrong in message and _sha(tarball) in message and str(archive) in message
+    assert "fix the archive" in message and "deleted" not in message
+    assert archive.read_bytes() == tarball
+    assert not dest.exists() and _leftovers(dest.parent) == []
+    # the right digest, in either case, installs it
+    info = materialize_dataset(archive, dest, sha256=_sha(tarball).upper(), progress=False)
+    assert info["sha256"] == _sha(tarball) and dest.is_dir()
+
+
 def test_canonical_test_set_is_verified_then_installed_and_removed_when_unset(server, clips, tmp_path):
     """data.canonical_test (URL + sha256): a wrong digest installs nothing and leaves the folder
     as it was (the DVC output stays an empty folder); the right one installs ``<class>/*.wav``;
