@@ -69,7 +69,7 @@ def synthetic_dataset(cache: Path, voices: int, takes: int, log=print) -> tuple[
     Uses the ``data=synthetic`` settings of conf/ with ``voices``/``takes`` overridden; the
     noise folder is resolved against the repository root (it is relative there).
     """
-    cfg = compose(["data=synthetic", f"data.synthetic.voices={voices}", f"data.synthetic.takes_per_voice={takes}"])
+    cfg = compose(["data=synthetic", f"synthetic.voices={voices}", f"synthetic.takes_per_voice={takes}"])
     s = cfg.data.synthetic
     noise_dir = Path(str(s.noise_dir))
     if not noise_dir.is_absolute():

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from kws.config import compose, write_params
 from kws.errors import ConfigError, DatasetError
-from kws.fetch import materialize_dataset, tree_digest
+from kws.data.install import materialize_dataset, tree_digest
 from kws.labels import SILENCE, UNKNOWN
 from kws.splits import TEST, TRAIN, VALIDATION, speaker_of, split_speakers
 from kws.stages.download import download

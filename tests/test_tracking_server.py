@@ -197,9 +197,9 @@ def server(postgres, tmp_path_factory):
 def _overrides(sample_dir: Path) -> list[str]:
     return [  # as small and fast as the pipeline allows: 4 voices x 1 take of 35 words, one epoch
         "data=synthetic",
-        "data.synthetic.voices=4", "data.synthetic.takes_per_voice=1",
-        "data.synthetic.validation_voices=1", "data.synthetic.testing_voices=1",
-        f"data.synthetic.noise_dir={sample_dir / '_background_noise_'}",
+        "synthetic.voices=4", "synthetic.takes_per_voice=1",
+        "synthetic.validation_voices=1", "synthetic.testing_voices=1",
+        f"synthetic.noise_dir={sample_dir / '_background_noise_'}",
         "prepare.augment.copies=0", "features=mfcc", "model=cnn_seed",
         "train.epochs=1", "train.batch_size=32", "train.lr_schedule=plateau",
     ]

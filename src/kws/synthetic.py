@@ -16,13 +16,15 @@ Every random draw comes from a generator seeded by (seed, speaker, word, take), 
 from global state, so the same arguments give byte-identical files whatever the number
 of worker processes. Accuracy measured on this data is NOT Speech Commands accuracy.
 
-Console entry point: ``kws-synth DEST [--voices N --takes N --seed S --noise-dir D --workers W]``.
+Console entry point: ``kws-synth DEST [--voices N --takes N --seed S --noise-dir D --workers W]``;
+what it is not told it takes from ``conf/synthetic/default.yaml``, as the pipeline does.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import logging
 import os
 import re
@@ -41,6 +43,7 @@ import soundfile as sf
 
 from kws.audio import load_file, resample, snr_gain
 from kws.cli import run_cli
+from kws.config import CONF_DIR
 from kws.errors import ConfigError, DatasetError
 from kws.labels import ALL_WORDS, BACKGROUND_NOISE_DIR
 from kws.workers import process_pool
@@ -53,16 +56,8 @@ CLIP_SAMPLES = SAMPLE_RATE  # exactly 1 s, like every Speech Commands clip
 NOISE_SECONDS = 60
 INSTALL_HINT = "install espeak-ng (apt-get install espeak-ng)"
 
-#: Defaults, the same as ``conf/data/synthetic.yaml``.
-DEFAULTS: dict[str, Any] = {
-    "seed": 1234,
-    "voices": 24,
-    "takes_per_voice": 3,
-    "noise_dir": "../shared/data/speech_commands_sample/_background_noise_",
-    "snr_db": (10.0, 30.0),
-    "validation_voices": 3,
-    "testing_voices": 3,
-}
+#: The settings' file under ``conf/``: the pipeline's (both data options interpolate it) and kws-synth's.
+SETTINGS_FILE = Path("synthetic") / "default.yaml"
 
 #: Voice variants worth using (those installed are intersected at run time); "" = none.
 PREFERRED_VARIANTS = (
@@ -434,6 +429,35 @@ def _check_args(
     return lo, hi
 
 
+# --- settings ------------------------------------------------------------------------------
+def load_settings(conf_dir: str | Path = CONF_DIR) -> dict[str, Any]:
+    """The settings in ``<conf_dir>/synthetic/default.yaml``: :func:`generate`'s keyword arguments."""
+    from omegaconf import OmegaConf
+
+    path = Path(conf_dir) / SETTINGS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run kws-synth from the project root, or pass --conf")
+    settings = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(settings, dict)
+    check_settings(settings)
+    return settings
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless ``settings`` has exactly the settings :func:`generate`
+    requires (a partial node, e.g. from ``++data.synthetic.voices=8``, fails here, not mid-run)."""
+    required = {
+        name for name, p in inspect.signature(generate).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    }
+    missing, unknown = sorted(required - settings.keys()), sorted(settings.keys() - required)
+    if missing or unknown:
+        raise ConfigError(
+            f"synthetic settings: missing {missing}, unknown {unknown}; they come from "
+            f"conf/{SETTINGS_FILE.as_posix()} (override one with `synthetic.<key>=...`)"
+        )
+
+
 # --- the top-level operation ----------------------------------------------------------
 def generate(
     dest: Path,
@@ -557,44 +581,52 @@ def _run_jobs(jobs: list[tuple], n_workers: int, noise_files: list[str], progres
 
 
 # --- console entry point ---------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point ``kws-synth``."""
+#: kws-synth's options that default to conf/synthetic/default.yaml: option name -> setting.
+_FROM_SETTINGS = {
+    "seed": "seed", "voices": "voices", "takes": "takes_per_voice", "noise_dir": "noise_dir",
+    "snr_db": "snr_db", "validation_voices": "validation_voices", "testing_voices": "testing_voices",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kws-synth",
         description="Generate an OFFLINE SYNTHETIC (espeak-ng) stand-in for Speech Commands v0.02 "
-        "in its exact layout. For tests and demos only: it is not Speech Commands.",
+        "in its exact layout. For tests and demos only: it is not Speech Commands. Options not "
+        f"given default to <conf>/{SETTINGS_FILE.as_posix()}, the pipeline's settings.",
     )
     parser.add_argument("dest", help="destination folder (created; must be empty)")
-    parser.add_argument("--voices", type=int, default=DEFAULTS["voices"], help="speakers (default: %(default)s)")
-    parser.add_argument(
-        "--takes", type=int, default=DEFAULTS["takes_per_voice"], help="takes per word and voice (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
-    parser.add_argument(
-        "--noise-dir", default=DEFAULTS["noise_dir"],
-        help="background noise recordings to copy and mix in; generated noise if missing (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(DEFAULTS["snr_db"]),
-        help="range of the signal-to-noise ratio in dB (default: %(default)s)",
-    )
-    parser.add_argument("--validation-voices", type=int, default=DEFAULTS["validation_voices"])
-    parser.add_argument("--testing-voices", type=int, default=DEFAULTS["testing_voices"])
+    parser.add_argument("--conf", default=CONF_DIR, help="the configuration folder (default: %(default)s)")
+    parser.add_argument("--voices", type=int, help="speakers")
+    parser.add_argument("--takes", type=int, help="takes per word and voice")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--noise-dir", help="background noise recordings to copy and mix in; generated noise if missing")
+    parser.add_argument("--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="range of the signal-to-noise ratio in dB")
+    parser.add_argument("--validation-voices", type=int)
+    parser.add_argument("--testing-voices", type=int)
     parser.add_argument("--words", nargs="+", default=list(ALL_WORDS), help="words (default: all 35)")
     parser.add_argument("--workers", type=int, default=0, help="processes; 0 = all CPUs (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`generate`'s settings: the options given, the rest from ``args.conf``."""
+    given = {key: getattr(args, opt) for opt, key in _FROM_SETTINGS.items() if getattr(args, opt) is not None}
+    if len(given) == len(_FROM_SETTINGS):
+        return given
+    return {**load_settings(args.conf), **given}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``kws-synth``."""
+    args = _parser().parse_args(argv)
 
     def _run() -> None:
         summary = generate(
             Path(args.dest),
-            seed=args.seed,
-            voices=args.voices,
-            takes_per_voice=args.takes,
-            noise_dir=args.noise_dir,
-            snr_db=args.snr_db,
-            validation_voices=args.validation_voices,
-            testing_voices=args.testing_voices,
+            **cli_settings(args),
             words=args.words,
             workers=args.workers,
             progress=not args.no_progress and sys.stderr.isatty(),

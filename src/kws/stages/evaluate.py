@@ -72,7 +72,7 @@ def canonical_scores(folder: Path | None, bundle_dir: Path, labels: list[str], p
     through the service's decoder and predictor. ``None`` when there is none (empty folder)."""
     from kws import score
     from kws.errors import KWSError
-    from kws.fetch import dataset_root
+    from kws.data.install import dataset_root
 
     if folder is None or not folder.is_dir() or not any(folder.iterdir()):
         return None
