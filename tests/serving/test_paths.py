@@ -159,3 +159,19 @@ def test_nginx_and_the_api_list_the_same_routes():
     found = dict(re.findall(r"location ~ \^\(\?:/api\)\?\(/\(\?:([^)]*)\)\)\$ \{\n\s*(allow|rewrite)", site))
     lists = {kind: {"/" + name.replace("\\.", ".") for name in names.split("|")} for names, kind in found.items()}
     assert lists == {"rewrite": set(PUBLIC_ROUTES), "allow": set(OPERATOR_ROUTES)}, found
+
+
+def test_the_page_links_an_openapi_description_a_public_visitor_can_read(proxies):
+    """The footer link of nginx/html/index.html (issue 22, item 9), followed as a browser would
+    from the page at "/", by a client outside KWS_ADMIN_ALLOW: the public routes, no operator ones."""
+    from urllib.parse import urljoin
+
+    page = (kt.NGINX_DIR / "html" / "index.html").read_text()
+    links = re.findall(r'<a href="([^"]+)">API description \(OpenAPI\)</a>', page)
+    assert len(links) == 1, links
+    status, body = _send(proxies[PUBLIC].url, "GET", urljoin("/", links[0]))
+    assert status == 200, body[:300]
+    import json
+
+    doc = json.loads(body)
+    assert doc["openapi"].startswith("3.") and set(doc["paths"]) == set(PUBLIC_ROUTES)

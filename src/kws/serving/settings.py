@@ -69,10 +69,13 @@ def _host(v) -> str | None:
 _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     # ---- the server (kws-serve: Waitress)
+    # max_queue: an accepted request waits for at most max_queue / threads requests ahead of it
+    # per worker, so max_queue = threads keeps it within about twice its idle latency
+    # (benchmarks/results/overload.json compares bounds).
     _S("host", "KWS_HOST", str, "0.0.0.0", "address to bind", _host, "an address"),
     _S("port", "KWS_PORT", int, 8000, "port to listen on", _port, "1..65535"),
     _S("threads", "KWS_THREADS", int, 4, "Waitress worker threads (requests handled at once)", _at_least_1, ">= 1"),
-    _S("max_queue", "KWS_MAX_QUEUE", int, 8,
+    _S("max_queue", "KWS_MAX_QUEUE", int, 4,
        "requests waiting for a worker beyond which new ones get 503 `overloaded` at once (0: no waiting)",
        _non_negative, ">= 0"),
     _S("overload_retry_after_s", "KWS_OVERLOAD_RETRY_AFTER_S", int, 1,
