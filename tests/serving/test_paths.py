@@ -156,9 +156,12 @@ def test_nginx_and_the_api_list_the_same_routes():
     assert set(document()["paths"]) == routes
     assert set(document(public=True)["paths"]) == set(PUBLIC_ROUTES)
     site = kt.TEMPLATE.read_text()
-    found = dict(re.findall(r"location ~ \^\(\?:/api\)\?\(/\(\?:([^)]*)\)\)\$ \{\n\s*(allow|rewrite)", site))
-    lists = {kind: {"/" + name.replace("\\.", ".") for name in names.split("|")} for names, kind in found.items()}
-    assert lists == {"rewrite": set(PUBLIC_ROUTES), "allow": set(OPERATOR_ROUTES)}, found
+    lists: dict[str, set[str]] = {"public": set(), "operator": set()}
+    for names, body in re.findall(r"location ~ \^\(\?:/api\)\?\(/(?:\(\?:)?([^)]*)\)?\)\$ \{(.*?)\n    \}", site, re.S):
+        assert "proxy_pass http://kws_api;" in body and "rewrite" in body, body
+        kind = "operator" if "allow " in body else "public"
+        lists[kind] |= {"/" + name.replace("\\.", ".") for name in names.split("|")}
+    assert lists == {"public": set(PUBLIC_ROUTES), "operator": set(OPERATOR_ROUTES)}, lists
 
 
 def test_the_page_links_an_openapi_description_a_public_visitor_can_read(proxies):

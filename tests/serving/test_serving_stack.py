@@ -195,7 +195,7 @@ def test_nginx_own_errors_are_json(base):
     # never reach it (nginx's JSON 404, tests/serving/test_paths.py).
     resp = requests.get(f"{base}/api/predict", timeout=10)
     assert_error(resp, 405, "method_not_allowed")
-    assert "use POST" in resp.json()["error"]["message"]
+    assert "POST" in resp.json()["error"]["message"]
 
 
 class _ShortTimeouts(NginxProcess):
