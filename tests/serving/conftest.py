@@ -58,7 +58,10 @@ def all_clips(sample) -> list[Path]:
 def api(tmp_path_factory, bundle):
     """``python -m kws.serving.server`` (real Waitress) with a private TMPDIR and working directory."""
     work = tmp_path_factory.mktemp("api") / "server"
-    proc = kt.ApiProcess(bundle, work, env={"KWS_MAX_UPLOAD_MB": "10", "KWS_THREADS": "4", "KWS_LOG_LEVEL": "INFO"})
+    # KWS_MAX_QUEUE: room for the 50 requests at once of test_fifty_concurrent_requests (the
+    # bound itself is tested in test_overload.py)
+    proc = kt.ApiProcess(bundle, work, env={"KWS_MAX_UPLOAD_MB": "10", "KWS_THREADS": "4", "KWS_LOG_LEVEL": "INFO",
+                                            "KWS_MAX_QUEUE": "64"})
     proc.start()
     yield proc
     proc.stop()

@@ -227,7 +227,7 @@ def test_every_nginx_error_page_is_the_api_json(tmp_path):
     assert {"400", "403", "404", "405", "408", "413", "414", "494", "500", "502", "503", "504"} <= set(pages), pages
     answers = {m.group(1): (int(m.group(2)), m.group(3)) for m in re.finditer(
         r"location = (/\.kws-error/\d+) \{\s*internal;[^}]*?return (\d+) '([^']*)';", text)}
-    own = {502: "upstream_unavailable", 504: "upstream_timeout", 416: "range_not_satisfiable"}
+    own = {502: "upstream_unavailable", 503: "overloaded", 504: "upstream_timeout", 416: "range_not_satisfiable"}
     for status, uri in pages.items():
         code, body = answers[uri]
         assert uri.endswith(f"/{code}") and (code == int(status) or (status, code) == ("494", 431)), (status, code)

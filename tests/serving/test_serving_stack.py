@@ -191,10 +191,11 @@ def test_nginx_own_errors_are_json(base):
     # The error answers themselves are internal.
     for path in ("/.kws-error/400", "/.kws-error/"):
         assert_error(requests.get(base + path, timeout=10), 404, "not_found")
-    # The api's own errors pass through untouched (nginx does not intercept them).
-    resp = requests.get(f"{base}/api/nope", timeout=10)
-    assert_error(resp, 404, "not_found")
-    assert "/nope" in resp.json()["error"]["message"]
+    # The api's own errors pass through untouched (nginx does not intercept them); unknown paths
+    # never reach it (nginx's JSON 404, tests/serving/test_paths.py).
+    resp = requests.get(f"{base}/api/predict", timeout=10)
+    assert_error(resp, 405, "method_not_allowed")
+    assert "POST" in resp.json()["error"]["message"]
 
 
 class _ShortTimeouts(NginxProcess):

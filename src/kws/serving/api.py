@@ -187,3 +187,11 @@ def openapi() -> Response:
     from kws import __version__ as version  # noqa: PLC0415
 
     return jsonify(document(str(version)))
+
+
+@bp.get("/openapi.public.json")
+def openapi_public() -> Response:
+    """The public routes only: what nginx serves to anyone (the web page links it)."""
+    from kws import __version__ as version  # noqa: PLC0415
+
+    return jsonify(document(str(version), public=True))

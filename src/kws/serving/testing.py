@@ -327,7 +327,7 @@ RESOLVE_MIN_NGINX = (1, 27, 3)
 
 def nginx_variables(upstream: str, listen: str, html_root: Path | str, max_upload_mb: float | str = 10,
                     resolver: str = "127.0.0.1", timeout: str = "60s", resolve: str = "",
-                    admin_allow: str = "127.0.0.1") -> dict[str, str]:
+                    admin_allow: str = "127.0.0.1", max_predicts: int = 64) -> dict[str, str]:
     """The variables of ``default.conf.template`` (docker-compose.yml sets the same names).
 
     ``max_upload_mb`` is the api's ``KWS_MAX_UPLOAD_MB`` (the same number serves both);
@@ -337,6 +337,7 @@ def nginx_variables(upstream: str, listen: str, html_root: Path | str, max_uploa
         "KWS_API_UPSTREAM": upstream, "KWS_UPSTREAM_RESOLVE": resolve, "KWS_LISTEN": listen,
         "KWS_HTML_ROOT": str(html_root), "KWS_MAX_UPLOAD_MB": f"{float(max_upload_mb):g}",
         "KWS_RESOLVER": resolver, "KWS_PROXY_TIMEOUT": timeout, "KWS_ADMIN_ALLOW": admin_allow,
+        "KWS_MAX_PREDICTS": str(max_predicts),
     }
 
 
