@@ -119,3 +119,13 @@ def test_a_missing_dep_is_reported(dvc, stage):
     broken["stages"][stage]["deps"] = [d for d in broken["stages"][stage]["deps"] if d != dropped]
     missing = missing_deps(broken)
     assert list(missing) == [stage] and len(missing[stage]) == 1 and missing[stage][0].startswith(f"{dropped} (")
+
+
+def test_no_stage_imports_another_nor_a_library_a_stage(dvc):
+    """The data walk goes down: config -> stage -> library modules, never stage -> stage (what two
+    stages share is a library module, e.g. kws.artifacts) and never library -> stage."""
+    stages = {f"src/kws/stages/{name}.py" for name in dvc["stages"]}
+    for name, stage in dvc["stages"].items():
+        module = MODULE_CMD.search(stage["cmd"]).group(1)
+        others = {str(p) for p in closure(module)} & stages - {str(module_file(module).relative_to(REPO))}
+        assert not others, f"{module} imports {sorted(others)}"
