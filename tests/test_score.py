@@ -277,7 +277,7 @@ def test_promotions_rescoring_agrees_with_kws_score_and_refuses_other_labels(bun
     from kws.dataset import Example
     from kws.errors import NotComparableError
     from kws.labels import task_labels
-    from kws.stages.evaluate import bundle_accuracy
+    from kws.score import bundle_accuracy
 
     files = [p for w in (*KEYWORDS, "dog", "yes") for p in _some(REAL / w, 6)]
     items = [(p, p.parent.name if p.parent.name in labels else UNKNOWN) for p in files]

@@ -47,9 +47,9 @@ def _accuracy_of(client, version) -> float:
 def _compare(client, current, metrics: dict, test_set: dict, features_dir: Path, model_dir: Path, alias: str):
     """(candidate accuracy, champion accuracy, how they were compared) on one test set;
     champion accuracy None: not comparable (the reason is the third item)."""
+    from kws.artifacts import TEST_EXAMPLES_FILE
     from kws.errors import NotComparableError
-    from kws.stages.evaluate import bundle_accuracy
-    from kws.stages.prepare import TEST_EXAMPLES_FILE
+    from kws.score import bundle_accuracy
 
     new_acc = metrics["accuracy"]
     same = (current.tags.get("dataset") == test_set.get("dataset")
