@@ -19,7 +19,7 @@ import pytest
 from kws.config import compose, write_params
 from kws.stages import train as train_stage
 
-from tiny_features import LABELS, tiny_features_dir  # noqa: E402
+from tests.support.features import LABELS, tiny_features_dir
 
 
 def _features_dir(root: Path) -> Path:

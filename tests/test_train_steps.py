@@ -16,7 +16,7 @@ from kws.config import compose, write_params
 from kws.errors import ConfigError
 from kws.stages import train as train_stage
 
-from tiny_features import tiny_features_dir  # noqa: E402
+from tests.support.features import tiny_features_dir
 
 
 def _features_dir(root: Path) -> Path:
