@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: paths, the cached synthetic dataset, machine info."""
+"""Shared helpers of the benchmarks: paths, the cached synthetic dataset, machine info (importing it
+puts the repository root on ``sys.path``, for the harness in ``tests/support``)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The benchmarks share the tests' harness (tests/support: tiny bundles, nginx, server processes,
+# pipeline copies); a script run as `python benchmarks/x.py` has only benchmarks/ on sys.path.
+if str(REPO) not in sys.path:
+    sys.path.insert(1, str(REPO))
+
+from tests.support import paths  # noqa: E402
+
 CONF_DIR = REPO / "conf"
 RESULTS_DIR = REPO / "benchmarks" / "results"
-SAMPLE_DIR = (REPO.parent / "shared" / "data" / "speech_commands_sample").resolve()
+SAMPLE_DIR = paths.SAMPLE_DIR.resolve()
 DEFAULT_CACHE = Path(os.environ.get("KWS_BENCH_CACHE", "/tmp/kws-bench"))
 _DONE = ".bench-complete.json"
 

@@ -118,7 +118,8 @@ def _by_status(samples: list[tuple[int, float]]) -> dict:
 def bench_bound(bound: int, nginx_bound: bool, args, model_dir: Path, clip: Path, tmp: Path) -> dict:
     """One run: KWS_MAX_QUEUE=bound; nginx's KWS_MAX_PREDICTS = threads + bound, or (not
     ``nginx_bound``) so high that only the api's own bound acts."""
-    from kws.serving.testing import ApiProcess, NginxProcess
+    from tests.support.nginx import NginxProcess
+    from tests.support.processes import ApiProcess
 
     env = {"KWS_THREADS": str(args.threads), "KWS_MAX_QUEUE": str(bound), "KWS_LOG_LEVEL": "WARNING"}
     data = clip.read_bytes()

@@ -37,9 +37,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, machine_info, table, write_result  # noqa: E402
+from _common import REPO, machine_info, paths, table, write_result  # noqa: E402
 
-ORIGINAL = REPO.parent / "shared" / "baselines" / "original_cnn"
+ORIGINAL = paths.BASELINES / "original_cnn"
 ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left marvin nine no off on one "
                   "right seven sheila six stop three tree two up wow yes zero").split()
 

@@ -21,7 +21,7 @@ from kws.errors import ConfigError
 from kws.stages import train as train_stage
 from kws.training import distribute
 
-from tiny_features import LABELS, tiny_features_dir  # noqa: E402
+from tests.support.features import LABELS, tiny_features_dir
 
 
 def _features_dir(root: Path) -> Path:

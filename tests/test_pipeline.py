@@ -13,7 +13,7 @@ import pytest
 
 from kws.bundle import read_meta
 from kws.config import compose, write_params
-from kws.workspace import copy_pipeline
+from tests.support.workspace import copy_pipeline
 
 pytestmark = pytest.mark.slow
 

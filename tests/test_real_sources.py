@@ -20,8 +20,8 @@ from kws.labels import SILENCE, UNKNOWN
 from kws.splits import TEST, TRAIN, VALIDATION, speaker_of, split_speakers
 from kws.stages.download import download
 from kws.stages.prepare import prepare
+from tests.support.paths import DATA as SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL, SILENCE_DIR = SHARED / "speech_commands_real", SHARED / "speech_commands_real_silence"
 NOISE = SHARED / "speech_commands_sample" / "_background_noise_"
 KEYWORDS = ("yes", "no")

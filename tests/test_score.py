@@ -21,8 +21,8 @@ import pytest
 from kws.errors import ConfigError, DatasetError, EmptyAudioError
 from kws.labels import SILENCE, UNKNOWN
 from kws.score import bundle_classifier, collect, format_report, score, wilson
+from tests.support.paths import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL = DATA / "speech_commands_real"
 REAL_SILENCE = DATA / "speech_commands_real_silence"
 SAMPLE = DATA / "speech_commands_sample"
@@ -66,7 +66,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    from kws.serving.testing import build_tiny_bundle
+    from tests.support.bundles import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("score-bundle") / "model", sample_dir=SAMPLE)
 

@@ -13,6 +13,7 @@ import soundfile as sf
 from kws.errors import ConfigError, DatasetError
 from kws.labels import BACKGROUND_NOISE_DIR
 from kws.splits import assign_splits, speaker_of
+from tests.support.paths import SAMPLE_DIR
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -22,7 +23,7 @@ TINY = dict(
     words=WORDS, progress=False,
 )
 # The real Speech Commands noise recordings, read in place (see conftest.py).
-REAL_NOISE = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_commands_sample" / BACKGROUND_NOISE_DIR
+REAL_NOISE = SAMPLE_DIR / BACKGROUND_NOISE_DIR
 
 
 def _generate(dest: Path, **overrides):

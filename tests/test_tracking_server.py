@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,21 +27,16 @@ import yaml
 
 from kws.bundle import read_meta
 from kws.config import compose
-from kws.workspace import copy_pipeline
+from tests.support.paths import REPO
+from tests.support.processes import free_port as _free_port
+from tests.support.workspace import copy_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ("download", "prepare", "train", "evaluate", "promote")
 UP = "docker compose --profile tracking up -d"
 
 
 # --------------------------------------------------------------------------- helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}:{env['PATH']}"  # `python` in dvc.yaml = this venv
@@ -166,7 +160,7 @@ class _Server:
                                          start_new_session=True)  # uvicorn runs in a child: stop the group
 
     def ready(self) -> "_Server":
-        from kws.serving.testing import wait_http
+        from tests.support.processes import wait_http
 
         wait_http(f"{self.uri}/health", timeout=240, proc=self.proc, log=self.log)
         return self
@@ -270,7 +264,7 @@ def test_pipeline_logs_registers_and_promotes_through_the_server(project, server
     # ... and the service loads exactly that champion.
     import requests
 
-    from kws.serving.testing import ApiProcess
+    from tests.support.processes import ApiProcess
 
     with ApiProcess(project / "serving/model", tmp_path / "api") as api:
         served = requests.get(f"{api.url}/model", timeout=10).json()

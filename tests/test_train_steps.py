@@ -17,7 +17,7 @@ from kws.errors import ConfigError
 from kws.stages import train as train_stage
 from kws.training import heads, settings
 
-from tiny_features import tiny_features_dir  # noqa: E402
+from tests.support.features import tiny_features_dir
 
 
 def _features_dir(root: Path) -> Path:

@@ -11,23 +11,26 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import requests
 
-from kws.serving import testing as kt
+from tests.support.bundles import long_recording, wav_bytes
+from tests.support.nginx import NginxProcess
+from tests.support.processes import ApiProcess
 from kws.serving.overload import RateLimitFilter
-from serving_helpers import assert_error, nginx_or_skip, post_audio
+from tests.support.nginx import nginx_or_skip
+from tests.support.serving import assert_error, post_audio
 
 
 def _slow_clip(clips) -> bytes:
     """60 s of audio (the longest accepted): scanned window by window, the slowest normal request."""
     placed = [(float(t), clips["one"][0]) for t in np.arange(2.0, 58.0, 7.0)]
-    return kt.wav_bytes(kt.long_recording(placed, duration_s=60.0))
+    return wav_bytes(long_recording(placed, duration_s=60.0))
 
 
 def test_past_the_bound_503_at_once_and_health_stays_fast(tmp_path, bundle, clips):
     nginx_or_skip()
     slow, short = _slow_clip(clips), clips["two"][0].read_bytes()
     env = {"KWS_THREADS": "1", "KWS_MAX_QUEUE": "1", "KWS_OVERLOAD_RETRY_AFTER_S": "3", "KWS_QUEUE_WARNING_S": "60"}
-    with kt.ApiProcess(bundle, tmp_path / "api", env=env) as api, \
-            kt.NginxProcess(tmp_path / "ngx", upstream=f"127.0.0.1:{api.port}") as ngx:
+    with ApiProcess(bundle, tmp_path / "api", env=env) as api, \
+            NginxProcess(tmp_path / "ngx", upstream=f"127.0.0.1:{api.port}") as ngx:
         t0 = time.perf_counter()
         assert post_audio(api.url, slow, "slow.wav").status_code == 200
         slow_s = time.perf_counter() - t0

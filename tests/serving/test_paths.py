@@ -10,10 +10,12 @@ import re
 
 import pytest
 
-from kws.serving import testing as kt
+from tests.support.nginx import NginxProcess, TEMPLATE
+from tests.support.paths import NGINX_DIR
+from tests.support.processes import ApiProcess
 from kws.serving.app import create_app
 from kws.serving.openapi import OPERATOR_ROUTES, PUBLIC_ROUTES
-from serving_helpers import nginx_or_skip
+from tests.support.nginx import nginx_or_skip
 
 TOKEN = "test-admin-token"
 PUBLIC, ALLOWED = "public", "allowed"
@@ -106,7 +108,7 @@ def _send(url: str, method: str, path: str) -> tuple[int, bytes]:
 @pytest.fixture(scope="module")
 def token_api(tmp_path_factory, bundle):
     """The real Waitress server with KWS_ADMIN_TOKEN set, so /admin/reload answers 200 when reached."""
-    proc = kt.ApiProcess(bundle, tmp_path_factory.mktemp("paths") / "api", env={"KWS_ADMIN_TOKEN": TOKEN})
+    proc = ApiProcess(bundle, tmp_path_factory.mktemp("paths") / "api", env={"KWS_ADMIN_TOKEN": TOKEN})
     with proc:
         yield proc
 
@@ -116,8 +118,8 @@ def proxies(tmp_path_factory, token_api):
     nginx_or_skip()
     up = f"127.0.0.1:{token_api.port}"
     # 127.0.0.1 counts as public when another address is the only one allowed.
-    with kt.NginxProcess(tmp_path_factory.mktemp("ngx-public"), upstream=up, admin_allow="10.255.255.1") as pub, \
-            kt.NginxProcess(tmp_path_factory.mktemp("ngx-allowed"), upstream=up, admin_allow="127.0.0.1") as ok:
+    with NginxProcess(tmp_path_factory.mktemp("ngx-public"), upstream=up, admin_allow="10.255.255.1") as pub, \
+            NginxProcess(tmp_path_factory.mktemp("ngx-allowed"), upstream=up, admin_allow="127.0.0.1") as ok:
         yield {PUBLIC: pub, ALLOWED: ok}
 
 
@@ -155,7 +157,7 @@ def test_nginx_and_the_api_list_the_same_routes():
 
     assert set(document()["paths"]) == routes
     assert set(document(public=True)["paths"]) == set(PUBLIC_ROUTES)
-    site = kt.TEMPLATE.read_text()
+    site = TEMPLATE.read_text()
     lists: dict[str, set[str]] = {"public": set(), "operator": set()}
     for names, body in re.findall(r"location ~ \^\(\?:/api\)\?\(/(?:\(\?:)?([^)]*)\)?\)\$ \{(.*?)\n    \}", site, re.S):
         assert "proxy_pass http://kws_api;" in body and "rewrite" in body, body
@@ -169,7 +171,7 @@ def test_the_page_links_an_openapi_description_a_public_visitor_can_read(proxies
     from the page at "/", by a client outside KWS_ADMIN_ALLOW: the public routes, no operator ones."""
     from urllib.parse import urljoin
 
-    page = (kt.NGINX_DIR / "html" / "index.html").read_text()
+    page = (NGINX_DIR / "html" / "index.html").read_text()
     links = re.findall(r'<a href="([^"]+)">API description \(OpenAPI\)</a>', page)
     assert len(links) == 1, links
     status, body = _send(proxies[PUBLIC].url, "GET", urljoin("/", links[0]))

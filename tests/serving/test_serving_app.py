@@ -13,8 +13,8 @@ from kws.bundle import read_meta
 from kws.errors import ConfigError
 from kws.serving import predictor as pm
 from kws.serving.app import create_app, load_config
-from kws.serving.testing import wav_bytes
-from serving_helpers import offline_scores
+from tests.support.bundles import wav_bytes
+from tests.support.serving import offline_scores
 
 
 def _client(**config):

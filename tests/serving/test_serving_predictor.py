@@ -12,8 +12,8 @@ from kws.bundle import read_meta
 from kws.errors import BundleError, ModelNotFoundError
 from kws.labels import SILENCE, UNKNOWN
 from kws.serving import predictor as pm
-from kws.serving.testing import long_recording
-from serving_helpers import offline_scores
+from tests.support.bundles import long_recording
+from tests.support.serving import offline_scores
 
 
 @pytest.fixture(scope="module")

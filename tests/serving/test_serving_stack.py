@@ -19,9 +19,10 @@ import soundfile as sf
 
 from kws.audio import load_file
 from kws.bundle import read_meta
-from kws.serving.testing import NginxProcess, free_port, long_recording, wav_bytes
-from serving_helpers import (assert_error, ffmpeg_convert, metric_value, nginx_or_skip, offline_scores, post_audio,
-                             tree)
+from tests.support.bundles import long_recording, wav_bytes
+from tests.support.nginx import NginxProcess, nginx_or_skip
+from tests.support.processes import free_port
+from tests.support.serving import assert_error, ffmpeg_convert, metric_value, offline_scores, post_audio, tree
 
 LABELS = ["_silence_", "_unknown_", "one", "two", "three"]
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from kws.serving.testing import free_port
+from tests.support.processes import free_port
 
 
 def _serve(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
