@@ -17,7 +17,9 @@ from tests.support.workspace import copy_pipeline
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("download", "prepare", "train", "evaluate", "promote")
+STAGES = ("download", "prepare", "train", "evaluate", "stream", "promote")
+#: the stream stage on 1 min of validation and 1 min of test audio (its figures are not the point here)
+SHORT_STREAMS = ("stream.streams=2", "stream.duration_s=30", "stream.thresholds.step=0.05")
 
 
 def _overrides(sample_dir: Path, *extra: str) -> list[str]:
@@ -31,7 +33,7 @@ def _overrides(sample_dir: Path, *extra: str) -> list[str]:
         # in that budget (log-mel + cosine, the real-speech recipe, is the last test's, on real clips)
         "features=mfcc", "train.lr_schedule=plateau", "train.label_smoothing=0.0",
         "train.epochs=10", "train.batch_size=32", "train.early_stopping_patience=10",
-        *extra,
+        *SHORT_STREAMS, *extra,
     ]
 
 
@@ -90,6 +92,9 @@ def test_repro_runs_every_stage_and_promotes(project, first_repro):
     assert bundle.labels == meta["labels"] and bundle.info["alias"] == "champion"
     assert bundle.metrics["accuracy"] == metrics["accuracy"]
     assert bundle.info["logit_offsets"] == {"_unknown_": 0.5}  # conf/'s default, baked in by train, carried over
+    point = json.loads((project / "reports/stream/operating_point.json").read_text())
+    assert bundle.detector == point and point["operating_point"]["chosen_on"] == "validation"  # travels with the model
+    assert (project / "reports/stream/det.png").stat().st_size > 1000
 
     client = _client(project)
     champion = client.get_model_version_by_alias("kws", "champion")
@@ -122,7 +127,7 @@ def test_training_param_change_reruns_only_train_onwards_and_worse_model_is_not_
     write_params(compose(_overrides(sample_dir, "train.learning_rate=1e-9", "train.epochs=1"),
                          conf_dir=project / "conf"), project / "params.yaml")
     ran, out = _repro(project)
-    assert ran == {"train", "evaluate", "promote"}, out[-3000:]
+    assert ran == {"train", "evaluate", "stream", "promote"}, out[-3000:]
     second = json.loads((project / "reports/promotion.json").read_text())
     assert second["test_accuracy"] < first["test_accuracy"]
     assert second["promoted"] is False and "champion kept" in second["reason"]
@@ -143,7 +148,7 @@ def test_dvc_exp_run_composes_hydra_overrides(project, sample_dir, first_repro):
     proc = _run([sys.executable, "-m", "dvc", "exp", "run", "--name", "seed-baseline", *args], project)
     out = proc.stdout + proc.stderr
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-    assert ran == {"train", "evaluate", "promote"}, out[-3000:]
+    assert ran == {"train", "evaluate", "stream", "promote"}, out[-3000:]
     import yaml
 
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -171,7 +176,7 @@ def real_pool(sample_dir, tmp_path_factory) -> dict[str, Path]:
 def _real_pool_overrides(real_pool: dict[str, Path], sample_dir: Path, *extra: str) -> list[str]:
     return ["data=speech_commands_real", f"data.source={real_pool['pool']}", f"data.silence_dir={real_pool['silence']}",
             f"data.noise_dir={sample_dir / '_background_noise_'}", "data.extra=[]", "prepare.augment.copies=0",
-            "train.epochs=2", "train.batch_size=32", *extra]
+            "train.epochs=2", "train.batch_size=32", *SHORT_STREAMS, *extra]
 
 
 def _canonical_tarball(real: Path, silence: Path, out: Path, per_class: int = 3) -> Path:

@@ -18,6 +18,7 @@ from kws.errors import DatasetError
 
 META_FILE = "meta.json"
 TEST_EXAMPLES_FILE = "test_examples.json"
+VALIDATION_EXAMPLES_FILE = "validation_examples.json"  # the stream stage's validation streams
 
 
 def split_file(features_dir: Path, split: str) -> Path:

@@ -8,6 +8,8 @@ Layout of a bundle directory (``serving/model/`` by default)::
     features.json     kws.features.FeatureConfig.to_dict(): the exact feature parameters
     metrics.json      evaluation metrics of this model (may be {})
     model_info.json   {"name", "version", "alias", "run_id", "architecture", "created_at", ...}
+    detector.json     optional: the streaming detector's operating point (kws.streaming.detector
+                      DetectorSettings under "settings", chosen on validation streams by the `stream` stage)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ LABELS_FILE = "labels.json"
 FEATURES_FILE = "features.json"
 METRICS_FILE = "metrics.json"
 INFO_FILE = "model_info.json"
+DETECTOR_FILE = "detector.json"
 REQUIRED = (KERAS_FILE, TFLITE_FILE, LABELS_FILE, FEATURES_FILE)
 
 
@@ -37,6 +40,7 @@ class BundleMeta:
     features: FeatureConfig
     metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    detector: dict[str, Any] = field(default_factory=dict)  # detector.json ({} when absent)
 
 
 def _read_json(path: Path) -> Any:
@@ -66,7 +70,10 @@ def read_meta(path: str | Path) -> BundleMeta:
         raise BundleError(f"{path / FEATURES_FILE} is invalid: {err}") from None
     metrics = _read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
     info = _read_json(path / INFO_FILE) if (path / INFO_FILE).is_file() else {}
-    return BundleMeta(path=path, labels=labels, features=features, metrics=metrics, info=info)
+    detector = _read_json(path / DETECTOR_FILE) if (path / DETECTOR_FILE).is_file() else {}
+    if not isinstance(detector, dict):
+        raise BundleError(f"{path / DETECTOR_FILE} must hold a JSON object")
+    return BundleMeta(path=path, labels=labels, features=features, metrics=metrics, info=info, detector=detector)
 
 
 def to_tflite(model) -> bytes:
@@ -88,6 +95,7 @@ def write_bundle(
     features: FeatureConfig,
     metrics: dict[str, Any] | None = None,
     info: dict[str, Any] | None = None,
+    detector: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete bundle atomically (see :func:`kws.atomic.staged_dir`)."""
     with staged_dir(out_dir) as tmp:
@@ -97,6 +105,8 @@ def write_bundle(
         _write_json(tmp / FEATURES_FILE, features.to_dict())
         _write_json(tmp / METRICS_FILE, metrics or {})
         _write_json(tmp / INFO_FILE, info or {})
+        if detector:
+            _write_json(tmp / DETECTOR_FILE, detector)
     return out_dir
 
 

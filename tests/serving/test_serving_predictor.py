@@ -84,26 +84,43 @@ def test_threshold_answers_unknown(tflite, clips):
     assert tflite.predict(clip, threshold=0.0)["keyword"] == sure["keyword"]
 
 
-def test_non_max_suppression():
-    labels = [SILENCE, UNKNOWN, "one", "two"]
+def test_long_audio_detections_come_from_the_streaming_detector(tflite, clips):
+    """The answer's detections are exactly the detector's over the scanned windows (fed at the
+    windows' centres, in time order), each spanning the window where its keyword peaked."""
+    from kws.streaming.detector import StreamDetector
 
-    def row(label, p):
-        r = np.full(len(labels), (1 - p) / (len(labels) - 1))
-        r[labels.index(label)] = p
-        return r
+    samples = long_recording([(1.0, clips["two"][0]), (5.0, clips["one"][1])], duration_s=8.0, seed=1)
+    out = tflite.predict(samples)
+    starts, scores = tflite.scan(samples)
+    want = StreamDetector(tflite.labels, tflite.detector).push_many(starts + 0.5, scores)
+    assert want, "the tiny model found nothing: the comparison below proves nothing"
+    assert [(d["keyword"], d["start_s"], d["confidence"]) for d in out["detections"]] == [
+        (w.label, round(w.time_s - 0.5, 3), round(w.confidence, 6)) for w in want]
+    assert all(d["end_s"] - d["start_s"] == pytest.approx(1.0) for d in out["detections"])
+    assert tflite.predict(samples, threshold=1.0)["detections"] == []  # the request's threshold is used
+    assert tflite.describe()["detector"]["source"] == "default"
 
-    starts = np.array([0.0, 0.25, 0.5, 0.75, 3.0, 3.5, 6.0, 6.25])
-    scores = np.stack([row("one", 0.7), row("one", 0.95), row("two", 0.8), row("one", 0.9),
-                       row("two", 0.99), row("one", 0.75), row(SILENCE, 0.99), row("two", 0.4)])
-    dets = pm.non_max_suppression(starts, scores, labels, 1.0, threshold=0.6, duration_s=6.9)
-    assert [(d.keyword, d.start_s) for d in dets] == [("one", 0.25), ("two", 3.0)]
-    assert dets[0].end_s == 1.25 and abs(dets[0].confidence - 0.95) < 1e-9
-    # different words far enough apart are both kept; same word overlapping is merged
-    starts = np.array([0.0, 0.75, 1.5])
-    scores = np.stack([row("one", 0.9), row("two", 0.9), row("one", 0.8)])
-    dets = pm.non_max_suppression(starts, scores, labels, 1.0, threshold=0.5)
-    assert [(d.keyword, d.start_s) for d in dets] == [("one", 0.0), ("two", 0.75), ("one", 1.5)]
-    assert pm.non_max_suppression(np.zeros(0), np.zeros((0, 4)), labels, 1.0, 0.5) == []
+
+def test_the_bundles_operating_point_is_used(bundle, clips, tmp_path):
+    import json
+    import shutil
+
+    from kws.errors import BundleError
+
+    copy = tmp_path / "model"
+    shutil.copytree(bundle, copy)
+    point = {"threshold": 0.999999, "average_window_s": 0.5, "suppression_s": 2.0, "min_count": 2}
+    (copy / "detector.json").write_text(json.dumps({"settings": point, "operating_point": {"target_fa_per_hour": 10}}))
+    pred = pm.Predictor(copy, warmup=False)
+    assert pred.detector.to_dict() == point
+    model = pred.describe()["detector"]
+    assert model["source"] == "bundle" and model["threshold"] == 0.999999 and model["operating_point"]
+    samples = long_recording([(1.0, clips["two"][0]), (5.0, clips["one"][1])], duration_s=8.0, seed=1)
+    assert pred.predict(samples)["detections"] == []  # nothing reaches the bundle's threshold
+    assert pred.predict(samples, threshold=0.3)["detections"]
+    (copy / "detector.json").write_text(json.dumps({"settings": {"threshold": 2}}))
+    with pytest.raises(BundleError, match="detector.json is invalid.*threshold"):
+        pm.Predictor(copy, warmup=False)
 
 
 def test_long_recording_detections(tflite, clips):

@@ -151,7 +151,11 @@ def _document(version: str) -> dict[str, Any]:
                 },
                 "Score": {"type": "object", "required": ["label", "score"], "properties": {
                     "label": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1}}},
-                "Detection": {"type": "object", "required": ["keyword", "start_s", "end_s", "confidence"], "properties": {
+                "Detection": {"type": "object", "required": ["keyword", "start_s", "end_s", "confidence"],
+                              "description": "A keyword found by the streaming detector (scores smoothed over "
+                                             "recent windows, suppression after a detection): the 1 s window where "
+                                             "it scored highest; `confidence` is the smoothed score.",
+                              "properties": {
                     "keyword": {"type": "string"}, "start_s": {"type": "number"}, "end_s": {"type": "number"},
                     "confidence": {"type": "number", "minimum": 0, "maximum": 1}}},
                 "Prediction": {
@@ -177,7 +181,10 @@ def _document(version: str) -> dict[str, Any]:
                                                            "model": {"type": "object"}}},
                 "ModelMeta": {"type": "object", "properties": {
                     "labels": {"type": "array", "items": {"type": "string"}}, "features": {"type": "object"},
-                    "metrics": {"type": "object"}, "model_info": {"type": "object"}, "runtime": {"type": "string"}}},
+                    "metrics": {"type": "object"}, "model_info": {"type": "object"}, "runtime": {"type": "string"},
+                    "detector": {"type": "object", "description": "The long-audio detector's settings (threshold, "
+                                 "average_window_s, suppression_s, min_count); `source` is `bundle` when they are the "
+                                 "model's operating point (detector.json), else `default`."}}},
             },
         },
     }

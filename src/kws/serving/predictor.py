@@ -17,8 +17,9 @@
   in one assignment. Requests that hold the old predictor finish on it; nothing fails. A bundle
   that is missing (mid-swap) or broken is not loaded; the old one keeps serving.
 * Long audio is scanned with 1 s windows every ``stride_s`` seconds, all windows batched into
-  as few runtime calls as possible, and overlapping detections are reduced by non-maximum
-  suppression.
+  as few runtime calls as possible, and the window scores are fed in time order to the
+  streaming detector (:class:`kws.streaming.detector.StreamDetector`: smoothing, minimum count,
+  suppression) with the bundle's operating point (``detector.json``) when it has one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from kws.bundle import KERAS_FILE, TFLITE_FILE, BundleMeta, read_meta
 from kws.errors import BundleError, ConfigError, KWSError
 from kws.features import clip_features, extract
 from kws.labels import SILENCE, UNKNOWN
+from kws.streaming.detector import DetectorSettings, StreamDetector
 
 log = logging.getLogger(__name__)
 
@@ -188,43 +190,18 @@ class Detection:
                 "confidence": round(self.confidence, 6)}
 
 
-def non_max_suppression(
-    starts: np.ndarray,
-    scores: np.ndarray,
-    labels: Sequence[str],
-    window_s: float,
-    threshold: float,
-    ignore: Sequence[str] = (SILENCE, UNKNOWN),
-    max_overlap: float = 0.5,
-    duration_s: float | None = None,
-) -> list[Detection]:
-    """Greedy NMS over windows whose best label is a keyword with confidence >= ``threshold``.
-
-    The most confident window is kept; a later candidate is dropped when it overlaps a kept
-    detection of the SAME keyword at all, or any kept detection by at least ``max_overlap``
-    of a window (one stretch of audio holds one word). Returned in time order.
-    """
-    if len(starts) == 0:
-        return []
-    best = scores.argmax(axis=1)
-    conf = scores[np.arange(len(best)), best]
-    ignored = {i for i, name in enumerate(labels) if name in set(ignore)}
-    cand = [i for i in range(len(starts)) if best[i] not in ignored and conf[i] >= threshold]
-    cand.sort(key=lambda i: (-conf[i], starts[i]))
-    kept: list[int] = []
-    for i in cand:
-        ok = True
-        for k in kept:
-            overlap = window_s - abs(float(starts[i]) - float(starts[k]))
-            if overlap > 1e-9 and (best[i] == best[k] or overlap >= max_overlap * window_s - 1e-9):
-                ok = False
-                break
-        if ok:
-            kept.append(i)
-    end_cap = duration_s if duration_s is not None else float("inf")
-    dets = [Detection(labels[best[i]], float(starts[i]), min(float(starts[i]) + window_s, end_cap), float(conf[i]))
-            for i in kept]
-    return sorted(dets, key=lambda d: d.start_s)
+def detector_settings(meta: BundleMeta, default_threshold: float) -> tuple[DetectorSettings, str]:
+    """The bundle's operating point (``detector.json``'s ``settings``) and ``"bundle"``, else the
+    default settings with the service's ``detection_threshold`` and ``"default"``."""
+    chosen = meta.detector.get("settings") if meta.detector else None
+    if chosen is None:
+        return DetectorSettings(threshold=float(default_threshold)), "default"
+    if not isinstance(chosen, dict):
+        raise BundleError(f"{meta.path / 'detector.json'}: `settings` must be an object")
+    try:
+        return DetectorSettings.from_dict(chosen), "bundle"
+    except ConfigError as err:
+        raise BundleError(f"{meta.path / 'detector.json'} is invalid: {err.message}") from None
 
 
 def top_scores(scores: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
@@ -255,6 +232,7 @@ class Predictor:
         self.long_audio_s = float(long_audio_s)
         self.stride_s = float(stride_s)
         self.detection_threshold = float(detection_threshold)
+        self.detector, self.detector_source = detector_settings(self.meta, detection_threshold)
         self.window_s = self.cfg.clip_samples / self.cfg.sample_rate
         self.tta_shifts_ms = tuple(float(ms) for ms in tta_shifts_ms) or (0.0,)
         self._tta_samples = [int(round(ms * self.cfg.sample_rate / 1000)) for ms in self.tta_shifts_ms]
@@ -280,7 +258,10 @@ class Predictor:
             "model_info": self.meta.info,
             "runtime": self.runtime.name,
             "scan": {"window_s": self.window_s, "stride_s": self.stride_s, "long_audio_s": self.long_audio_s,
-                     "detection_threshold": self.detection_threshold},
+                     "detection_threshold": self.detector.threshold},
+            "detector": {**self.detector.to_dict(), "source": self.detector_source,
+                         **({"operating_point": self.meta.detector.get("operating_point")}
+                            if self.meta.detector.get("operating_point") else {})},
             "tta_shifts_ms": list(self.tta_shifts_ms),
         }
 
@@ -351,7 +332,8 @@ class Predictor:
         """Recognise ``samples`` (mono float32 at the bundle's sample rate).
 
         Short audio (<= ``long_audio_s``): one clip. ``threshold``: below it the keyword is
-        ``_unknown_``. Longer audio: sliding windows + NMS -> ``detections``; the keyword is
+        ``_unknown_``. Longer audio: sliding windows fed to the streaming detector ->
+        ``detections`` (``threshold`` replaces the operating point's threshold); the keyword is
         the most confident detection, else ``_silence_`` or ``_unknown_``.
         """
         samples = np.asarray(samples, np.float32)
@@ -367,9 +349,7 @@ class Predictor:
                     "scores": top_scores(scores, self.labels, top_k)}
         stride = stride_s or self.stride_s
         starts, scores = self.scan(samples, stride)
-        dets = non_max_suppression(starts, scores, self.labels, self.window_s,
-                                   self.detection_threshold if threshold is None else threshold,
-                                   duration_s=duration)
+        dets = self.detect(starts, scores, threshold, duration)
         if dets:
             lead = max(dets, key=lambda d: d.confidence)
             row = scores[int(np.argmin(np.abs(starts - lead.start_s)))]
@@ -384,6 +364,20 @@ class Predictor:
                 "scores": top_scores(row, self.labels, top_k),
                 "detections": [d.to_dict() for d in dets],
                 "scan": {"windows": int(len(starts)), "window_s": self.window_s, "stride_s": stride}}
+
+    def detect(self, starts: np.ndarray, scores: np.ndarray, threshold: float | None = None,
+               duration_s: float | None = None, settings: DetectorSettings | None = None) -> list[Detection]:
+        """Window scores (``starts`` in seconds) -> detections, through a fresh :class:`StreamDetector`
+        with ``settings`` (default: this bundle's), ``threshold`` overriding their threshold. A
+        detection spans the window where its keyword scored highest."""
+        settings = settings or self.detector
+        if threshold is not None:
+            settings = settings.replace(threshold=float(threshold))
+        half = self.window_s / 2
+        found = StreamDetector(self.labels, settings).push_many(np.asarray(starts) + half, scores)
+        cap = duration_s if duration_s is not None else float("inf")
+        return [Detection(d.label, max(0.0, d.time_s - half), min(d.time_s + half, cap), d.confidence)
+                for d in found]
 
 
 def bundle_fingerprint(model_dir: str | Path) -> str | None:

@@ -7,7 +7,8 @@ features come from :mod:`kws.features`, the same code the service runs. Extra so
 only. Work is spread over all cores in chunks, with a progress bar. Unreadable clips
 are skipped and reported. Ctrl-C or SIGTERM cancels the queued chunks, stops the workers and
 removes the half-built output; the previous features stay as they were. ``test_examples.json`` lists the test split exactly, so a
-model with another front end can be re-scored on the same clips (see promote).
+model with another front end can be re-scored on the same clips (see promote);
+``validation_examples.json`` the validation split (the stream stage's validation streams).
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from kws.artifacts import META_FILE, TEST_EXAMPLES_FILE
+from kws.artifacts import META_FILE, TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
 from kws.atomic import staged_dir
 from kws.audio import load_file
 from kws.dataset import AugmentConfig, Example, ExtraSource, SplitConfig, build_index, render
 from kws.errors import ConfigError, DatasetError
 from kws.features import FeatureConfig, extract
 from kws.labels import BACKGROUND_NOISE_DIR, task_labels
-from kws.splits import SPLITS, TEST
+from kws.splits import SPLITS, TEST, VALIDATION
 from kws.workers import process_pool
 
 log = logging.getLogger(__name__)
@@ -170,11 +171,12 @@ def prepare(cfg, dataset: Path, out_dir: Path, source_info: dict | None = None,
                 meta["counts"][split] = int(len(y))
                 meta["class_counts"][split] = {labels[i]: int(n) for i, n in zip(*np.unique(y, return_counts=True))}
                 meta["skipped"] += bad
-                if split == TEST:
-                    test_set = {"dataset": meta["dataset"], "digest": summary["test_digest"], "labels": labels,
-                                "root": str(dataset), "noise_files": noise_files,
-                                "examples": [asdict(ex) for ex in kept]}
-                    (tmp / TEST_EXAMPLES_FILE).write_text(json.dumps(test_set) + "\n")
+                if split in (TEST, VALIDATION):
+                    listing = {"dataset": meta["dataset"], "digest": summary.get(f"{split}_digest"), "labels": labels,
+                               "root": str(dataset), "noise_files": noise_files,
+                               "examples": [asdict(ex) for ex in kept]}
+                    name = TEST_EXAMPLES_FILE if split == TEST else VALIDATION_EXAMPLES_FILE
+                    (tmp / name).write_text(json.dumps(listing) + "\n")
         except BaseException:
             # interrupted or failed: drop the queued chunks; the workers finish the one in hand and exit
             pool.shutdown(wait=True, cancel_futures=True)

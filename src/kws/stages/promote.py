@@ -78,7 +78,8 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
     from mlflow import MlflowClient
 
     from kws import tracking
-    from kws.bundle import INFO_FILE, METRICS_FILE, read_meta
+    from kws.bundle import DETECTOR_FILE, INFO_FILE, METRICS_FILE, read_meta
+    from kws.streaming.benchmark import promotion_record
 
     if not metrics_file.is_file():
         raise KWSError(f"{metrics_file} not found: run the evaluate stage first")
@@ -89,12 +90,17 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
     client = MlflowClient()
     name, alias = cfg.mlflow.registered_model, cfg.mlflow.alias
 
+    # the stream stage's operating point (-> the bundle's detector.json) and test-stream figures
+    detector, stream_tags = promotion_record(Path(cfg.paths.reports) / "stream")
     version = mlflow.register_model(run["model_uri"], name, tags={
         "test_accuracy": f"{metrics['accuracy']:.6f}", "architecture": run["architecture"],
         "dataset": cfg.data.name, "task": cfg.prepare.task, "run_id": run["run_id"],
-        "test_digest": str(test_set.get("test_digest")),
+        "test_digest": str(test_set.get("test_digest")), **stream_tags,
     })
     current = _champion(client, name, alias)
+    stream = {k: stream_tags.get(k) for k in ("stream_recall", "stream_fa_per_hour", "stream_threshold")}
+    if current is not None and stream_tags and current.tags.get("stream_key") == stream_tags["stream_key"]:
+        stream["champion_stream_recall"] = current.tags.get("stream_recall")  # like with like: the same test streams
     new_acc, old_acc, compared = metrics["accuracy"], None, "no champion yet"
     if current is not None:
         new_acc, old_acc, compared = _compare(client, current, metrics, test_set,
@@ -114,6 +120,8 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
         shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns(tracking.RUN_FILE))
         (staged / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         (staged / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if detector:
+            (staged / DETECTOR_FILE).write_text(json.dumps(detector, indent=2) + "\n")
         read_meta(staged)  # refuse to publish an incomplete bundle
         with mlflow.start_run(run_id=run["run_id"]):
             mlflow.log_artifacts(str(staged), BUNDLE_ARTIFACT)
@@ -140,7 +148,7 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
         "promoted": promoted, "reason": reason, "registered_version": str(version.version),
         "champion_version": str(champion.version), "champion_run_id": champion.run_id,
         "test_accuracy": new_acc, "previous_champion_accuracy": old_acc, "compared_on": compared,
-        "test_set": test_set, "bundle": str(bundle_dir),
+        "test_set": test_set, "bundle": str(bundle_dir), "stream": stream,
     }
     write_text(report_file, json.dumps(result, indent=2) + "\n")
     return result

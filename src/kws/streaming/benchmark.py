@@ -1,0 +1,143 @@
+"""The stream benchmark: score generated streams through the service's predictor, sweep the
+detector's settings, choose an operating point for a false-accept target, draw the DET curve.
+
+Streams are scanned ONCE (the window scores of :meth:`kws.serving.predictor.Predictor.scan`,
+exactly what long-audio ``/predict`` computes); every threshold and smoothing setting then
+reruns only the detector (:meth:`Predictor.detect`) over those scores, which is cheap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from kws.errors import ConfigError
+from kws.streaming.detector import DetectorSettings
+from kws.streaming.generate import Stream
+from kws.streaming.matching import TOLERANCE_S, Found, Outcome, det_curve, match, pick_threshold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scored:
+    """One stream's window scores."""
+
+    stream: Stream
+    starts: np.ndarray
+    scores: np.ndarray
+
+
+def score_streams(predictor, streams: Sequence[Stream], stride_s: float) -> list[Scored]:
+    out = []
+    for stream in streams:
+        if stream.sample_rate != predictor.cfg.sample_rate:
+            raise ConfigError(f"stream at {stream.sample_rate} Hz, the model wants {predictor.cfg.sample_rate} Hz")
+        starts, scores = predictor.scan(stream.samples, stride_s)
+        out.append(Scored(stream, starts, scores))
+    return out
+
+
+def found(predictor, scored: Scored, settings: DetectorSettings) -> list[Found]:
+    """The service's detections on one scored stream, at the window centre where each peaked."""
+    dets = predictor.detect(scored.starts, scored.scores, duration_s=scored.stream.duration_s, settings=settings)
+    return [Found(d.keyword, d.start_s + predictor.window_s / 2, d.confidence) for d in dets]
+
+
+def outcome(predictor, scored: Sequence[Scored], settings: DetectorSettings,
+            tolerance_s: float = TOLERANCE_S) -> Outcome:
+    total = Outcome()
+    for s in scored:
+        total += match(s.stream.truth, found(predictor, s, settings), s.stream.duration_s, tolerance_s)
+    return total
+
+
+def curve(predictor, scored: Sequence[Scored], settings: DetectorSettings, thresholds: Sequence[float],
+          tolerance_s: float = TOLERANCE_S) -> list[dict[str, Any]]:
+    """The DET curve (one row per threshold) of ``settings``' smoothing on these streams."""
+    return det_curve(thresholds, lambda thr, i: found(predictor, scored[i], settings.replace(threshold=thr)),
+                     [s.stream.truth for s in scored], [s.stream.duration_s for s in scored], tolerance_s)
+
+
+def settings_grid(smoothing: dict[str, Sequence[Any]]) -> list[DetectorSettings]:
+    """Every combination of the listed smoothing values (average_window_s, suppression_s, min_count)."""
+    names = sorted(smoothing)
+    values = [list(smoothing[n]) if isinstance(smoothing[n], (list, tuple)) else [smoothing[n]] for n in names]
+    return [DetectorSettings.from_dict(dict(zip(names, combo))) for combo in itertools.product(*values)]
+
+
+def choose(predictor, scored: Sequence[Scored], grid: Sequence[DetectorSettings], thresholds: Sequence[float],
+           target_fa_per_hour: float, tolerance_s: float = TOLERANCE_S) -> dict[str, Any]:
+    """The operating point: over every smoothing setting and threshold, the best recall at or
+    under the false-accept target. When none reaches it, the fewest false accepts (flagged)."""
+    best = None
+    for settings in grid:
+        rows = curve(predictor, scored, settings, thresholds, tolerance_s)
+        row = pick_threshold(rows, target_fa_per_hour)
+        met = row is not None
+        if not met:
+            row = min(rows, key=lambda r: (r["false_accepts_per_hour"], -(r["recall"] or 0.0)))
+        key = (met, row["recall"] or 0.0, -row["false_accepts_per_hour"], row["threshold"])
+        log.info("%s: threshold %.2f -> recall %.3f at %.1f FA/h%s", settings.to_dict() | {"threshold": None},
+                 row["threshold"], row["recall"] or 0.0, row["false_accepts_per_hour"], "" if met else " (target missed)")
+        if best is None or key > best[0]:
+            best = (key, settings.replace(threshold=row["threshold"]), row, rows, met)
+    _, settings, row, rows, met = best
+    return {"settings": settings, "row": row, "curve": rows, "target_met": met}
+
+
+def plot_det(curves: dict[str, list[dict[str, Any]]], points: dict[str, dict[str, Any]], path: str | Path,
+             title: str, target_fa_per_hour: float) -> Path:
+    """Miss rate vs false accepts per hour, one line per named curve, the operating points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, rows in curves.items():
+        ok = [r for r in rows if r["false_accepts_per_hour"] is not None]
+        line, = ax.plot([r["false_accepts_per_hour"] for r in ok], [r["miss_rate"] for r in ok], ".-", label=name)
+        if name in points:
+            p = points[name]
+            ax.plot([p["false_accepts_per_hour"]], [p["miss_rate"]], "o", ms=9, mfc="none", color=line.get_color(),
+                    label=f"{name} at threshold {p['threshold']:.2f}")
+    ax.axvline(target_fa_per_hour, color="grey", ls="--", lw=1, label=f"target {target_fa_per_hour:g} FA/h")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("false accepts per hour")
+    ax.set_ylabel("miss rate")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def promotion_record(stream_dir: str | Path) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """What promotion takes from the stream stage's reports in ``stream_dir``: the operating point
+    (the bundle's ``detector.json``) and registry tags (test stream recall and false accepts per
+    hour at it, and ``stream_key``: the identity of the test streams, so that two versions'
+    figures are compared only when measured on the same streams). ``(None, {})`` without them."""
+    import hashlib
+    import json
+
+    stream_dir = Path(stream_dir)
+    point_file, metrics_file = stream_dir / "operating_point.json", stream_dir / "metrics.json"
+    if not (point_file.is_file() and metrics_file.is_file()):
+        return None, {}
+    point, metrics = json.loads(point_file.read_text()), json.loads(metrics_file.read_text())
+    DetectorSettings.from_dict(point["settings"])  # refuse to ship an invalid operating point
+    identity = {"recipe": metrics["recipe"], "test": {k: metrics["streams"]["test"][k] for k in ("digest", "seeds")},
+                "tolerance_s": metrics["operating_point"]["tolerance_s"]}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    test = metrics["test"]
+    return point, {"stream_recall": f"{test['recall']:.6f}", "stream_fa_per_hour": f"{test['false_accepts_per_hour']:.3f}",
+                   "stream_threshold": str(point["settings"]["threshold"]), "stream_key": key}

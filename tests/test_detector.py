@@ -1,0 +1,109 @@
+"""The streaming detector: smoothing, minimum count, suppression, re-arming, ignored labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kws.errors import ConfigError, KWSError
+from kws.streaming.detector import DetectorSettings, StreamDetector
+
+LABELS = ["_silence_", "_unknown_", "yes", "no"]
+STRIDE = 0.25
+
+
+def rows(*specs: tuple[str, float, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Window scores: for each (label, score, n) ``n`` windows whose ``label`` scores ``score``,
+    the rest spread over silence; times every STRIDE seconds from 0."""
+    out = []
+    for label, score, n in specs:
+        row = np.full(len(LABELS), 0.0)
+        row[LABELS.index(label)] = score
+        row[0] += 1.0 - score if label != "_silence_" else 0.0
+        out.extend([row] * n)
+    scores = np.array(out)
+    return np.arange(len(scores)) * STRIDE, scores
+
+
+def detect(settings: DetectorSettings, times, scores):
+    return StreamDetector(LABELS, settings).push_many(times, scores)
+
+
+def test_smoothing_ignores_a_single_confident_window_but_finds_a_sustained_word():
+    s = DetectorSettings(threshold=0.6, average_window_s=0.75, suppression_s=1.0, min_count=3)
+    t, x = rows(("_silence_", 1.0, 4), ("yes", 0.95, 1), ("_silence_", 1.0, 6))
+    assert detect(s, t, x) == []  # a spike averaged with its neighbours stays below 0.6
+    t, x = rows(("_silence_", 1.0, 4), ("yes", 0.9, 4), ("_silence_", 1.0, 6))
+    found = detect(s, t, x)
+    assert [d.label for d in found] == ["yes"]
+    d = found[0]
+    assert 1.0 <= d.time_s <= 1.75 and d.fired_s >= d.time_s and 0.6 <= d.confidence <= 0.9
+
+
+def test_min_count_needs_enough_windows_in_the_average():
+    t, x = rows(("yes", 0.9, 2), ("_silence_", 1.0, 4))
+    assert detect(DetectorSettings(threshold=0.7, min_count=3, average_window_s=0.75), t, x) == []
+    assert [d.label for d in detect(DetectorSettings(threshold=0.7, min_count=1, average_window_s=0.75), t, x)] == ["yes"]
+    # the count is of windows inside average_window_s: a window long gone does not count
+    t2 = np.array([0.0, 5.0, 5.25])
+    x2 = np.array([x[0]] * 3)
+    assert detect(DetectorSettings(min_count=3, average_window_s=0.5), t2, x2) == []
+
+
+def test_suppression_blocks_a_second_word_too_soon_and_lets_it_through_later():
+    t, x = rows(("yes", 0.9, 4), ("no", 0.9, 4), ("_silence_", 1.0, 4))
+    soon = detect(DetectorSettings(min_count=1, average_window_s=0.0, suppression_s=2.0), t, x)
+    assert [d.label for d in soon] == ["yes"]  # "no" starts 1 s after "yes" fired
+    later = detect(DetectorSettings(min_count=1, average_window_s=0.0, suppression_s=0.5), t, x)
+    assert [d.label for d in later] == ["yes", "no"]
+    assert later[1].fired_s - later[0].fired_s >= 0.5
+
+
+def test_one_long_word_is_one_detection_a_repeated_word_is_two():
+    s = DetectorSettings(threshold=0.6, average_window_s=0.5, suppression_s=0.5, min_count=2)
+    t, x = rows(("yes", 0.9, 12), ("_silence_", 1.0, 6))  # 3 s above threshold: longer than suppression
+    assert [d.label for d in detect(s, t, x)] == ["yes"]
+    t, x = rows(("yes", 0.9, 4), ("_silence_", 1.0, 4), ("yes", 0.9, 4), ("_silence_", 1.0, 4))
+    found = detect(s, t, x)
+    assert [d.label for d in found] == ["yes", "yes"]
+    assert found[1].time_s - found[0].time_s == pytest.approx(2.0, abs=0.5)
+
+
+def test_silence_and_unknown_are_never_detected():
+    t, x = rows(("_unknown_", 0.99, 8), ("_silence_", 1.0, 8), ("_unknown_", 0.99, 8))
+    assert detect(DetectorSettings(threshold=0.1, min_count=1), t, x) == []
+
+
+def test_reset_starts_a_new_stream_and_push_one_by_one_equals_the_batch():
+    t, x = rows(("_silence_", 1.0, 2), ("yes", 0.9, 4), ("_silence_", 1.0, 4))
+    det = StreamDetector(LABELS, DetectorSettings())
+    one = [d for ti, xi in zip(t, x) for d in det.push(ti, xi)]
+    assert one == detect(DetectorSettings(), t, x) and len(one) == 1
+    assert len(det.push_many(t + 10, x)) == 1  # the word fell below the threshold in between: re-armed
+    det.reset()
+    assert len(det.push_many(t, x)) == 1  # after reset the times may start again
+
+
+def test_memory_is_bounded():
+    det = StreamDetector(LABELS, DetectorSettings(average_window_s=1e6), max_windows=16)
+    t, x = rows(("_silence_", 1.0, 100))
+    det.push_many(t, x)
+    assert len(det._scores) == 16
+
+
+def test_bad_settings_and_bad_input_are_precise_errors():
+    for bad in ({"threshold": 1.5}, {"min_count": 0}, {"suppression_s": -1}, {"average_window_s": float("nan")},
+                {"min_count": 2.5}):
+        with pytest.raises(ConfigError, match="detector settings"):
+            DetectorSettings(**bad)
+    with pytest.raises(ConfigError, match="unknown key"):
+        DetectorSettings.from_dict({"threshold": 0.5, "thresold": 0.4})
+    assert DetectorSettings.from_dict(DetectorSettings(threshold=0.7).to_dict()).threshold == 0.7
+    det = StreamDetector(LABELS)
+    with pytest.raises(KWSError, match="3 values"):
+        det.push(0.0, [0.1, 0.2, 0.7])
+    det.push(1.0, [1, 0, 0, 0])
+    with pytest.raises(KWSError, match="time order"):
+        det.push(0.5, [1, 0, 0, 0])
+    with pytest.raises(KWSError, match="finite"):
+        det.push(2.0, [np.nan, 0, 0, 0])
