@@ -20,6 +20,9 @@ reload_s               KWS_RELOAD_S                 2        (poll the bundle fo
 grace_s                KWS_GRACE_S                  20       (SIGTERM: time to finish in-flight requests)
 admin_token            KWS_ADMIN_TOKEN              (unset)  (enables POST /admin/reload with this bearer token)
 tta_shifts_ms          KWS_TTA_SHIFTS_MS            0,-50,50 (test-time shifts of a short clip, averaged; 0: off)
+ffmpeg_concurrency     KWS_FFMPEG_CONCURRENCY       2        (ffmpeg decodes at once; more wait, then 503 busy)
+ffmpeg_cpu_s           KWS_FFMPEG_CPU_S             0.5      (CPU seconds one ffmpeg run may use)
+ffmpeg_wait_s          KWS_FFMPEG_WAIT_S            0.5      (how long a request waits for a free decoder)
 =====================  ===========================  ==========================================
 
 Live model updates: ``promote`` swaps a new bundle into ``model_dir`` (mount its PARENT folder
@@ -47,6 +50,7 @@ from kws.errors import ConfigError, KWSError
 from kws.logs import setup_logging
 from kws.serving import predictor as predictor_mod
 from kws.serving.metrics import Metrics
+from kws.serving.uploads import LenientFormDataParser
 
 log = logging.getLogger("kws.serving")
 access_log = logging.getLogger("kws.serving.access")
@@ -69,6 +73,9 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "grace_s": ("KWS_GRACE_S", float, 20.0),
     "admin_token": ("KWS_ADMIN_TOKEN", str, ""),
     "tta_shifts_ms": ("KWS_TTA_SHIFTS_MS", tuple, predictor_mod.DEFAULT_TTA_SHIFTS_MS),
+    "ffmpeg_concurrency": ("KWS_FFMPEG_CONCURRENCY", int, 2),  # ffmpeg decodes at once (kws.ffmpeg)
+    "ffmpeg_cpu_s": ("KWS_FFMPEG_CPU_S", float, 0.5),  # CPU seconds one ffmpeg run may use
+    "ffmpeg_wait_s": ("KWS_FFMPEG_WAIT_S", float, 0.5),  # wait for a free decoder, then 503 busy
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -123,15 +130,15 @@ def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str
             cfg[key] = default
     if cfg["runtime"] not in predictor_mod.RUNTIMES:
         raise ConfigError(f"KWS_RUNTIME must be one of {', '.join(predictor_mod.RUNTIMES)}, got {cfg['runtime']!r}")
-    for key in ("max_upload_mb", "max_duration_s", "window_stride_s", "long_audio_s"):
+    for key in ("max_upload_mb", "max_duration_s", "window_stride_s", "long_audio_s", "ffmpeg_cpu_s"):
         if not cfg[key] > 0:
             raise ConfigError(f"{SETTINGS[key][0]} must be positive, got {cfg[key]}")
-    for key in ("reload_s", "grace_s"):
+    for key in ("reload_s", "grace_s", "ffmpeg_wait_s"):
         if cfg[key] < 0:
             raise ConfigError(f"{SETTINGS[key][0]} must be zero or positive, got {cfg[key]}")
     if not 0 <= cfg["detection_threshold"] <= 1:
         raise ConfigError(f"KWS_DETECTION_THRESHOLD must be within 0..1, got {cfg['detection_threshold']}")
-    for key in ("top_k", "threads", "tflite_threads"):
+    for key in ("top_k", "threads", "tflite_threads", "ffmpeg_concurrency"):
         if cfg[key] < 1:
             raise ConfigError(f"{SETTINGS[key][0]} must be at least 1, got {cfg[key]}")
     return cfg
@@ -139,6 +146,8 @@ def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str
 
 class InMemoryRequest(Request):
     """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): no spooled temp files, ever."""
+
+    form_data_parser_class = LenientFormDataParser  # any bytes in a part's file name
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return io.BytesIO()
@@ -187,7 +196,7 @@ class ServiceState:
 
     def reload_now(self) -> dict[str, Any] | None:
         """Swap in a new bundle if ``model_dir`` holds one: ``{"from": ..., "to": ...}``, else ``None``."""
-        swapped = predictor_mod.reload_if_changed(**self._args)
+        swapped = predictor_mod.reload_if_changed(**self._args, on_reject=self.metrics.reload_rejected.inc)
         if swapped is None:
             return None
         old, new = swapped
@@ -266,9 +275,10 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the Flask app. ``config`` keys override the ``KWS_*`` environment (see module doc)."""
     setup_logging()
     cfg = load_config(config)
-    from kws.serving.api import bp
+    from kws.serving.api import StrictJSONProvider, bp
 
     app = Flask(__name__)
+    app.json = StrictJSONProvider(app)
     app.request_class = InMemoryRequest
     app.json.sort_keys = False
     app.config.update(
