@@ -160,11 +160,15 @@ def full_tmpdir(tmp_path) -> Path:
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        with open(mnt / "filler", "wb") as f:
-            with pytest.raises(OSError):
+        try:
+            with open(mnt / "filler", "wb") as f:
                 while True:
                     f.write(b"\0" * 4096)
                     f.flush()
+        except OSError:
+            pass  # full
+        with pytest.raises(OSError):
+            (mnt / "probe").write_bytes(b"\0" * 8192)
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
