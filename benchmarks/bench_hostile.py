@@ -25,7 +25,7 @@ the faster the refusal, the more requests per second. Reported per phase: normal
 (ffmpeg/ffprobe) used per hostile upload. The load generator runs on the same machine.
 Writes ``benchmarks/results/hostile.json``.
 
-    .venv/bin/python benchmarks/bench_hostile.py [--requests 40 --hostile 8]
+    .venv/bin/python benchmarks/bench_hostile.py [--requests 40 --hostile 8] [--setting KWS_FFMPEG_WAIT_S=0.2 ...]
 """
 
 from __future__ import annotations
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hostile", type=int, default=8)
     ap.add_argument("--model-dir", type=Path, default=REPO / "serving" / "model")
     ap.add_argument("--out", default="hostile.json")
+    ap.add_argument("--setting", action="append", default=[], metavar="KWS_X=VALUE",
+                    help="a service setting for this run (repeatable), e.g. KWS_FFMPEG_WAIT_S=0.2")
     args = ap.parse_args(argv)
     if shutil.which("ffmpeg") is None:
         print("ffmpeg is required", file=sys.stderr)
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             "ffmpeg_spinner": (ffmpeg_file(tmp, "spin.mkv", ["-f", "lavfi", "-i", "anullsrc=r=384000:cl=7.1",
                                                                "-t", "60", "-c:a", "flac"]), "spin.webm"),
         }
-        api = kt.ApiProcess(model_dir, tmp / "api", env={"KWS_RELOAD_S": "0"})
+        settings = dict(item.split("=", 1) for item in args.setting)
+        api = kt.ApiProcess(model_dir, tmp / "api", env={"KWS_RELOAD_S": "0", **settings})
         phases, rows = {}, []
         with api:
             timed_posts(api.url, wav, "clip.wav", 5)  # warm
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "benchmark": "bench_hostile", "machine": machine_info(),
             "setup": {"requests": args.requests, "hostile_in_flight": args.hostile, "server": "kws.serving.server "
-                      "(Waitress, default KWS_* settings: 4 threads, 2 ffmpeg decodes at once, 0.5 s CPU each)",
+                      "(Waitress; default KWS_* settings: 4 threads, 2 ffmpeg decodes at once, 0.5 s CPU each, "
+                      "0.5 s wait for a decoder)", "settings": settings,
                       "model": str(model_dir) if model_dir == args.model_dir else "tiny bundle trained now",
                       "normal_clip": str(clip_path.relative_to(SAMPLE_DIR.parent))},
             "target": "normal WAV p50 with hostile uploads in flight <= 2x idle p50",
