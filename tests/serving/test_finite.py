@@ -5,6 +5,7 @@ in Matroska (decoded by ffmpeg)."""
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
@@ -39,8 +40,6 @@ def clip(clips) -> np.ndarray:
 
 
 def _encode(samples: np.ndarray, fmt: str, subtype: str) -> bytes:
-    import io
-
     buf = io.BytesIO()
     sf.write(buf, samples, 16000, format=fmt, subtype=subtype)
     return buf.getvalue()
