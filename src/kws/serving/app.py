@@ -29,6 +29,7 @@ from kws.serving import predictor as predictor_mod
 from kws.serving import overload
 from kws.serving.metrics import Metrics
 from kws.serving.settings import load_config  # noqa: F401 - the app's settings (also imported from here)
+from kws.serving.uploads import LenientFormDataParser
 
 log = logging.getLogger("kws.serving")
 access_log = logging.getLogger("kws.serving.access")
@@ -45,6 +46,8 @@ HTTP_CODES = {
 
 class InMemoryRequest(Request):
     """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): no spooled temp files, ever."""
+
+    form_data_parser_class = LenientFormDataParser  # any bytes in a part's file name
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return io.BytesIO()
@@ -93,7 +96,7 @@ class ServiceState:
 
     def reload_now(self) -> dict[str, Any] | None:
         """Swap in a new bundle if ``model_dir`` holds one: ``{"from": ..., "to": ...}``, else ``None``."""
-        swapped = predictor_mod.reload_if_changed(**self._args)
+        swapped = predictor_mod.reload_if_changed(**self._args, on_reject=self.metrics.reload_rejected.inc)
         if swapped is None:
             return None
         old, new = swapped
@@ -172,9 +175,10 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the Flask app. ``config`` keys override the ``KWS_*`` environment (see module doc)."""
     setup_logging()
     cfg = load_config(config)
-    from kws.serving.api import bp
+    from kws.serving.api import StrictJSONProvider, bp
 
     app = Flask(__name__)
+    app.json = StrictJSONProvider(app)
     app.request_class = InMemoryRequest
     app.json.sort_keys = False
     app.config.update(

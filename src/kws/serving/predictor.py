@@ -15,7 +15,9 @@
   identity, model file, ``model_info.json``) with the loaded one; when ``promote`` has swapped a
   new bundle in, the new predictor is loaded and warmed BESIDE the old one and then replaces it
   in one assignment. Requests that hold the old predictor finish on it; nothing fails. A bundle
-  that is missing (mid-swap) or broken is not loaded; the old one keeps serving.
+  that is missing (mid-swap) or broken is not loaded; the old one keeps serving. A reload accepts
+  only a bundle that loads with the CONFIGURED runtime (no fallback to the other one) and whose
+  warm-up answers are sane (:meth:`Predictor.check_answer`); a refused bundle is logged once.
 * Long audio is scanned with 1 s windows every ``stride_s`` seconds, all windows batched into
   as few runtime calls as possible, and the window scores are fed in time order to the
   streaming detector (:class:`kws.streaming.detector.StreamDetector`: smoothing, minimum count,
@@ -30,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -215,13 +217,13 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, runtime: str = "tflite", threads: int = 1,
                  long_audio_s: float = 1.5, stride_s: float = 0.25, detection_threshold: float = 0.6,
-                 warmup: bool = True, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS):
+                 warmup: bool = True, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS, fallback: bool = True):
         t0 = time.perf_counter()
         self.fingerprint = bundle_fingerprint(model_dir)  # before reading: a swap during the load shows up later
         self.meta = read_meta(model_dir)
         self.labels = list(self.meta.labels)
         self.cfg = self.meta.features
-        self.runtime = load_runtime(self.meta, runtime, threads)
+        self.runtime = load_runtime(self.meta, runtime, threads, fallback=fallback)
         expected = (*self.cfg.shape, 1)
         if tuple(self.runtime.input_shape) != expected:
             raise BundleError(f"the model expects input {tuple(self.runtime.input_shape)} but features.json "
@@ -269,11 +271,25 @@ class Predictor:
         """One full pass (features + inference, all batch sizes) so the first request is not slow."""
         rng = np.random.default_rng(0)
         wave = (rng.standard_normal(int(self.cfg.sample_rate * 3)) * 0.01).astype(np.float32)
-        self.scores_clip(wave[: self.cfg.clip_samples])
-        self.scan(wave, self.stride_s)
+        self.check_answer(self.scores_clip(wave[: self.cfg.clip_samples])[None], "a clip")
+        self.check_answer(self.scan(wave, self.stride_s)[1], "a scan")
         warm = getattr(self.runtime, "warm", None)
         if warm:
             warm()
+
+    def check_answer(self, scores: np.ndarray, what: str) -> None:
+        """Raise :class:`BundleError` unless ``scores`` are rows of one finite probability per label
+        that sum to 1 (softmax): what a model that loads but is broken (a truncated or foreign
+        file) fails."""
+        scores = np.asarray(scores)
+        if scores.ndim != 2 or scores.shape[1] != len(self.labels):
+            raise BundleError(f"the model answered {what} with shape {scores.shape}, expected (n, {len(self.labels)})")
+        if not np.all(np.isfinite(scores)):
+            raise BundleError(f"the model answered {what} with NaN or infinite scores")
+        sums = scores.astype(np.float64).sum(axis=1)
+        if np.any(np.abs(sums - 1.0) > 1e-3) or np.any(scores < -1e-6):
+            raise BundleError(f"the model's scores for {what} are not probabilities (sums {sums.min():.4g}.."
+                              f"{sums.max():.4g}, expected 1)")
 
     # -- features + inference
     def features(self, waves: np.ndarray) -> np.ndarray:
@@ -341,6 +357,7 @@ class Predictor:
         top_k = max(1, min(int(top_k), len(self.labels)))
         if duration <= self.long_audio_s:
             scores = self.scores_clip(self.loudest_window(samples))
+            _finite(scores)
             best = int(np.argmax(scores))
             keyword, confidence = self.labels[best], float(scores[best])
             if threshold is not None and confidence < threshold:
@@ -349,6 +366,7 @@ class Predictor:
                     "scores": top_scores(scores, self.labels, top_k)}
         stride = stride_s or self.stride_s
         starts, scores = self.scan(samples, stride)
+        _finite(scores)
         dets = self.detect(starts, scores, threshold, duration)
         if dets:
             lead = max(dets, key=lambda d: d.confidence)
@@ -378,6 +396,12 @@ class Predictor:
         cap = duration_s if duration_s is not None else float("inf")
         return [Detection(d.label, max(0.0, d.time_s - half), min(d.time_s + half, cap), d.confidence)
                 for d in found]
+
+
+def _finite(scores: np.ndarray) -> None:
+    if not np.all(np.isfinite(scores)):  # never a NaN in an answer (the audio is checked; this is the model)
+        raise KWSError("the model produced non-finite scores for this audio; the details are in the server log",
+                       code="model_error", status=500)
 
 
 def bundle_fingerprint(model_dir: str | Path) -> str | None:
@@ -470,13 +494,16 @@ def peek(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_
 
 def reload_if_changed(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_audio_s: float = 1.5,
                       stride_s: float = 0.25, detection_threshold: float = 0.6,
-                      tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS) -> tuple[Predictor, Predictor] | None:
+                      tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS,
+                      on_reject: Callable[[], None] | None = None) -> tuple[Predictor, Predictor] | None:
     """Swap in the bundle now at ``model_dir`` if it is not the loaded one: ``(old, new)``, else ``None``.
 
     Nothing happens before the first load (that is :func:`get_predictor`'s job), while the
     folder is absent or incomplete (``promote`` is mid-swap), or when this very bundle already
-    failed to load (logged once). The new predictor is built and warmed while the old one keeps
-    serving, then replaces it atomically.
+    failed to load (logged once, ``on_reject`` called once). The new predictor must load with
+    ``runtime`` itself (no fallback: a broken ``model.tflite`` must not become a Keras model of
+    three times the memory) and pass the warm-up answer check; it is built and warmed while the
+    old one keeps serving, then replaces it atomically.
     """
     key = _key(model_dir, runtime, threads, long_audio_s, stride_s, detection_threshold, tta_shifts_ms)
     with _reload_lock:  # one reload at a time; readers never wait for it
@@ -488,13 +515,16 @@ def reload_if_changed(model_dir: str | Path, runtime: str = "tflite", threads: i
             return None
         try:
             new = Predictor(model_dir, runtime=runtime, threads=threads, long_audio_s=long_audio_s,
-                            stride_s=stride_s, detection_threshold=detection_threshold, tta_shifts_ms=tta_shifts_ms)
+                            stride_s=stride_s, detection_threshold=detection_threshold, tta_shifts_ms=tta_shifts_ms,
+                            fallback=False)
         except Exception as err:  # noqa: BLE001 - a bad bundle must never take the service down
             message = err.message if isinstance(err, KWSError) else f"{type(err).__name__}: {err}"
             if bundle_fingerprint(model_dir) == fp:  # not a swap in progress: this bundle is broken
                 _rejected[key] = fp
-                log.error("new model bundle at %s NOT loaded, still serving %s v%s: %s", model_dir,
-                          old.model_name, old.model_version, message)
+                log.error("new model bundle at %s NOT loaded, still serving %s v%s (%s runtime): %s", model_dir,
+                          old.model_name, old.model_version, old.runtime.name, message)
+                if on_reject is not None:
+                    on_reject()
             return None
         _rejected.pop(key, None)
         _instances[key] = new

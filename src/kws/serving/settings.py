@@ -96,6 +96,14 @@ SETTINGS: tuple[Setting, ...] = (
     _S("reload_s", "KWS_RELOAD_S", float, 2.0, "poll the bundle for a new champion every N s (0: off)",
        _non_negative, ">= 0"),
     _S("admin_token", "KWS_ADMIN_TOKEN", str, "", "enables POST /admin/reload with this bearer token (unset: off)"),
+    # ---- decoding with ffmpeg (formats libsndfile cannot read): a hostile upload costs a bounded
+    # fraction of a second and never holds the in-memory WAV/FLAC/MP3 path
+    _S("ffmpeg_concurrency", "KWS_FFMPEG_CONCURRENCY", int, 2, "ffmpeg decodes at once (more wait, then 503 `busy`)",
+       _at_least_1, ">= 1"),
+    _S("ffmpeg_cpu_s", "KWS_FFMPEG_CPU_S", float, 0.5, "CPU seconds one ffmpeg or ffprobe run may use", _positive,
+       "> 0"),
+    _S("ffmpeg_wait_s", "KWS_FFMPEG_WAIT_S", float, 0.5, "seconds a request waits for a free decoder, then 503 `busy`",
+       _non_negative, ">= 0"),
     # ---- requests and answers
     _S("max_upload_mb", "KWS_MAX_UPLOAD_MB", float, 10.0, "upload limit in MB (nginx reads the same variable)",
        _positive, "> 0"),
