@@ -23,8 +23,8 @@ from kws import sniff
 from kws.audio import Decoder, decode
 from kws.errors import DecoderBusyError, UnsupportedAudioError
 from kws.ffmpeg import Limits
-from kws.serving import testing as kt
-from serving_helpers import assert_error, ffmpeg_convert, post_audio
+from tests.support.processes import ApiProcess
+from tests.support.serving import assert_error, ffmpeg_convert, post_audio
 
 
 def _children_cpu() -> float:
@@ -176,7 +176,7 @@ def full_tmpdir(tmp_path) -> Path:
 
 def test_a_full_tmpdir_does_not_break_decoding(tmp_path, full_tmpdir, bundle, formats):
     """The issue: WebM, M4A, AMR and undecodable uploads got 500 + an Errno 28 traceback."""
-    with kt.ApiProcess(bundle, tmp_path / "srv", env={"TMPDIR": str(full_tmpdir), "KWS_RELOAD_S": "0"}) as api:
+    with ApiProcess(bundle, tmp_path / "srv", env={"TMPDIR": str(full_tmpdir), "KWS_RELOAD_S": "0"}) as api:
         for name in ("matroska/webm", "mov/m4a", "matroska/mkv", "ogg/ogg", "mp3/mp3"):
             resp = post_audio(api.url, formats[name], "clip." + name.split("/")[1])
             assert resp.status_code == 200, (name, resp.text)

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from kws.audio import decode, load_file
 from kws.serving.app import create_app
-from serving_helpers import ffmpeg_convert
+from tests.support.serving import ffmpeg_convert
 
 #: (libsndfile format, subtype) pairs that hold float samples
 FLOAT_FORMATS = [(fmt, sub) for fmt in ("WAV", "AIFF", "AU", "CAF", "W64", "RF64")

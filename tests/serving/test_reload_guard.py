@@ -15,8 +15,8 @@ import requests
 
 from kws.errors import BundleError
 from kws.serving import predictor as pm
-from kws.serving import testing as kt
-from serving_helpers import metric_value
+from tests.support.processes import ApiProcess
+from tests.support.serving import metric_value
 
 
 def _rss_mb(pid: int) -> float:
@@ -51,7 +51,7 @@ def test_a_broken_model_file_never_replaces_the_served_one(tmp_path, bundle, cli
     shutil.copytree(bundle, model_dir)
     good = (model_dir / "model.tflite").read_bytes()
     clip = clips["one"][0].read_bytes()
-    api = kt.ApiProcess(model_dir, tmp_path / "api", env={"KWS_RELOAD_S": "0.2", "KWS_LOG_LEVEL": "INFO"})
+    api = ApiProcess(model_dir, tmp_path / "api", env={"KWS_RELOAD_S": "0.2", "KWS_LOG_LEVEL": "INFO"})
     with api:
         _still_serving(api.url, clip)
         rss0 = _rss_mb(api.proc.pid)
