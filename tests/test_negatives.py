@@ -131,6 +131,10 @@ def test_clips_are_one_second_of_sound_filed_by_label(tiny):
             cuts = settings["cuts"]
             assert cut_label(shares, cuts["keyword_min"], cuts["unknown_max"]) == row["label"]
             assert folder == (row["label"] if row["label"] in KEYWORDS else UNKNOWN_CUTS)
+            if row["kind"] == "junction":  # the end of one word and the start of the next
+                assert len(shares) == 2 and all(share > 0 for _, share in shares), row
+            else:
+                assert len(shares) == 1 and (shares[0][0] in KEYWORDS) == (row["kind"] == "edge"), row
 
 
 @needs_tts

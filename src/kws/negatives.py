@@ -155,7 +155,7 @@ def _cut(rng: np.random.Generator, kind: str, said: dict[str, list[np.ndarray]],
         takes = [said[w][int(rng.integers(len(said[w])))] for w in words]
         gap = int(rng.uniform(*cfg["gap_s"]) * SAMPLE_RATE)
         end = len(takes[0])  # the window holds the end of the first and the start of the second
-        start = int(rng.integers(max(end - CLIP_SAMPLES + 1, -gap), end))
+        start = int(rng.integers(end + gap - CLIP_SAMPLES + 1, end))
         return (*_window(takes, gap, start), words)
     word = pick(keywords if kind == "edge" else others)
     take = said[word][int(rng.integers(len(said[word])))]
