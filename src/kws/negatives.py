@@ -148,7 +148,8 @@ def _window(takes: Sequence[np.ndarray], gap: int, start: int) -> tuple[np.ndarr
 def _cut(rng: np.random.Generator, kind: str, said: dict[str, list[np.ndarray]], cfg: dict):
     """One cut window of ``kind`` from the voice's takes: (window, words, shares, speech samples)."""
     keywords = [w for w in said if w in KEYWORDS]
-    others = [w for w in said if w not in KEYWORDS] or keywords
+    others = [w for w in said if w not in KEYWORDS]
+    keywords, others = keywords or others, others or keywords  # a voice that left one kind silent
     pick = lambda pool: pool[int(rng.integers(len(pool)))]  # noqa: E731
     if kind == "junction":
         words = [pick(keywords if rng.random() < 0.5 else others), pick(keywords + others)]
@@ -225,12 +226,14 @@ def render_voice(dest: str, voice: tts.Voice, words: list[str], keyword_takes: i
     said: dict[str, list[np.ndarray]] = {}
     rows, n_in = [], {}
     for word, take in zip(script, takes):
+        if take is None:
+            continue
         said.setdefault(word, []).append(take)
         n = n_in[word] = n_in.get(word, -1) + 1
         rel = f"{word}/{voice.hash}_nohash_{n}.wav"
         write_pcm16(Path(dest) / rel, _augment(_placed(take, seeded_rng(seed, voice.hash, rel)), rng))
         rows.append([rel, voice.engine, voice.name, "word", word, "1", word if word in KEYWORDS else UNKNOWN])
-    for i in range(int(cuts["per_voice"])):
+    for i in range(int(cuts["per_voice"]) if said else 0):
         crng = seeded_rng(seed, voice.hash, "cut", i)
         kind = _CUT_KINDS[i % len(_CUT_KINDS)]
         for _attempt in range(20):  # a junction may land between the labels: draw it again

@@ -148,14 +148,17 @@ def _festival(voice: Voice, words: Sequence[str], speeds: Sequence[float], work:
 _SPEAK = {ESPEAK: _espeak, FLITE: _flite, FESTIVAL: _festival}
 
 
-def speak(voice: Voice, words: Sequence[str], speeds: Sequence[float], work: Path) -> list[np.ndarray]:
+def speak(voice: Voice, words: Sequence[str], speeds: Sequence[float], work: Path) -> list[np.ndarray | None]:
     """Each of ``words`` said by ``voice`` at ``speeds`` (factors of its speed), as cleaned 16 kHz
-    takes. ``work``: an empty scratch folder. Raises :class:`DatasetError` when a word stays silent."""
-    takes = []
+    takes; None (and a warning) for a word the voice left silent. ``work``: an empty scratch folder.
+    Raises :class:`DatasetError` when the engine fails."""
+    takes: list[np.ndarray | None] = []
     for word, (raw, rate) in zip(words, _SPEAK[voice.engine](voice, words, speeds, work)):
         take = clean_take(raw, rate)
         if take is None:
-            raise DatasetError(f"{voice.engine} voice {voice.name!r} (speaker {voice.hash}) said nothing "
-                               f"audible for the word {word!r}")
-        takes.append(change_speed(take, voice.tape) if voice.tape != 1.0 else take)
+            log.warning("%s voice %r (speaker %s) said nothing audible for %r: left out",
+                        voice.engine, voice.name, voice.hash, word)
+        elif voice.tape != 1.0:
+            take = change_speed(take, voice.tape)
+        takes.append(take)
     return takes
