@@ -161,7 +161,8 @@ def _cut(rng: np.random.Generator, kind: str, said: dict[str, list[np.ndarray]],
     word = pick(keywords if kind == "edge" else others)
     take = said[word][int(rng.integers(len(said[word])))]
     lo, hi = cfg["unknown_max"], cfg["keyword_min"]
-    share = (rng.uniform(0.05, lo) if rng.random() < 0.5 else rng.uniform(hi, 0.97)) if kind == "edge" \
+    # a keyword: as much under unknown_max as over keyword_min (a sliver of "yes" is _unknown_)
+    share = (rng.uniform(lo / 2, lo) if rng.random() < 0.5 else rng.uniform(hi, 0.97)) if kind == "edge" \
         else rng.uniform(0.25, 0.75)
     inside = int(share * len(take))
     start = len(take) - inside if rng.random() < 0.5 else inside - CLIP_SAMPLES  # its end, or its start
