@@ -64,7 +64,7 @@ def synthesize_dataset(dest_dir: Path, params: dict[str, Any], kind: str = SYNTH
     try:
         generator = importlib.import_module(GENERATORS[kind])  # heavy (TTS, audio): only when asked for
     except ImportError as err:
-        raise ConfigError(f"data.source is `{kind}` but its generator cannot be loaded: {err}") from None
+        raise ConfigError(f"source `{kind}`: its generator cannot be loaded: {err}") from None
     # what is recorded and compared: the settings, plus what they point at (negatives: its word list)
     recorded = generator.check_settings(params) or params
     if is_up_to_date(dest_dir, kind, **{kind: recorded}):
