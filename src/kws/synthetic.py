@@ -36,7 +36,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -180,7 +180,7 @@ def synthesize(espeak: str, word: str, voice: str, pitch: int, speed: int) -> tu
 
 
 # --- one clip -------------------------------------------------------------------------
-def _rng(seed: int, *parts: object) -> np.random.Generator:
+def seeded_rng(seed: int, *parts: object) -> np.random.Generator:
     """A generator seeded by ``seed`` and ``parts`` only (stable, independent of call order)."""
     digest = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).digest()
     return np.random.default_rng(np.frombuffer(digest, dtype="<u4").tolist())
@@ -196,10 +196,21 @@ def _fade(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _speech(espeak: str, word: str, speaker: Speaker, pitch: int, speed: int, take: int) -> np.ndarray:
-    """Synthesise, resample to 16 kHz and trim one take; retried once, then DatasetError."""
+def clean_take(raw: np.ndarray, rate: int) -> np.ndarray | None:
+    """A TTS engine's take at 16 kHz, its silence trimmed and its ends faded; None when it is
+    (nearly) silent. Shared by every engine, so all their takes are cut the same way."""
     import librosa
 
+    y = resample(raw, rate, SAMPLE_RATE)
+    if y.size and float(np.max(np.abs(y))) > 1e-3:
+        y, _ = librosa.effects.trim(y, top_db=_TRIM_TOP_DB, frame_length=512, hop_length=128)
+        if y.size >= 160:  # at least 10 ms of sound
+            return _fade(y.astype(np.float32))
+    return None
+
+
+def _speech(espeak: str, word: str, speaker: Speaker, pitch: int, speed: int, take: int) -> np.ndarray:
+    """Synthesise, resample to 16 kHz and trim one take; retried once, then DatasetError."""
     error = "no sound"
     for _attempt in range(2):
         try:
@@ -207,11 +218,9 @@ def _speech(espeak: str, word: str, speaker: Speaker, pitch: int, speed: int, ta
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
             error = str(err)
             continue
-        y = resample(raw, rate, SAMPLE_RATE)
-        if y.size and float(np.max(np.abs(y))) > 1e-3:
-            y, _ = librosa.effects.trim(y, top_db=_TRIM_TOP_DB, frame_length=512, hop_length=128)
-            if y.size >= 160:  # at least 10 ms of sound
-                return _fade(y.astype(np.float32))
+        y = clean_take(raw, rate)
+        if y is not None:
+            return y
         error = "espeak-ng produced no audible sound"
     raise DatasetError(
         f"espeak-ng failed twice to synthesise the word {word!r} with voice {speaker.voice!r} "
@@ -224,7 +233,7 @@ def render_clip(
     noise: Sequence[np.ndarray], snr_db: tuple[float, float],
 ) -> np.ndarray:
     """The 16-bit PCM samples (int16, exactly 16000) of one take."""
-    rng = _rng(seed, speaker.hash, word, take)
+    rng = seeded_rng(seed, speaker.hash, word, take)
     pitch = int(np.clip(speaker.pitch + rng.integers(-_PITCH_JITTER, _PITCH_JITTER + 1), 0, 99))
     speed = int(np.clip(speaker.speed + rng.integers(-_SPEED_JITTER, _SPEED_JITTER + 1), 80, 450))
     gain_db = float(rng.uniform(*_GAIN_DB))
@@ -259,7 +268,7 @@ def render_clip(
     return np.round(clip * 32767.0).astype(np.int16)
 
 
-def _write_pcm16(path: Path, samples: np.ndarray) -> None:
+def write_pcm16(path: Path, samples: np.ndarray) -> None:
     sf.write(str(path), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
@@ -284,7 +293,7 @@ def _render_word(
     folder.mkdir(exist_ok=True)
     for take in range(takes):
         samples = render_clip(espeak, word, speaker, take, seed, _NOISE, snr_db)
-        _write_pcm16(folder / clip_name(speaker, take), samples)
+        write_pcm16(folder / clip_name(speaker, take), samples)
     return takes
 
 
@@ -292,7 +301,7 @@ def _render_word(
 def choose_speakers(voices: int, seed: int, accents: Sequence[str], variants: Sequence[str]) -> list[Speaker]:
     """``voices`` distinct speakers: accents and variants interleaved in a seed-shuffled order,
     each with its own base pitch and speed. The hash depends on the voice spec only."""
-    rng = _rng(seed, "speakers")
+    rng = seeded_rng(seed, "speakers")
     accents = [accents[i] for i in rng.permutation(len(accents))]
     variants = [variants[i] for i in rng.permutation(len(variants))]
     speakers: list[Speaker] = []
@@ -340,7 +349,7 @@ def prepare_noise(noise_dir: str | Path | None, dest_noise: Path, seed: int) -> 
                 peak = float(np.max(np.abs(samples), initial=0.0))
                 if peak > 1.0:
                     samples = samples / peak
-                _write_pcm16(out, np.round(samples * 32767.0).astype(np.int16))
+                write_pcm16(out, np.round(samples * 32767.0).astype(np.int16))
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
             log.warning("skipping background noise file %s: %s", src, err)
             out.unlink(missing_ok=True)
@@ -354,13 +363,13 @@ def prepare_noise(noise_dir: str | Path | None, dest_noise: Path, seed: int) -> 
         "(point noise_dir at Speech Commands' _background_noise_ for realistic noise)",
         noise_dir,
     )
-    rng = _rng(seed, "background_noise")
+    rng = seeded_rng(seed, "background_noise")
     n = NOISE_SECONDS * SAMPLE_RATE
     for name, signal in (("white_noise.wav", rng.standard_normal(n)), ("pink_noise.wav", _pink_noise(rng, n))):
         signal = signal * (0.1 / float(np.sqrt(np.mean(signal**2))))
         signal = np.clip(signal, -_PEAK_LIMIT, _PEAK_LIMIT)
         out = dest_noise / name
-        _write_pcm16(out, np.round(signal * 32767.0).astype(np.int16))
+        write_pcm16(out, np.round(signal * 32767.0).astype(np.int16))
         written.append(out)
     return written, "generated (white and pink noise)"
 
@@ -369,7 +378,7 @@ def split_speakers(
     speakers: Sequence[Speaker], seed: int, validation_voices: int, testing_voices: int
 ) -> tuple[list[Speaker], list[Speaker]]:
     """The first ``validation_voices`` then ``testing_voices`` speakers in a seed-shuffled order."""
-    order = [speakers[i] for i in _rng(seed, "splits").permutation(len(speakers))]
+    order = [speakers[i] for i in seeded_rng(seed, "splits").permutation(len(speakers))]
     return order[:validation_voices], order[validation_voices : validation_voices + testing_voices]
 
 
@@ -546,7 +555,8 @@ def generate(
     return summary
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
+    """Import librosa and compile its kernels once, so that forked workers inherit them."""
     import librosa
 
     y = resample(np.sin(np.arange(2205, dtype=np.float32) * 0.1), 22050, SAMPLE_RATE)
@@ -554,30 +564,47 @@ def _warm_up() -> None:
 
 
 def _run_jobs(jobs: list[tuple], n_workers: int, noise_files: list[str], progress: bool) -> None:
+    run_parallel(_render_word, jobs, total=sum(job[4] for job in jobs), n_workers=n_workers,
+                 initializer=_init_worker, initargs=(noise_files,), progress=progress)
+
+
+def run_parallel(
+    func: Callable[..., int], jobs: Sequence[tuple], *, total: int, n_workers: int,
+    initializer: Callable[..., None], initargs: tuple, progress: bool, desc: str = "synthesising",
+) -> list[Any]:
+    """``func(*job)`` for every job, in ``n_workers`` processes (1: this one), with a progress bar
+    of ``total`` clips. ``func`` returns the clips it made (an int) or ``(clips, result)``; the
+    results come back in job order. A worker's error is re-raised here, the queue cancelled."""
     from tqdm import tqdm
 
-    total = sum(job[4] for job in jobs)
-    if n_workers == 1:
-        _init_worker(noise_files)
-        with tqdm(total=total, unit="clip", desc="synthesising", disable=not progress) as bar:
-            for job in jobs:
-                bar.update(_render_word(*job))
-        return
+    def count(out: Any) -> int:
+        return out[0] if isinstance(out, tuple) else out
 
-    _warm_up()  # import librosa and compile its kernels once, inherited by forked workers
-    pool = process_pool(n_workers, _init_worker, (noise_files,))
+    results: list[Any] = [None] * len(jobs)
+    if n_workers == 1:
+        initializer(*initargs)
+        with tqdm(total=total, unit="clip", desc=desc, disable=not progress) as bar:
+            for i, job in enumerate(jobs):
+                results[i] = func(*job)
+                bar.update(count(results[i]))
+        return results
+
+    warm_up()
+    pool = process_pool(n_workers, initializer, initargs)
     try:
-        futures = [pool.submit(_render_word, *job) for job in jobs]  # before tqdm starts a thread
-        with tqdm(total=total, unit="clip", desc="synthesising", disable=not progress) as bar:
+        futures = {pool.submit(func, *job): i for i, job in enumerate(jobs)}  # before tqdm starts a thread
+        with tqdm(total=total, unit="clip", desc=desc, disable=not progress) as bar:
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for future in done:
-                    bar.update(future.result())  # re-raises a worker's DatasetError
+                    results[futures[future]] = future.result()  # re-raises a worker's DatasetError
+                    bar.update(count(results[futures[future]]))
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    return results
 
 
 # --- console entry point ---------------------------------------------------------------
