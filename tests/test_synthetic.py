@@ -133,7 +133,7 @@ def test_different_seed_gives_different_speakers(tmp_path):
 
 def test_noise_is_generated_when_noise_dir_is_missing(tmp_path, caplog):
     dest = tmp_path / "ds"
-    with caplog.at_level(logging.WARNING, logger="kws.synthetic"):
+    with caplog.at_level(logging.WARNING, logger="kws.takes"):
         summary = _generate(dest, noise_dir=tmp_path / "does-not-exist", words=("go", "stop"))
     assert "generating white and pink noise" in caplog.text
     noise = sorted(p.name for p in (dest / BACKGROUND_NOISE_DIR).glob("*.wav"))
@@ -235,7 +235,8 @@ def test_a_partial_settings_node_is_refused_before_generating(repo, tmp_path):
 
 
 def test_failed_synthesis_is_retried_then_names_word_and_voice():
-    from kws.synthetic import Speaker, find_espeak, render_clip
+    from kws.speakers import Speaker, render_clip
+    from kws.tts import find_espeak
 
     bad = Speaker(hash="0badc0de", voice="xx-no-such-voice", pitch=50, speed=160)
     with pytest.raises(DatasetError, match=r"'seven'.*'xx-no-such-voice'"):

@@ -36,9 +36,9 @@ import numpy as np
 from kws import tts
 from kws.errors import ConfigError, DatasetError
 from kws.labels import BACKGROUND_NOISE_DIR, KEYWORDS, UNKNOWN
-from kws.synthetic import (
-    CLIP_SAMPLES, SAMPLE_RATE, choose_speakers, prepare_noise, run_parallel, seeded_rng, write_pcm16,
-)
+from kws.parallel import run_parallel
+from kws.speakers import choose_speakers
+from kws.takes import CLIP_SAMPLES, SAMPLE_RATE, prepare_noise, seeded_rng, write_pcm16
 
 log = logging.getLogger(__name__)
 
