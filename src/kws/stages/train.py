@@ -703,7 +703,10 @@ def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
                                 model_uri=info.model_uri)
             write_bundle(model_dir, export, labels, features, metrics=summary,
                          info={**run_info, "dataset": cfg.data.name, "task": meta["task"], "training": training,
-                               "logit_offsets": offsets})
+                               "logit_offsets": offsets},
+                         # int8 beside float32 (issue 21, branch speed): calibrated on training features,
+                         # checked against float32 on the validation split (the task's labels, not word targets)
+                         representative=x_train, check=(x_val, load_split(features_dir, "validation")[1]))
             (model_dir / tracking.RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     finally:
         if scratch is not None:
