@@ -10,7 +10,7 @@ max_upload_mb          KWS_MAX_UPLOAD_MB            10
 max_duration_s         KWS_MAX_DURATION_S           60
 window_stride_s        KWS_WINDOW_STRIDE_S          0.25
 top_k                  KWS_TOP_K                    3
-runtime                KWS_RUNTIME                  tflite   (tflite | keras)
+runtime                KWS_RUNTIME                  auto     (auto | tflite | tflite_int8 | keras; auto: int8 where the bundle's export check chose it)
 threads                KWS_THREADS                  4        (Waitress worker threads)
 tflite_threads         KWS_TFLITE_THREADS           1        (threads inside one TFLite invoke)
 detection_threshold    KWS_DETECTION_THRESHOLD      0.6
@@ -19,7 +19,7 @@ preload                KWS_PRELOAD                  true     (load + warm the mo
 reload_s               KWS_RELOAD_S                 2        (poll the bundle for a new champion; 0: off)
 grace_s                KWS_GRACE_S                  20       (SIGTERM: time to finish in-flight requests)
 admin_token            KWS_ADMIN_TOKEN              (unset)  (enables POST /admin/reload with this bearer token)
-tta_shifts_ms          KWS_TTA_SHIFTS_MS            0,-50,50 (test-time shifts of a short clip, averaged; 0: off)
+tta_shifts_ms          KWS_TTA_SHIFTS_MS            0,-40,40 (test-time shifts of a short clip, averaged; whole feature hops, else rounded; 0: off)
 =====================  ===========================  ==========================================
 
 Live model updates: ``promote`` swaps a new bundle into ``model_dir`` (mount its PARENT folder
@@ -58,7 +58,7 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "max_duration_s": ("KWS_MAX_DURATION_S", float, 60.0),
     "window_stride_s": ("KWS_WINDOW_STRIDE_S", float, 0.25),
     "top_k": ("KWS_TOP_K", int, 3),
-    "runtime": ("KWS_RUNTIME", str, "tflite"),
+    "runtime": ("KWS_RUNTIME", str, "auto"),
     "threads": ("KWS_THREADS", int, 4),
     "tflite_threads": ("KWS_TFLITE_THREADS", int, 1),
     "detection_threshold": ("KWS_DETECTION_THRESHOLD", float, 0.6),

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("KWS_PORT", "8000")), help="port (KWS_PORT)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (KWS_THREADS, default 4)")
     p.add_argument("--model-dir", default=None, help="model bundle directory (KWS_MODEL_DIR)")
-    p.add_argument("--runtime", choices=("tflite", "keras"), default=None, help="inference runtime (KWS_RUNTIME)")
+    p.add_argument("--runtime", choices=("auto", "tflite", "tflite_int8", "keras"), default=None, help="inference runtime (KWS_RUNTIME)")
     return p.parse_args(argv)
 
 
