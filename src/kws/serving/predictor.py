@@ -398,6 +398,28 @@ class Predictor:
         return samples[best:best + n]
 
     # -- the answer
+    def _clip_answer(self, scores: np.ndarray, threshold: float | None, top_k: int) -> dict[str, Any]:
+        """The answer for one short clip's scores (``threshold``: below it the keyword is ``_unknown_``)."""
+        best = int(np.argmax(scores))
+        keyword, confidence = self.labels[best], float(scores[best])
+        if threshold is not None and confidence < threshold:
+            keyword = UNKNOWN
+        return {"keyword": keyword, "confidence": round(confidence, 6),
+                "scores": top_scores(scores, self.labels, max(1, min(int(top_k), len(self.labels))))}
+
+    def predict_clips(self, recordings: Sequence[np.ndarray], threshold: float | None = None,
+                      top_k: int = 3) -> list[dict[str, Any]]:
+        """:meth:`predict` of each recording, the short ones scored together (one feature pass and
+        one runtime call for all of them): the same answers, fewer calls (``kws-score``)."""
+        answers: list[dict[str, Any] | None] = [None] * len(recordings)
+        rate, n = self.cfg.sample_rate, self.cfg.clip_samples
+        short = [i for i, r in enumerate(recordings) if len(r) / rate <= self.long_audio_s]
+        if short:
+            waves = np.stack([fix_length(self.loudest_window(np.asarray(recordings[i], np.float32)), n) for i in short])
+            for i, row in zip(short, self.clip_scores(waves)):
+                answers[i] = self._clip_answer(row, threshold, top_k)
+        return [a if a is not None else self.predict(r, threshold, top_k) for a, r in zip(answers, recordings)]
+
     def predict(self, samples: np.ndarray, threshold: float | None = None, top_k: int = 3,
                 stride_s: float | None = None) -> dict[str, Any]:
         """Recognise ``samples`` (mono float32 at the bundle's sample rate).
@@ -410,13 +432,7 @@ class Predictor:
         duration = len(samples) / self.cfg.sample_rate
         top_k = max(1, min(int(top_k), len(self.labels)))
         if duration <= self.long_audio_s:
-            scores = self.scores_clip(self.loudest_window(samples))
-            best = int(np.argmax(scores))
-            keyword, confidence = self.labels[best], float(scores[best])
-            if threshold is not None and confidence < threshold:
-                keyword = UNKNOWN
-            return {"keyword": keyword, "confidence": round(confidence, 6),
-                    "scores": top_scores(scores, self.labels, top_k)}
+            return self._clip_answer(self.scores_clip(self.loudest_window(samples)), threshold, top_k)
         stride = stride_s or self.stride_s
         starts, scores = self.scan(samples, stride)
         dets = non_max_suppression(starts, scores, self.labels, self.window_s,
