@@ -90,6 +90,8 @@ def test_repro_runs_every_stage_and_promotes(project, first_repro):
     assert bundle.labels == meta["labels"] and bundle.info["alias"] == "champion"
     assert bundle.metrics["accuracy"] == metrics["accuracy"]
     assert bundle.info["logit_offsets"] == {"_unknown_": 0.5}  # conf/'s default, baked in by train, carried over
+    assert (project / "serving/model/model_int8.tflite").is_file()  # int8 beside float32, its check carried over
+    assert set(bundle.info["int8"]) >= {"float32_accuracy", "int8_accuracy", "default"}
 
     client = _client(project)
     champion = client.get_model_version_by_alias("kws", "champion")
