@@ -5,8 +5,10 @@ beside what it replaces, in the same run.
    (``kws.audio.decode`` + ``check_not_silent`` + ``Predictor.predict``), the variants taking
    turns on each request: ``three_pass_50ms`` (the previous rule: the clip and its ±50 ms
    zero-filled shifts, each through the features and the runtime on its own, re-implemented
-   here as it was), ``one_pass`` (today's rule: one feature pass, the ±40 ms views sliced from
-   it, one runtime call) with float32 and with int8, and the clip alone.
+   here as it was, with numpy's default BLAS threads as before), ``one_pass`` (today's rule:
+   one feature pass, the ±40 ms views sliced from it, one runtime call, with the service's
+   single BLAS thread, :func:`kws.serving.predictor.single_threaded_blas`) with float32 and with
+   int8, and the clip alone.
 2. **Accuracy** on the bundle's held-out test split (``--features``: ``test_examples.json``, every
    example rendered from the clips again as ``kws.stages.evaluate.bundle_accuracy`` does), for
    the rules and runtimes above and the ±60 ms shifts; plus float32 vs int8 on the precomputed
@@ -120,15 +122,19 @@ def bench_latency(bundle: Path, clips: list[Path], n_requests: int) -> dict:
     for i in range(20):
         for name in names:
             variants[name](datas[i % len(datas)])
+    from threadpoolctl import threadpool_limits
+
     times = {name: [] for name in names}
     cpu = {name: [] for name in names}
+    blas_threads = os.cpu_count()  # the previous rule ran with numpy's default BLAS threads
     for i in range(n_requests):
         k = i % len(names)
         for name in names[k:] + names[:k]:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            variants[name](datas[i % len(datas)])
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.thread_time() - c0)
+            with threadpool_limits(limits=blas_threads if name.startswith("three_pass") else 1, user_api="blas"):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                variants[name](datas[i % len(datas)])
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.thread_time() - c0)
     return {"requests": n_requests, "distinct_clips": len(clips), "loadavg_1min": round(os.getloadavg()[0], 2),
             "results": {name: stats_ms(times[name], cpu[name]) for name in names}}
 

@@ -278,12 +278,20 @@ def score_bundle(items: Iterable[Item], bundle: str | Path, runtime: str = "tfli
             rows += classify.classify_many(chunk)
             bar.update(len(chunk))
     else:
-        # spawn: the parent may hold TensorFlow or interpreter threads that a fork would copy mid-state
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        # spawn: the parent may hold TensorFlow or interpreter threads that a fork would copy mid-state;
+        # an executor, not a Pool: a worker that dies is an error here, not a restart loop
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(str(bundle), runtime, threshold)) as pool:
-            for part in pool.imap(_score_chunk, chunks):
-                rows += part
-                bar.update(len(part))
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(str(bundle), runtime, threshold)) as pool:
+                for part in pool.map(_score_chunk, chunks):
+                    rows += part
+                    bar.update(len(part))
+        except BrokenProcessPool as err:
+            raise KWSError(f"a kws-score worker process died ({err}); try --workers 1") from None
     bar.close()
     from kws.bundle import read_meta
 

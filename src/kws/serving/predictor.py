@@ -218,6 +218,28 @@ def shift_frames(shifts_ms: Sequence[float], cfg) -> tuple[int, ...]:
     return frames or (0,)
 
 
+_blas_limited = False
+
+
+def single_threaded_blas() -> None:
+    """Limit the BLAS library (OpenBLAS under numpy) to one thread, once per process.
+
+    A clip's feature matmul is tiny: BLAS worker threads bring nothing to it, and on a busy
+    machine the calling thread spins waiting for workers that are not scheduled, which made the
+    feature pass the slowest step of an answer (benchmarks/results/speed.json). The serving
+    threads (Waitress) and ``kws-score``'s processes are the parallelism instead.
+    """
+    global _blas_limited
+    if _blas_limited:
+        return
+    _blas_limited = True
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with librosa's scikit-learn
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
 # --------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class Detection:
@@ -283,6 +305,7 @@ class Predictor:
                  long_audio_s: float = 1.5, stride_s: float = 0.25, detection_threshold: float = 0.6,
                  warmup: bool = True, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS):
         t0 = time.perf_counter()
+        single_threaded_blas()
         self.fingerprint = bundle_fingerprint(model_dir)  # before reading: a swap during the load shows up later
         self.meta = read_meta(model_dir)
         self.labels = list(self.meta.labels)
