@@ -95,6 +95,8 @@ def test_repro_runs_every_stage_and_promotes(project, first_repro):
     point = json.loads((project / "reports/stream/operating_point.json").read_text())
     assert bundle.detector == point and point["operating_point"]["chosen_on"] == "validation"  # travels with the model
     assert (project / "reports/stream/det.png").stat().st_size > 1000
+    assert (project / "serving/model/model_int8.tflite").is_file()  # int8 beside float32, its check carried over
+    assert set(bundle.info["int8"]) >= {"float32_accuracy", "int8_accuracy", "default"}
 
     client = _client(project)
     champion = client.get_model_version_by_alias("kws", "champion")

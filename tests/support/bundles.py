@@ -110,8 +110,10 @@ def build_tiny_bundle(
     copies: int = 24,
     seed: int = 0,
     architecture: str = "cnn_seed",
+    int8: bool = False,
 ) -> Path:
-    """Train a tiny real model on the real clips and write a complete serving bundle to ``out_dir``."""
+    """Train a tiny real model on the real clips and write a complete serving bundle to ``out_dir``
+    (with ``int8``: also ``model_int8.tflite``, calibrated and checked on the training clips)."""
     import keras
 
     from kws.bundle import write_bundle
@@ -137,7 +139,8 @@ def build_tiny_bundle(
         "architecture": architecture, "dataset": "speech_commands_sample", "train_seconds": round(seconds, 2),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Path(write_bundle(out_dir, model, labels, cfg, metrics=metrics, info=info))
+    extra = {"representative": x, "check": (x, y)} if int8 else {}
+    return Path(write_bundle(out_dir, model, labels, cfg, metrics=metrics, info=info, **extra))
 
 
 def keyword_clips(sample_dir: str | Path = SAMPLE_DIR, labels: Sequence[str] = TINY_LABELS) -> dict[str, list[Path]]:

@@ -31,6 +31,7 @@ import time
 
 from kws.errors import KWSError
 from kws.logs import setup_logging
+from kws.serving import settings
 
 log = logging.getLogger("kws.serving.server")
 
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (KWS_PORT, default 8000)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (KWS_THREADS, default 4)")
     p.add_argument("--model-dir", default=None, help="model bundle directory (KWS_MODEL_DIR)")
-    p.add_argument("--runtime", choices=("tflite", "keras"), default=None, help="inference runtime (KWS_RUNTIME)")
+    p.add_argument("--runtime", choices=settings.RUNTIMES, default=None, help="inference runtime (KWS_RUNTIME)")
     return p.parse_args(argv)
 
 

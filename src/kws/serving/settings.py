@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping
 
 from kws.errors import ConfigError
 
-RUNTIMES = ("tflite", "keras")  # kws.serving.predictor.RUNTIMES (checked by a test; no heavy import here)
-DEFAULT_TTA_SHIFTS_MS = (0, -50, 50)  # kws.serving.predictor.DEFAULT_TTA_SHIFTS_MS (idem)
+RUNTIMES = ("auto", "tflite", "tflite_int8", "keras")  # kws.serving.predictor.RUNTIMES (checked by a test; no heavy import here)
+DEFAULT_TTA_SHIFTS_MS = (0, -40, 40)  # kws.serving.predictor.DEFAULT_TTA_SHIFTS_MS (idem)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("log_level", "KWS_LOG_LEVEL", str, "INFO", "log level (DEBUG, INFO, WARNING, ...)"),
     # ---- the model
     _S("model_dir", "KWS_MODEL_DIR", str, "serving/model", "the model bundle folder"),
-    _S("runtime", "KWS_RUNTIME", str, "tflite", "inference runtime", _runtime, " / ".join(RUNTIMES)),
+    _S("runtime", "KWS_RUNTIME", str, "auto",
+       "inference runtime (auto: int8 where the bundle's export check chose it, else float32 TFLite)", _runtime,
+       " / ".join(RUNTIMES)),
     _S("tflite_threads", "KWS_TFLITE_THREADS", int, 1, "threads inside one TFLite invoke", _at_least_1, ">= 1"),
     _S("preload", "KWS_PRELOAD", bool, True, "load + warm the model at start", None, "true / false"),
     _S("retry_s", "KWS_RETRY_S", float, 5.0, "seconds before a failed model load is retried", None),
@@ -115,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
     _S("detection_threshold", "KWS_DETECTION_THRESHOLD", float, 0.6, "confidence of a detection in long audio",
        _unit, "0..1"),
     _S("tta_shifts_ms", "KWS_TTA_SHIFTS_MS", tuple, DEFAULT_TTA_SHIFTS_MS,
-       "test-time shifts of a short clip, averaged (comma-separated ms; 0: off)", _shifts, "each under 500 ms"),
+       "test-time shifts of a short clip, averaged (comma-separated ms, rounded to whole feature hops; 0: off)", _shifts, "each under 500 ms"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}

@@ -114,6 +114,8 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
         "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # how the model decides (train.logit_offsets, baked into its weights): shown by the service's /model
         "logit_offsets": read_meta(model_dir).info.get("logit_offsets", {}),
+        # the int8 export check (kws.bundle.int8_check): it decides the service's auto runtime
+        **{k: v for k, v in read_meta(model_dir).info.items() if k == "int8"},
     }
     with tempfile.TemporaryDirectory(prefix="kws-bundle-") as tmp:
         staged = Path(tmp) / BUNDLE_ARTIFACT

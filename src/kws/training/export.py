@@ -108,6 +108,17 @@ def exported_model(model, build, copy: bool, offsets: dict[str, float], labels: 
     return export
 
 
+def _task_targets(splits) -> np.ndarray:
+    """Validation targets as task labels: with ``train.unknown_by_word`` a target past the task's
+    labels is an unknown word, which the exported head answers as ``_unknown_``."""
+    from kws.labels import UNKNOWN
+
+    y = np.asarray(splits.y_val)
+    if UNKNOWN not in splits.labels:
+        return y
+    return np.where(y >= len(splits.labels), splits.labels.index(UNKNOWN), y)
+
+
 def write_model(cfg, run, export, example: np.ndarray, curves: Path, model_dir: Path, splits, summary: dict,
                 training: dict, offsets: dict[str, float]) -> dict:
     """The chief logs the plot and the model to MLflow; every process writes the bundle and
@@ -129,6 +140,9 @@ def write_model(cfg, run, export, example: np.ndarray, curves: Path, model_dir: 
         run_info.update(run_id=run.info.run_id, experiment_id=run.info.experiment_id, model_uri=info.model_uri)
     write_bundle(model_dir, export, splits.labels, splits.features, metrics=summary,
                  info={**run_info, "dataset": cfg.data.name, "task": splits.meta["task"], "training": training,
-                       "logit_offsets": offsets})
+                       "logit_offsets": offsets},
+                 # int8 beside float32: calibrated on training features, checked against float32 on the
+                 # validation split (scored by the task's labels, as the service answers)
+                 representative=splits.x_train, check=(splits.x_val, _task_targets(splits)))
     (model_dir / tracking.RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     return run_info
