@@ -276,15 +276,15 @@ def table_speed_int8() -> str:
     if check:
         limit = check["max_loss_points"]
         rows.append([f"export check, {check['check_split']} split ({check['check_examples']} examples)",
-                     pct(check["float32_accuracy"]), pct(check["int8_accuracy"]), f"{-check['loss_points']:+.2f} points",
+                     f"{pct(check['float32_accuracy'])} %", f"{pct(check['int8_accuracy'])} %", f"{-check['loss_points']:+.2f} points",
                      f"loss ≤ {limit} points", "yes: `auto` serves int8" if check["default"] else "**no**: `auto` serves float32"])
         loss = acc["test_npz_loss_points"]
-        rows.append(["test split (`test.npz`), the clip alone", pct(acc["test_npz_clip_alone"]["float32"]),
-                     pct(acc["test_npz_clip_alone"]["int8"]), f"{-loss:+.2f} points", f"loss ≤ {limit} points",
+        rows.append(["test split (`test.npz`), the clip alone", f"{pct(acc['test_npz_clip_alone']['float32'])} %",
+                     f"{pct(acc['test_npz_clip_alone']['int8'])} %", f"{-loss:+.2f} points", f"loss ≤ {limit} points",
                      "yes" if loss <= limit else "**no**"])
     else:
         rows.append(["export check", "–", "–", "–", "not recorded in `speed.json`", "–"])
-    return md(["int8 vs float32", "float32", "int8", "int8 vs float32", "target", "meets"], rows) + (
+    return md(["int8 model against float32", "float32", "int8", "int8 vs float32", "target", "meets"], rows) + (
         f"\n\nModel: `{r['architecture']}`; int8 model {r['int8_model'].split(';')[0]}; {when(r['machine'])}.")
 
 
