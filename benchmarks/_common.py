@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: paths, the cached synthetic dataset, machine info."""
+"""Shared helpers of the benchmarks: paths, the cached synthetic dataset, machine info (importing it
+puts the repository root on ``sys.path``, for the harness in ``tests/support``)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The benchmarks share the tests' harness (tests/support: tiny bundles, nginx, server processes,
+# pipeline copies); a script run as `python benchmarks/x.py` has only benchmarks/ on sys.path.
+if str(REPO) not in sys.path:
+    sys.path.insert(1, str(REPO))
+
+from tests.support import paths  # noqa: E402
+
 CONF_DIR = REPO / "conf"
 RESULTS_DIR = REPO / "benchmarks" / "results"
-SAMPLE_DIR = (REPO.parent / "shared" / "data" / "speech_commands_sample").resolve()
+SAMPLE_DIR = paths.SAMPLE_DIR.resolve()
 DEFAULT_CACHE = Path(os.environ.get("KWS_BENCH_CACHE", "/tmp/kws-bench"))
 _DONE = ".bench-complete.json"
 
@@ -69,7 +77,7 @@ def synthetic_dataset(cache: Path, voices: int, takes: int, log=print) -> tuple[
     Uses the ``data=synthetic`` settings of conf/ with ``voices``/``takes`` overridden; the
     noise folder is resolved against the repository root (it is relative there).
     """
-    cfg = compose(["data=synthetic", f"data.synthetic.voices={voices}", f"data.synthetic.takes_per_voice={takes}"])
+    cfg = compose(["data=synthetic", f"synthetic.voices={voices}", f"synthetic.takes_per_voice={takes}"])
     s = cfg.data.synthetic
     noise_dir = Path(str(s.noise_dir))
     if not noise_dir.is_absolute():

@@ -17,7 +17,7 @@ Measured:
 * the words found (keyword and place) against the words placed.
 
 The model: ``--model-dir`` (default ``serving/model``); without one a tiny bundle is trained on
-the sample clips now (``kws.serving.testing.build_tiny_bundle``). Writes
+the sample clips now (``tests.support.bundles.build_tiny_bundle``). Writes
 ``benchmarks/results/listen.json``.
 
     .venv/bin/python benchmarks/bench_listen.py [--sessions 20 --duration 60]
@@ -65,7 +65,7 @@ def keyword_clips(labels: list[str]) -> dict[str, list[Path]]:
 
 def session_audio(clips: dict[str, list[Path]], duration_s: float, gap_s: float, seed: int):
     """One session's recording and its words ``(start_s, word)``."""
-    from kws.serving.testing import long_recording
+    from tests.support.bundles import long_recording
 
     rng = np.random.default_rng(seed)
     words = sorted(clips)
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--sessions must be 1..{MAX_SESSIONS} and --duration 5..600 s")
 
     from kws.bundle import read_meta
-    from kws.serving.testing import ApiProcess, NginxProcess, build_tiny_bundle
+    from tests.support.bundles import build_tiny_bundle
+    from tests.support.nginx import NginxProcess
+    from tests.support.processes import ApiProcess
 
     with tempfile.TemporaryDirectory(prefix="kws-bench-listen-") as tmp_name:
         tmp = Path(tmp_name)

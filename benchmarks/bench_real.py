@@ -15,7 +15,10 @@ every clip of the pool is a test clip exactly once.
 
 A candidate is a list of Hydra overrides on top of ``data=speech_commands_real`` and conf/'s
 defaults (which ARE the served recipe). Results: ``benchmarks/results/real.json`` (or
-``--out``). Figures are "real speech, speakers held out" — not Speech Commands accuracy.
+``--out``): summaries per fold, pooled and per class; the per-clip rows ``[file, true, predicted]``
+go to the git-ignored sidecar ``benchmarks/results/clips/<name>.json`` (rerun to regenerate them:
+cached fold models make that scoring only). Figures are "real speech, speakers held out" — not
+Speech Commands accuracy.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, machine_info, table, write_result  # noqa: E402
+from _common import REPO, machine_info, paths, table, write_result  # noqa: E402
 
-ORIGINAL = REPO.parent / "shared" / "baselines" / "original_cnn"
+ORIGINAL = paths.BASELINES / "original_cnn"
 ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left marvin nine no off on one "
                   "right seven sheila six stop three tree two up wow yes zero").split()
 
@@ -145,40 +148,63 @@ def run_fold(cfg, original: OriginalModel | None) -> dict:
     labels = json.loads((features / "meta.json").read_text())["labels"]
     root = Path(cfg.paths.dataset)
     items = [(root / f, labels[int(k)]) for f, k in zip(files, y)]
-    ours = score(items, bundle_classifier(cfg.paths.model), labels, progress=False)
-    out = {"prepare_s": round(prepare_s, 1), "train": summary, "ours": _slim(ours)}
+    ours, rows = _slim(score(items, bundle_classifier(cfg.paths.model), labels, progress=False))
+    out = {"prepare_s": round(prepare_s, 1), "train": summary, "ours": ours, "clips": {"ours": rows}}
     if original is not None:
         original.precompute([p for p, _ in items])
-        out["original"] = _slim(score(items, original, labels, progress=False))
+        out["original"], out["clips"]["original"] = _slim(score(items, original, labels, progress=False))
     return out
 
 
-def _slim(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "predictions"} | {
-        "predictions": [[Path(p["file"]).parent.name + "/" + Path(p["file"]).name, p["true"], p["predicted"]]
-                        for p in result["predictions"]]}
+def _slim(result: dict) -> tuple[dict, list]:
+    """``score``'s result without its per-clip rows, and those rows as ``[folder/file, true, predicted]``
+    (the rows go to the git-ignored sidecar, :func:`write_clips`; the summary keeps the counts that
+    :func:`pooled` needs)."""
+    rows = [[Path(p["file"]).parent.name + "/" + Path(p["file"]).name, p["true"], p["predicted"]]
+            for p in result["predictions"]]
+    return {k: v for k, v in result.items() if k != "predictions"}, rows
+
+
+def clips_path(out_path: Path) -> Path:
+    """The per-clip sidecar of a result file: ``results/clips/<name>.json`` (git-ignored)."""
+    return out_path.parent / "clips" / out_path.name
+
+
+def write_clips(out_path: Path, name: str, folds: list[dict]) -> None:
+    """Merge this run's per-clip rows (``candidate -> fold -> rows``) into the sidecar of ``out_path``."""
+    path = clips_path(out_path)
+    clips = json.loads(path.read_text()) if path.is_file() else {}
+    for f in folds:
+        if "clips" in f:
+            clips.setdefault(name, {})[str(f["fold"])] = f.pop("clips")
+    if clips:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(clips) + "\n")
 
 
 # --------------------------------------------------------------------------- pooling
 def pooled(folds: list[dict], who: str) -> dict:
+    """The folds' test clips as one pool, from each fold's per-class counts (``n``, ``correct``)."""
     from kws.labels import SILENCE
     from kws.score import wilson
 
-    rows = [r for f in folds for r in f[who]["predictions"]]
-    n, k = len(rows), sum(t == p for _, t, p in rows)
-    per_class = {}
-    for label in sorted({t for _, t, _ in rows}):
-        sel = [(t, p) for _, t, p in rows if t == label]
-        c = sum(t == p for t, p in sel)
-        per_class[label] = {"n": len(sel), "recall": c / len(sel), "ci95": list(wilson(c, len(sel)))}
-    no_sil = [(t, p) for _, t, p in rows if t != SILENCE]
-    k2 = sum(t == p for t, p in no_sil)
+    counts = {}  # label -> [clips, correct] over the folds
+    for f in folds:
+        for label, c in f[who]["per_class"].items():
+            counts.setdefault(label, [0, 0])
+            counts[label][0] += c["n"]
+            counts[label][1] += c["correct"]
+    per_class = {label: {"n": n, "recall": c / n, "ci95": list(wilson(c, n))}
+                 for label, (n, c) in sorted(counts.items())}
+    n, k = sum(f[who]["n"] for f in folds), sum(f[who]["correct"] for f in folds)
+    n2 = sum(n for label, (n, _) in counts.items() if label != SILENCE)
+    k2 = sum(c for label, (_, c) in counts.items() if label != SILENCE)
     accs = [f[who]["accuracy"] for f in folds]
     lat = [f[who]["latency_ms"]["p50"] for f in folds if f[who]["latency_ms"]["p50"] is not None]
     return {
         "n": n, "accuracy": k / n, "ci95": list(wilson(k, n)),
         "fold_accuracy_mean": float(np.mean(accs)), "fold_accuracy_std": float(np.std(accs)),
-        "accuracy_without_silence": k2 / len(no_sil), "ci95_without_silence": list(wilson(k2, len(no_sil))),
+        "accuracy_without_silence": k2 / n2, "ci95_without_silence": list(wilson(k2, n2)),
         "per_class": per_class, "min_recall": min(v["recall"] for v in per_class.values()),
         "latency_p50_ms": float(np.median(lat)) if lat else None,
     }
@@ -272,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         results["candidates"][name] = entry
         results["machine"] = machine_info()
         results["pool"] = "../shared/data/speech_commands_real (+ speech_commands_real_silence), speakers held out"
+        write_clips(out_path, name, folds)  # pops the per-clip rows: they stay out of the result file
         write_result(out_path, results)
 
     report(results)
@@ -284,7 +311,7 @@ def _pct(x: float) -> str:
 
 
 def report(results: dict) -> None:
-    """The console table, then the same as Markdown (for the README)."""
+    """The console table, then the same as Markdown (the docs' tables come from ``benchmarks/report.py``)."""
     rows, md = [], []
     for name, e in results["candidates"].items():
         o, g = e["ours"], e["original"]

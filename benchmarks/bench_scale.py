@@ -278,7 +278,7 @@ def leftovers(parent: Path, name: str) -> list[dict]:
 
 def make_project(work: Path, overrides: list[str], env: dict) -> Path:
     from kws.config import compose
-    from kws.workspace import copy_pipeline
+    from tests.support.workspace import copy_pipeline
 
     root = work / "project"
     if root.exists():

@@ -22,7 +22,7 @@ starting with ``_``; 1 s or a little shorter, 16 kHz PCM_16 WAV), sent as their 
    the SAME machine and competes for its cores (state this with the figures).
 
 The model: ``--model-dir`` (default ``serving/model``, the pipeline's bundle); when that does not
-exist a tiny bundle is trained now on the sample clips (``kws.serving.testing.build_tiny_bundle``,
+exist a tiny bundle is trained now on the sample clips (``tests.support.bundles.build_tiny_bundle``,
 ~10 s) into a temp dir. The legacy model is the original ``cnn_seed`` architecture on (44, 13, 1)
 inputs with random or briefly trained weights (``--legacy-epochs``): latency does not depend on
 the weights. Writes ``benchmarks/results/serving.json``.
@@ -74,7 +74,7 @@ def resolve_model(arg: Path | None, tmp: Path, log=print) -> tuple[Path, str]:
         return arg, f"given bundle {arg}"
     if (DEFAULT_MODEL_DIR / "model.tflite").is_file():
         return DEFAULT_MODEL_DIR, f"pipeline bundle {DEFAULT_MODEL_DIR.relative_to(REPO)}"
-    from kws.serving.testing import build_tiny_bundle
+    from tests.support.bundles import build_tiny_bundle
 
     log(f"{DEFAULT_MODEL_DIR.relative_to(REPO)} does not exist: training a tiny bundle on the sample clips ...")
     t0 = time.perf_counter()
@@ -231,7 +231,7 @@ def check_request(url: str, body: bytes, boundary: str) -> dict:
 
 
 def bench_http(name: str, api, tmp: Path, args, script: Path, body: bytes, boundary: str, log=print) -> dict:
-    from kws.serving.testing import NginxProcess
+    from tests.support.nginx import NginxProcess
 
     with api:  # ApiProcess/NginxProcess stop themselves, also when start() fails
         with NginxProcess(tmp / f"nginx-{name}", upstream=f"127.0.0.1:{api.port}",
@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{inproc['loadavg_1min_before']}")
 
         if not args.skip_http:
-            from kws.serving.testing import ApiProcess, nginx_binary
+            from tests.support.nginx import nginx_binary
+            from tests.support.processes import ApiProcess
 
             if nginx_binary() is None or not (shutil.which("wrk") or Path("/usr/bin/wrk").is_file()):
                 raise SystemExit("benchmark 2 needs nginx and wrk installed (or pass --skip-http)")

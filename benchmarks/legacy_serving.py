@@ -23,7 +23,7 @@ Deliberate differences, none of which changes the compute being measured:
   (latency does not depend on the weights);
 * the server has a ``GET /ready`` (the benchmark harness waits on it) and stops cleanly on SIGTERM.
 
-Run as a server (``bench_serving.py`` does this through :class:`kws.serving.testing.ApiProcess`,
+Run as a server (``bench_serving.py`` does this through :class:`tests.support.processes.ApiProcess`,
 with this folder on ``PYTHONPATH``)::
 
     PYTHONPATH=benchmarks .venv/bin/python -m legacy_serving --model-dir DIR [--port 8000 --threads 4]
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from kws.logs import setup_logging
     from kws.serving.server import run_until_stopped
-    from kws.serving.testing import wav_bytes
+    import _common  # noqa: F401 -- puts the repository root on sys.path, for tests.support
+    from tests.support.bundles import wav_bytes
 
     setup_logging()
 

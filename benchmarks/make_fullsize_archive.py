@@ -50,11 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data"
-POOL_DIR = SHARED / "speech_commands_real"
-SILENCE_DIR = SHARED / "speech_commands_real_silence"
-NOISE_DIR = SHARED / "speech_commands_sample" / "_background_noise_"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import paths  # noqa: E402
+
+POOL_DIR = paths.REAL_DIR
+SILENCE_DIR = paths.REAL_SILENCE_DIR
+NOISE_DIR = paths.SAMPLE_DIR / "_background_noise_"
 
 ARCHIVE_NAME = "speech_commands_v0.02.tar.gz"
 CANONICAL_NAME = "speech_commands_test_set_v0.02.tar.gz"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh Debian 12 machine with Python 3.11:
-#   system packages (nginx, ffmpeg, espeak-ng, libsndfile, chromium, docker-compose, wrk, postgresql)
+#   system packages (nginx, ffmpeg, espeak-ng, flite, festival, libsndfile, chromium, docker-compose, wrk, postgresql)
 #   and a virtual environment in .venv with kws and its dev/test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # postgresql: the tracking-server test runs a throw-away PostgreSQL as MLflow's backend store.
-APT_PACKAGES=(nginx ffmpeg espeak-ng libsndfile1 libportaudio2 chromium docker-compose wrk git gettext-base postgresql)
+# flite, festival and its English voices: with espeak-ng, the TTS engines of the negatives (kws.negatives).
+APT_PACKAGES=(nginx ffmpeg espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+              libsndfile1 libportaudio2 chromium docker-compose wrk git gettext-base postgresql)
 # Seconds to wait for another apt/dpkg (unattended-upgrades, a second shell) to release its locks
 # instead of failing at once.
 APT_LOCK_WAIT_S="${APT_LOCK_WAIT_S:-600}"

@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the repo and to the real Speech Commands clips in ../shared/data."""
+"""Shared fixtures: the repo and the real Speech Commands clips in ../shared/data (the helpers
+themselves are in tests/support/)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO.parent / "shared" / "data" / "speech_commands_sample"
+from tests.support.paths import REPO, SAMPLE_DIR
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,6 +21,6 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The real clips (30 digits + _background_noise_), read in place, never copied into the repo."""
-    if not SAMPLE.is_dir():
-        pytest.skip(f"real Speech Commands sample not found at {SAMPLE}")
-    return SAMPLE
+    if not SAMPLE_DIR.is_dir():
+        pytest.skip(f"real Speech Commands sample not found at {SAMPLE_DIR}")
+    return SAMPLE_DIR

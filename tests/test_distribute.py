@@ -1,4 +1,4 @@
-"""train.distribute / train.mixed_precision: MirroredStrategy for real on two logical CPUs
+"""trainer.distribute / trainer.mixed_precision (the conf/trainer/ group): MirroredStrategy for real on two logical CPUs
 (``KWS_CPU_DEVICES=2``, in a subprocess: the split must precede TensorFlow's device set-up),
 a clear error for an invalid strategy, the chief rule of multi-worker training, and (opt-in,
 ``KWS_TEST_MULTI_WORKER=1``) two real MultiWorkerMirroredStrategy workers on localhost."""
@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from kws.config import compose, write_params
+from kws.errors import ConfigError
 from kws.stages import train as train_stage
+from kws.training import distribute
 
-from tiny_features import LABELS, tiny_features_dir  # noqa: E402
+from tests.support.features import LABELS, tiny_features_dir
 
 
 def _features_dir(root: Path) -> Path:
@@ -49,12 +51,12 @@ def _run_train(root: Path, wait: bool = True, **env: str):
 
 def test_mirrored_on_two_logical_cpus_bounded_epochs_and_unknown_words_in_one_run(tmp_path):
     """One tiny real training run (each costs the suite a TensorFlow start-up) for three options:
-    train.distribute=mirrored on 2 logical CPUs (mixed precision asked for without a GPU: a
+    trainer=mirrored on 2 logical CPUs (mixed precision asked for without a GPU: a
     warning, float32); train.steps_per_epoch=3 of a whole epoch's 6, with the cosine schedule
     built over the 2 x 3 bounded steps; train.unknown_by_word (a 6-class training head: 4 labels
     + bed, cat; a 4-label exported model)."""
     tiny_features_dir(tmp_path, kind="logmel", n_train=96, unknown_words=("bed", "cat"))
-    _params(tmp_path, "train.distribute=mirrored", "train.mixed_precision=true", "train.lr_schedule=cosine",
+    _params(tmp_path, "trainer=mirrored", "trainer.mixed_precision=true", "train.lr_schedule=cosine",
             "train.learning_rate=0.002", "train.steps_per_epoch=3", "train.early_stopping_patience=5",
             "train.unknown_by_word=true", "features=logmel")
     proc = _run_train(tmp_path, KWS_CPU_DEVICES="2")
@@ -104,18 +106,50 @@ def test_mirrored_on_two_logical_cpus_bounded_epochs_and_unknown_words_in_one_ru
     run_id = json.loads((tmp_path / "model" / "run.json").read_text())["run_id"]
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert run.data.tags["kws.replicas"] == "2" and run.data.tags["kws.strategy"] == "MirroredStrategy"
-    assert run.data.params["train.distribute"] == "mirrored"
+    assert run.data.params["trainer.distribute"] == "mirrored"
     assert run.data.params["train.unknown_by_word"] == "True"
 
 
 def test_invalid_distribute_value_is_a_one_line_config_error(tmp_path, capsys):
-    _params(tmp_path, "train.distribute=horovod")
+    _params(tmp_path, "trainer.distribute=horovod")
     assert train_stage.main(["--params", str(tmp_path / "params.yaml")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown train.distribute 'horovod': use none, mirrored or multi_worker"
-    _params(tmp_path, "train.mixed_precision=maybe")
+    assert err == ("error: unknown trainer.distribute 'horovod': use none, mirrored or multi_worker "
+                   "(or a preset: trainer=cpu|gpu|mirrored|multi_worker)")
+    _params(tmp_path, "trainer.mixed_precision=maybe")
     assert train_stage.main(["--params", str(tmp_path / "params.yaml")]) == 1
-    assert "train.mixed_precision must be true or false" in capsys.readouterr().err
+    assert "trainer.mixed_precision must be true or false" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override", ["train.distribute=mirrored", "+train.mixed_precision=true"])
+def test_the_recipes_old_hardware_keys_point_to_the_trainer_group(override):
+    """Hardware left the recipe (conf/train/) for conf/trainer/: the old override says where it went."""
+    key = override.lstrip("+").split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key} is now trainer\.\w+: choose the hardware with trainer=cpu\|gpu"):
+        compose([override])
+
+
+def test_a_params_yaml_with_the_old_keys_is_refused_before_training(tmp_path, capsys):
+    """A params.yaml written before the trainer group (train.distribute) fails with the way out."""
+    from omegaconf import OmegaConf
+
+    path = _params(tmp_path)
+    cfg = OmegaConf.load(path)
+    cfg.train.distribute = "mirrored"
+    del cfg["trainer"]
+    OmegaConf.save(cfg, path)
+    assert train_stage.main(["--params", str(path)]) == 1
+    assert "error: train.distribute is now trainer.distribute: choose the hardware with trainer=" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset, kind, mixed", [("cpu", "none", False), ("gpu", "none", True),
+                                                  ("mirrored", "mirrored", True), ("multi_worker", "multi_worker", False)])
+def test_every_trainer_preset_composes_to_a_valid_setting(preset, kind, mixed):
+    from kws.training.settings import distribute_config
+
+    cfg = compose([f"trainer={preset}"])
+    assert distribute_config(cfg) == (kind, mixed) and "distribute" not in cfg.train
 
 
 def test_mixed_precision_model_has_a_float32_head_and_exports_as_float32():
@@ -123,20 +157,20 @@ def test_mixed_precision_model_has_a_float32_head_and_exports_as_float32():
     float32 with the same weights, the adapted normalization included, and predicts the same."""
     import keras
 
-    from kws.models import build_model
+    from kws.models import NORM_LAYER, build_model
 
     cfg = {"name": "ds_cnn", "filters": 8, "blocks": 1}
     x = np.random.default_rng(0).standard_normal((8, 49, 13)).astype(np.float32) * 3 + 1
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = train_stage.float32_head(build_model(cfg, (49, 13), 3, x))
+        model = distribute.float32_head(build_model(cfg, (49, 13), 3, x))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.dtype_policy.name == "mixed_float16" and model.layers[1].compute_dtype == "float16"
     assert model.layers[-1].compute_dtype == "float32" and model.output.dtype == "float32"
-    export = train_stage.float32_copy(model, lambda: build_model(cfg, (49, 13), 3))
+    export = distribute.float32_copy(model, lambda: build_model(cfg, (49, 13), 3))
     assert {layer.compute_dtype for layer in export.layers} == {"float32"}
-    np.testing.assert_allclose(export.get_layer("mfcc_norm").mean, model.get_layer("mfcc_norm").mean, rtol=1e-3)
+    np.testing.assert_allclose(export.get_layer(NORM_LAYER).mean, model.get_layer(NORM_LAYER).mean, rtol=1e-3)
     np.testing.assert_allclose(export.predict(x[..., None], verbose=0), model.predict(x[..., None], verbose=0),
                                atol=2e-2)
 
@@ -160,7 +194,7 @@ def test_multi_worker_on_localhost_only_the_chief_writes(tmp_path):
     """Two MultiWorkerMirroredStrategy workers (TF_CONFIG) train in sync; worker 0 (the chief)
     writes the model, the reports and the MLflow run, worker 1 nothing of it."""
     _features_dir(tmp_path)
-    _params(tmp_path, "train.distribute=multi_worker")
+    _params(tmp_path, "trainer=multi_worker")
     workers = [f"localhost:{port}" for port in _free_ports(2)]
     procs = [_run_train(tmp_path, wait=False, TF_CONFIG=json.dumps(
         {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})) for i in range(2)]
@@ -173,8 +207,9 @@ def test_multi_worker_on_localhost_only_the_chief_writes(tmp_path):
         assert p.returncode == 0, out[-4000:]
     assert all("MultiWorkerMirroredStrategy with 2 replica(s) in sync" in out for out in outs)
     assert "not the chief worker" in outs[1] and "not the chief worker" not in outs[0]
-    # the same (all-reduced) metrics on both workers
-    epochs = [[line.split(" - ", 3)[-1] for line in out.splitlines() if " - val_accuracy: " in line] for out in outs]
+    # the same (all-reduced) metrics on both workers: each epoch's log line, less its timing
+    epochs = [[line.split("callbacks: ", 1)[1].rsplit(" (", 1)[0] for line in out.splitlines()
+               if "kws.training.callbacks: epoch " in line] for out in outs]
     assert epochs[0] and epochs[0] == epochs[1]
     info = json.loads((tmp_path / "model" / "model_info.json").read_text())
     assert info["training"]["replicas"] == 2 and info["training"]["chief"] is True and info["run_id"]
@@ -195,5 +230,5 @@ def _resolver(task_type, task_id, cluster):
     ("evaluator", 0, {"worker": ["a:1"]}, False),
 ])
 def test_only_the_chief_writes_outputs(task_type, task_id, cluster, chief):
-    assert train_stage.is_chief(_resolver(task_type, task_id, cluster)) is chief
-    assert train_stage.is_chief(SimpleNamespace()) is True  # strategies without a cluster resolver
+    assert distribute.is_chief(_resolver(task_type, task_id, cluster)) is chief
+    assert distribute.is_chief(SimpleNamespace()) is True  # strategies without a cluster resolver

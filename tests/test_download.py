@@ -26,16 +26,9 @@ import pytest
 
 from kws.config import compose, write_params
 from kws.errors import ChecksumError, DatasetError, DownloadError, UnsafeArchiveError
-from kws.fetch import (
-    build_dataset_atomically,
-    check_members,
-    fetch_archive,
-    info_path,
-    materialize_dataset,
-    part_path,
-    safe_extract,
-    tree_digest,
-)
+from kws.data.archive import check_members, safe_extract
+from kws.data.http import fetch_archive, part_path
+from kws.data.install import build_dataset_atomically, info_path, materialize_dataset, tree_digest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "speech_commands_sample"
@@ -281,6 +274,26 @@ def test_wrong_checksum_extracts_nothing(server, tarball, tmp_path):
     assert not list((dest.parent / ".cache").iterdir()), "the bad download is deleted"
 
 
+def test_wrong_checksum_of_a_local_archive_keeps_it_and_installs_nothing(tarball, tmp_path):
+    """The same check as for a download, but the archive is the user's: it is named, never deleted."""
+    archive = tmp_path / "sc.tar.gz"
+    archive.write_bytes(tarball)
+    dest = tmp_path / "raw" / "speech_commands"
+    wrong = "f" * 64
+
+    with pytest.raises(ChecksumError) as excinfo:
+        materialize_dataset(archive, dest, sha256=wrong.upper(), progress=False)
+
+    message = str(excinfo.value)
+    assert wrong in message and _sha(tarball) in message and str(archive) in message
+    assert "fix the archive" in message and "deleted" not in message
+    assert archive.read_bytes() == tarball
+    assert not dest.exists() and _leftovers(dest.parent) == []
+    # the right digest, in either case, installs it
+    info = materialize_dataset(archive, dest, sha256=_sha(tarball).upper(), progress=False)
+    assert info["sha256"] == _sha(tarball) and dest.is_dir()
+
+
 def test_canonical_test_set_is_verified_then_installed_and_removed_when_unset(server, clips, tmp_path):
     """data.canonical_test (URL + sha256): a wrong digest installs nothing and leaves the folder
     as it was (the DVC output stays an empty folder); the right one installs ``<class>/*.wav``;
@@ -403,7 +416,7 @@ def test_folder_source_then_second_run_skips(tmp_path, caplog):
     assert _tree(dest).keys() == _tree(SAMPLE).keys()
     before = dest.stat()
 
-    with caplog.at_level(logging.INFO, logger="kws.fetch"):
+    with caplog.at_level(logging.INFO, logger="kws.data.install"):
         again = materialize_dataset(str(SAMPLE), dest, sha256=info["sha256"], progress=False)
 
     assert again == info

@@ -13,7 +13,7 @@ import pytest
 
 from kws.bundle import read_meta
 from kws.config import compose, write_params
-from kws.workspace import copy_pipeline
+from tests.support.workspace import copy_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +25,9 @@ SHORT_STREAMS = ("stream.streams=2", "stream.duration_s=30", "stream.thresholds.
 def _overrides(sample_dir: Path, *extra: str) -> list[str]:
     return [
         "data=synthetic",
-        "data.synthetic.voices=8", "data.synthetic.takes_per_voice=2",
-        "data.synthetic.validation_voices=1", "data.synthetic.testing_voices=1",
-        f"data.synthetic.noise_dir={sample_dir / '_background_noise_'}",
+        "synthetic.voices=8", "synthetic.takes_per_voice=2",
+        "synthetic.validation_voices=1", "synthetic.testing_voices=1",
+        f"synthetic.noise_dir={sample_dir / '_background_noise_'}",
         "prepare.augment.copies=1",
         # 10 epochs on a few dozen synthetic clips: the MFCC front end and a plateau schedule learn
         # in that budget (log-mel + cosine, the real-speech recipe, is the last test's, on real clips)
@@ -95,6 +95,8 @@ def test_repro_runs_every_stage_and_promotes(project, first_repro):
     point = json.loads((project / "reports/stream/operating_point.json").read_text())
     assert bundle.detector == point and point["operating_point"]["chosen_on"] == "validation"  # travels with the model
     assert (project / "reports/stream/det.png").stat().st_size > 1000
+    assert (project / "serving/model/model_int8.tflite").is_file()  # int8 beside float32, its check carried over
+    assert set(bundle.info["int8"]) >= {"float32_accuracy", "int8_accuracy", "default"}
 
     client = _client(project)
     champion = client.get_model_version_by_alias("kws", "champion")
@@ -203,7 +205,7 @@ def real_repro(project, sample_dir, first_repro, real_pool, tmp_path_factory):
     """The project switched to the real pool, with a canonical test set (a local tarball in the
     official layout, URL + sha256): one `dvc repro` for the two tests below. Returns the
     champion before it and the repro's (stages run, output)."""
-    from kws.fetch import sha256_file
+    from kws.data.checksum import sha256_file
 
     before = _client(project).get_model_version_by_alias("kws", "champion")
     tarball = _canonical_tarball(real_pool["real"], real_pool["silence"],

@@ -20,7 +20,7 @@ from kws.labels import SILENCE, UNKNOWN
 from kws.splits import speaker_of, split_by_hash
 from kws.stages.prepare import prepare
 
-from waiting import wait_for  # noqa: E402
+from tests.support.processes import wait_for
 
 KEYWORDS = ("yes", "no", "up")
 

@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from kws.artifacts import TEST_EXAMPLES_FILE
 from kws.config import compose, write_params
 from kws.errors import ConfigError, DatasetError
-from kws.fetch import materialize_dataset, tree_digest
+from kws.data.install import materialize_dataset, tree_digest
 from kws.labels import SILENCE, UNKNOWN
 from kws.splits import TEST, TRAIN, VALIDATION, speaker_of, split_speakers
 from kws.stages.download import download
-from kws.stages.prepare import TEST_EXAMPLES_FILE, prepare
+from kws.stages.prepare import prepare
+from tests.support.paths import DATA as SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL, SILENCE_DIR = SHARED / "speech_commands_real", SHARED / "speech_commands_real_silence"
 NOISE = SHARED / "speech_commands_sample" / "_background_noise_"
 KEYWORDS = ("yes", "no")

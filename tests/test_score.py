@@ -21,8 +21,8 @@ import pytest
 from kws.errors import ConfigError, DatasetError, EmptyAudioError
 from kws.labels import SILENCE, UNKNOWN
 from kws.score import bundle_classifier, collect, format_report, score, wilson
+from tests.support.paths import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL = DATA / "speech_commands_real"
 REAL_SILENCE = DATA / "speech_commands_real_silence"
 SAMPLE = DATA / "speech_commands_sample"
@@ -66,7 +66,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    from kws.serving.testing import build_tiny_bundle
+    from tests.support.bundles import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("score-bundle") / "model", sample_dir=SAMPLE)
 
@@ -277,7 +277,7 @@ def test_promotions_rescoring_agrees_with_kws_score_and_refuses_other_labels(bun
     from kws.dataset import Example
     from kws.errors import NotComparableError
     from kws.labels import task_labels
-    from kws.stages.evaluate import bundle_accuracy
+    from kws.score import bundle_accuracy
 
     files = [p for w in (*KEYWORDS, "dog", "yes") for p in _some(REAL / w, 6)]
     items = [(p, p.parent.name if p.parent.name in labels else UNKNOWN) for p in files]
@@ -286,3 +286,40 @@ def test_promotions_rescoring_agrees_with_kws_score_and_refuses_other_labels(bun
     assert bundle_accuracy(bundle, test_set) == pytest.approx(score(items, classify, labels, progress=False)["accuracy"])
     with pytest.raises(NotComparableError, match="predicts"):
         bundle_accuracy(bundle, {**test_set, "labels": task_labels("keywords")})
+
+
+# --------------------------------------------------------------------------- batches and processes
+@pytest.mark.parametrize("workers,batch", [(1, 7), (2, 16)])
+def test_batched_scoring_gives_the_clip_by_clip_answers(bundle, layouts, labels, archive_result, workers, batch):
+    from kws.score import score_bundle
+
+    items, _, clip_by_clip = archive_result
+    items = items[::4]  # every word, fewer clips
+    want = {p["file"]: p["predicted"] for p in clip_by_clip["predictions"]}
+    result = score_bundle(items, bundle, workers=workers, batch=batch, progress=False)
+    _consistent(result)
+    assert [p["predicted"] for p in result["predictions"]] == [want[str(path)] for path, _ in items]
+    assert [p["file"] for p in result["predictions"]] == [str(path) for path, _ in items]
+    assert (result["workers"], result["batch"]) == (workers, batch) and result["clips_per_s"] > 0
+
+
+def test_batched_scoring_keeps_bad_clips_as_errors(bundle, tmp_path):
+    from kws.score import score_bundle
+
+    good = _some(REAL / "one", 5)
+    (tmp_path / "corrupt.wav").write_bytes(os.urandom(3000))
+    (tmp_path / "empty.wav").write_bytes(b"")
+    items = [(good[0], "one"), (tmp_path / "corrupt.wav", "one"), *[(p, "one") for p in good[1:3]],
+             (tmp_path / "empty.wav", "one"), (good[3], "one")]
+    result = score_bundle(items, bundle, workers=2, batch=2, progress=False)
+    _consistent(result)
+    assert [Path(e["file"]).name for e in result["errors"]] == ["corrupt.wav", "empty.wav"]
+    assert [p["predicted"] is None for p in result["predictions"]] == [False, True, False, False, True, False]
+
+
+def test_cli_rejects_bad_workers_and_reports_speed(bundle, layouts):
+    proc = _cli(bundle, layouts["archive"], "--workers", "0")
+    assert proc.returncode == 1 and "--workers must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli(bundle, layouts["archive"], "--limit", "30", "--workers", "2", "--batch", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^speed\s+\d+ clips/s \(2 workers, batches of 8\)$", proc.stdout, re.M), proc.stdout

@@ -149,12 +149,12 @@ def stage_run(sample_dir, repo, tmp_path_factory):
 
     from kws import tracking
     from kws.config import compose
-    from kws.serving import testing as kt
+    from tests.support.bundles import TINY_LABELS, build_tiny_bundle
     from kws.stages.stream import run_stream
 
     root = tmp_path_factory.mktemp("stage")
-    labels = list(kt.TINY_LABELS)
-    model = kt.build_tiny_bundle(root / "model", sample_dir=sample_dir)
+    labels = list(TINY_LABELS)
+    model = build_tiny_bundle(root / "model", sample_dir=sample_dir)
     noise = sorted(str(p) for p in (sample_dir / "_background_noise_").glob("*.wav"))
     features = root / "features"
     features.mkdir()

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kws.errors import DatasetError
+from kws.errors import ConfigError, DatasetError
 from kws.labels import BACKGROUND_NOISE_DIR
 from kws.splits import assign_splits, speaker_of
+from tests.support.paths import SAMPLE_DIR
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -22,7 +23,7 @@ TINY = dict(
     words=WORDS, progress=False,
 )
 # The real Speech Commands noise recordings, read in place (see conftest.py).
-REAL_NOISE = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_commands_sample" / BACKGROUND_NOISE_DIR
+REAL_NOISE = SAMPLE_DIR / BACKGROUND_NOISE_DIR
 
 
 def _generate(dest: Path, **overrides):
@@ -132,7 +133,7 @@ def test_different_seed_gives_different_speakers(tmp_path):
 
 def test_noise_is_generated_when_noise_dir_is_missing(tmp_path, caplog):
     dest = tmp_path / "ds"
-    with caplog.at_level(logging.WARNING, logger="kws.synthetic"):
+    with caplog.at_level(logging.WARNING, logger="kws.takes"):
         summary = _generate(dest, noise_dir=tmp_path / "does-not-exist", words=("go", "stop"))
     assert "generating white and pink noise" in caplog.text
     noise = sorted(p.name for p in (dest / BACKGROUND_NOISE_DIR).glob("*.wav"))
@@ -175,8 +176,67 @@ def test_cli(tmp_path, capsys):
     assert "smaller than voices" in capsys.readouterr().err
 
 
+def test_both_data_options_use_the_one_settings_node(repo):
+    """conf/synthetic/default.yaml is the only copy: data=synthetic's dataset and the real pool's
+    extra source get exactly its values, one override reaches either, and the interpolation
+    itself cannot be overridden (it would leave a partial node)."""
+    from omegaconf import OmegaConf
+
+    from kws.config import compose
+    from kws.synthetic import load_settings
+
+    conf = repo / "conf"
+    settings = load_settings(conf)
+
+    def node(cfg, path):
+        return OmegaConf.to_container(OmegaConf.select(cfg, path), resolve=True)
+
+    assert node(compose(["data=synthetic"], conf), "data.synthetic") == settings
+    assert node(compose(["data=speech_commands_real"], conf), "data.extra.0.synthetic") == settings
+    changed = {**settings, "voices": settings["voices"] + 1}
+    override = f"synthetic.voices={changed['voices']}"
+    assert node(compose(["data=synthetic", override], conf), "data.synthetic") == changed
+    assert node(compose(["data=speech_commands_real", override], conf), "data.extra.0.synthetic") == changed
+    with pytest.raises(ConfigError, match="data.synthetic.voices"):
+        compose(["data=synthetic", "data.synthetic.voices=5"], conf)
+
+
+def test_cli_defaults_come_from_the_conf_folder(tmp_path, capsys):
+    from kws.synthetic import _parser, cli_settings, main
+
+    conf = tmp_path / "conf"
+    (conf / "synthetic").mkdir(parents=True)
+    (conf / "synthetic" / "default.yaml").write_text(
+        "seed: 9\nvoices: 5\ntakes_per_voice: 2\nnoise_dir: null\nsnr_db: [1.0, 2.0]\n"
+        "validation_voices: 1\ntesting_voices: 1\n"
+    )
+    args = _parser().parse_args(["out", "--conf", str(conf), "--voices", "4", "--snr-db", "3", "4"])
+    assert cli_settings(args) == {"seed": 9, "voices": 4, "takes_per_voice": 2, "noise_dir": None,
+                                  "snr_db": [3.0, 4.0], "validation_voices": 1, "testing_voices": 1}
+    # without the settings file: a one-line error and exit status 1, nothing generated
+    dest = tmp_path / "ds"
+    assert main([str(dest), "--conf", str(tmp_path / "elsewhere"), "--workers", "1", "--no-progress"]) == 1
+    assert "synthetic/default.yaml not found" in capsys.readouterr().err
+    assert not dest.exists()
+
+
+def test_a_partial_settings_node_is_refused_before_generating(repo, tmp_path):
+    """What ``++data.synthetic.voices=8`` leaves (the interpolation replaced by one key) fails with
+    the fix named, and so does an unknown key, before anything is generated."""
+    from kws.stages.download import synthesize_dataset
+    from kws.synthetic import load_settings
+
+    dest = tmp_path / "raw" / "speech_commands"
+    with pytest.raises(ConfigError, match=r"missing \[.*'seed'.*\].*`synthetic.<key>=\.\.\.`"):
+        synthesize_dataset(dest, {"voices": 8})
+    with pytest.raises(ConfigError, match=r"missing \[\], unknown \['speed'\]"):
+        synthesize_dataset(dest, {**load_settings(repo / "conf"), "speed": 2})
+    assert not dest.exists() and not list(tmp_path.rglob("*.json"))
+
+
 def test_failed_synthesis_is_retried_then_names_word_and_voice():
-    from kws.synthetic import Speaker, find_espeak, render_clip
+    from kws.speakers import Speaker, render_clip
+    from kws.tts import find_espeak
 
     bad = Speaker(hash="0badc0de", voice="xx-no-such-voice", pitch=50, speed=160)
     with pytest.raises(DatasetError, match=r"'seven'.*'xx-no-such-voice'"):

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,21 +27,16 @@ import yaml
 
 from kws.bundle import read_meta
 from kws.config import compose
-from kws.workspace import copy_pipeline
+from tests.support.paths import REPO
+from tests.support.processes import free_port as _free_port
+from tests.support.workspace import copy_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ("download", "prepare", "train", "evaluate", "promote")
 UP = "docker compose --profile tracking up -d"
 
 
 # --------------------------------------------------------------------------- helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{BIN}:{env['PATH']}"  # `python` in dvc.yaml = this venv
@@ -166,7 +160,7 @@ class _Server:
                                          start_new_session=True)  # uvicorn runs in a child: stop the group
 
     def ready(self) -> "_Server":
-        from kws.serving.testing import wait_http
+        from tests.support.processes import wait_http
 
         wait_http(f"{self.uri}/health", timeout=240, proc=self.proc, log=self.log)
         return self
@@ -197,9 +191,9 @@ def server(postgres, tmp_path_factory):
 def _overrides(sample_dir: Path) -> list[str]:
     return [  # as small and fast as the pipeline allows: 4 voices x 1 take of 35 words, one epoch
         "data=synthetic",
-        "data.synthetic.voices=4", "data.synthetic.takes_per_voice=1",
-        "data.synthetic.validation_voices=1", "data.synthetic.testing_voices=1",
-        f"data.synthetic.noise_dir={sample_dir / '_background_noise_'}",
+        "synthetic.voices=4", "synthetic.takes_per_voice=1",
+        "synthetic.validation_voices=1", "synthetic.testing_voices=1",
+        f"synthetic.noise_dir={sample_dir / '_background_noise_'}",
         "prepare.augment.copies=0", "features=mfcc", "model=cnn_seed",
         "train.epochs=1", "train.batch_size=32", "train.lr_schedule=plateau",
     ]
@@ -270,7 +264,7 @@ def test_pipeline_logs_registers_and_promotes_through_the_server(project, server
     # ... and the service loads exactly that champion.
     import requests
 
-    from kws.serving.testing import ApiProcess
+    from tests.support.processes import ApiProcess
 
     with ApiProcess(project / "serving/model", tmp_path / "api") as api:
         served = requests.get(f"{api.url}/model", timeout=10).json()
@@ -430,7 +424,7 @@ def test_compose_tracking_profile_postgres_and_mlflow():
     for svc in (pg, mlf):
         assert svc["restart"] == "unless-stopped" and "container_name" not in svc
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "tracking.md").read_text()  # the README links there
     assert UP in readme and "MLFLOW_TRACKING_URI=http://localhost:5000 dvc repro" in readme
     assert "MLFLOW_TRACKING_URI=http://mlflow:5000 dvc repro" not in readme
 

@@ -15,8 +15,9 @@ import pytest
 from kws.config import compose, write_params
 from kws.errors import ConfigError
 from kws.stages import train as train_stage
+from kws.training import heads, settings
 
-from tiny_features import tiny_features_dir  # noqa: E402
+from tests.support.features import tiny_features_dir
 
 
 def _features_dir(root: Path) -> Path:
@@ -29,28 +30,28 @@ def test_word_targets_give_each_unknown_word_a_class_and_keep_the_rest():
     labels = ["_silence_", "_unknown_", "yes"]
     y = np.array([1, 2, 1, 0, 1])
     files = np.array(["dog/a.wav", "yes/b.wav", "bed/c.wav", "_silence_", "dog/d.wav"])
-    targets, words = train_stage.word_targets(y, files, labels)
+    targets, words = heads.word_targets(y, files, labels)
     assert words == ["bed", "dog"] and targets.tolist() == [4, 2, 3, 0, 4]
     # validation: the training vocabulary; a word it lacks stays _unknown_
-    targets, _ = train_stage.word_targets(np.array([1, 1]), np.array(["cat/e.wav", "bed/f.wav"]), labels, words)
+    targets, _ = heads.word_targets(np.array([1, 1]), np.array(["cat/e.wav", "bed/f.wav"]), labels, words)
     assert targets.tolist() == [1, 3]
-    assert train_stage.word_targets(np.array([0, 1]), np.array(["_silence_", "yes/g.wav"]), ["_silence_", "yes"]) \
+    assert heads.word_targets(np.array([0, 1]), np.array(["_silence_", "yes/g.wav"]), ["_silence_", "yes"]) \
         == (pytest.approx([0, 1]), [])
-    fold = train_stage.fold_matrix(labels, words)
+    fold = heads.fold_matrix(labels, words)
     assert fold.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0], [0, 1, 0]]
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, "many", True])
 def test_invalid_steps_per_epoch_is_a_config_error(value):
     with pytest.raises(ConfigError, match="train.steps_per_epoch"):
-        train_stage.bounded_steps(SimpleNamespace(get=lambda key, default=None: value), 10)
+        settings.bounded_steps(SimpleNamespace(get=lambda key, default=None: value), 10)
 
 
 def test_null_or_a_larger_bound_is_the_whole_epoch():
     get = lambda v: SimpleNamespace(get=lambda key, default=None: v)  # noqa: E731
-    assert train_stage.bounded_steps(get(None), 12) == 12
-    assert train_stage.bounded_steps(get(50), 12) == 12
-    assert train_stage.bounded_steps(get(5), 12) == 5
+    assert settings.bounded_steps(get(None), 12) == 12
+    assert settings.bounded_steps(get(50), 12) == 12
+    assert settings.bounded_steps(get(5), 12) == 5
 
 
 def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_model(tmp_path, monkeypatch, capsys):
@@ -82,7 +83,7 @@ def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_mod
             if record.getMessage().startswith("epoch 2/500:"):
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    logger, handler, uri = logging.getLogger(train_stage.__name__), KillAtTheSecondEpoch(), mlflow.get_tracking_uri()
+    logger, handler, uri = logging.getLogger("kws"), KillAtTheSecondEpoch(), mlflow.get_tracking_uri()
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO  # whatever the root logger's level in this process
     try:
@@ -106,7 +107,7 @@ def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_mod
 
 def test_keep_weights_is_validated():
     with pytest.raises(ConfigError, match="train.keep_weights"):
-        train_stage.keep_weights(SimpleNamespace(get=lambda key, default=None: "newest"))
+        settings.keep_weights(SimpleNamespace(get=lambda key, default=None: "newest"))
 
 
 #: a tiny model trained for 4 epochs, keeping the weights it ends with
@@ -173,8 +174,8 @@ def test_keep_weights_last_saves_the_weights_training_ended_with(two_runs):
 @pytest.mark.parametrize("value", [0, 1, 1.5, -0.2, "high", True])
 def test_ema_momentum_is_validated(value):
     with pytest.raises(ConfigError, match="train.ema_momentum"):
-        train_stage.ema_momentum(SimpleNamespace(get=lambda key, default=None: value))
-    assert train_stage.ema_momentum(SimpleNamespace(get=lambda key, default=None: None)) is None
+        settings.ema_momentum(SimpleNamespace(get=lambda key, default=None: value))
+    assert settings.ema_momentum(SimpleNamespace(get=lambda key, default=None: None)) is None
 
 
 def test_ema_validates_and_exports_the_average_of_the_weights(two_runs):
@@ -216,13 +217,13 @@ def test_ema_keeps_the_average_when_early_stopping_ends_training(tmp_path, monke
                                    {"_unknwn_": 0.5}])
 def test_logit_offsets_are_validated(value):
     with pytest.raises(ConfigError, match="train.logit_offsets"):
-        train_stage.logit_offsets(SimpleNamespace(get=lambda key, default=None: value))
+        settings.logit_offsets(SimpleNamespace(get=lambda key, default=None: value))
 
 
 def test_logit_offsets_of_another_tasks_label_are_left_out():
     t = SimpleNamespace(get=lambda key, default=None: {"_unknown_": 0.5, "yes": -1})
-    assert train_stage.logit_offsets(t, ["_silence_", "yes", "zero"]) == {"yes": -1.0}  # all_words: no _unknown_
-    assert train_stage.logit_offsets(SimpleNamespace(get=lambda key, default=None: None), ["yes"]) == {}
+    assert settings.logit_offsets(t, ["_silence_", "yes", "zero"]) == {"yes": -1.0}  # all_words: no _unknown_
+    assert settings.logit_offsets(SimpleNamespace(get=lambda key, default=None: None), ["yes"]) == {}
 
 
 @pytest.mark.parametrize("unknown_words", [(), ("cat", "dog")], ids=["labels", "one class per unknown word"])

@@ -1,27 +1,25 @@
 """Audio decoding: any common format, rate, channel count and bit depth -> 16 kHz mono float32.
 
-libsndfile (through :mod:`soundfile`) reads WAV, FLAC and Ogg from memory. Anything
-else (MP3, WebM/Opus, M4A/AAC, ...) goes through ``ffmpeg``, which reads the upload
-from a private temporary directory (``tempfile.TemporaryDirectory``: random name,
-mode 0700, always removed) because containers such as MP4 need a seekable input.
-Nothing is ever written to the working directory.
+libsndfile (through :mod:`soundfile`) reads WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF, AU and CAF
+from memory. Anything else goes to ``ffmpeg`` only if its first bytes are a known audio
+container (WebM/Matroska, MP4/M4A/3GP, AMR, AAC ADTS, WMA, ...: :mod:`kws.sniff`), under a
+CPU, wall-time and concurrency budget, reading the upload from an in-memory file
+(:mod:`kws.ffmpeg`). Nothing is ever written to a disk.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from kws import ffmpeg, sniff
 from kws.errors import (
     AudioTooLongError,
     EmptyAudioError,
@@ -32,6 +30,8 @@ from kws.errors import (
 
 log = logging.getLogger(__name__)
 
+#: What an error message lists as accepted.
+FORMATS = "WAV, FLAC, Ogg, MP3, WebM, M4A/MP4, AMR, AAC, AIFF, ..."
 #: Peak amplitude below which a signal counts as digital silence (about -80 dBFS).
 SILENCE_PEAK = 1e-4
 
@@ -109,7 +109,8 @@ def _decode_soundfile(data: bytes, max_frames_at: callable) -> tuple[np.ndarray,
         with sf.SoundFile(io.BytesIO(data)) as f:
             if f.frames > max_frames_at(f.samplerate):
                 raise AudioTooLongError(_too_long_message(f.frames / f.samplerate, max_frames_at))
-            out = f.read(dtype="float32", always_2d=True)
+            # float64 only where the file holds it: a DOUBLE sample can be far beyond float32's range
+            out = f.read(dtype="float64" if f.subtype == "DOUBLE" else "float32", always_2d=True)
             return out, f.samplerate, f.channels
     except AudioTooLongError:
         raise
@@ -122,77 +123,70 @@ def _too_long_message(duration: float, max_frames_at) -> str:
     return f"audio is {duration:.1f} s long; the maximum is {limit:g} s"
 
 
-def _probe_stream(ffprobe: str | None, src: Path) -> tuple[int | None, int | None]:
-    """Sample rate and channel count of the first audio stream, as ffprobe reports them (None if unknown)."""
-    if ffprobe is None:
-        return None, None
-    cmd = [
-        ffprobe, "-v", "error", "-select_streams", "a:0",
-        "-show_entries", "stream=sample_rate,channels", "-of", "json", str(src),
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=20, check=False)
-        stream = json.loads(proc.stdout or b"{}").get("streams", [{}])[0]
-        return int(stream["sample_rate"]), int(stream["channels"])
-    except (subprocess.TimeoutExpired, ValueError, KeyError, IndexError, TypeError):
-        return None, None
+def usable(frames: np.ndarray) -> np.ndarray:
+    """Decoded ``(frames, channels)`` or ``(frames,)`` of any float dtype -> mono float32 within -1..1.
+
+    NaN or infinite samples are refused (:class:`InvalidAudioError`). Float formats can hold
+    any finite magnitude, far outside the nominal -1..1: such a signal is scaled down to a peak
+    of 1 BEFORE anything adds or squares it (channel mean, spectrum), where it would overflow.
+    """
+    if not np.all(np.isfinite(frames)):
+        raise InvalidAudioError("the audio contains NaN or infinite sample values")
+    peak = float(np.max(np.abs(frames), initial=0.0))
+    if peak > 1.0:
+        frames = frames / np.asarray(peak, frames.dtype)
+    return to_mono(frames).astype(np.float32)
 
 
-def _decode_ffmpeg(data: bytes, sample_rate: int, max_duration_s: float) -> tuple[np.ndarray, int | None, int | None]:
-    """Decode through ffmpeg; returns the 16 kHz mono samples and the source's own rate and channels."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise UnsupportedAudioError(
-            "this audio is not WAV/FLAC/Ogg and ffmpeg is not installed to decode other formats"
-        )
-    with tempfile.TemporaryDirectory(prefix="kws-decode-") as tmp:
-        src = Path(tmp) / "upload"
-        src.write_bytes(data)
-        cmd = [
-            ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
-            "-i", str(src), "-vn", "-ac", "1", "-ar", str(sample_rate),
-            # Decode a little more than the limit so "too long" is detectable without decoding hours.
-            "-t", f"{max_duration_s + 0.5:.3f}", "-f", "f32le", "pipe:1",
-        ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-        except subprocess.TimeoutExpired:
-            raise UnsupportedAudioError("decoding this audio took too long; send WAV, FLAC, Ogg, MP3, WebM or M4A") from None
-        src_sr, channels = _probe_stream(shutil.which("ffprobe"), src) if proc.returncode == 0 else (None, None)
-    if proc.returncode != 0 or not proc.stdout:
-        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        log.info("ffmpeg could not decode upload: %s", detail[-1] if detail else proc.returncode)
-        raise UnsupportedAudioError(
-            "the upload is not audio in a format we can decode (WAV, FLAC, Ogg, MP3, WebM, M4A, ...)"
-        )
-    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32), src_sr, channels
+class Decoder:
+    """Uploads -> :class:`Audio`. libsndfile (WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF, ...) decodes in
+    memory, in the request's thread, and never waits; anything else goes to ffmpeg only when its
+    first bytes are a known audio container (:func:`kws.sniff.container`), under ``limits``
+    (:mod:`kws.ffmpeg`: CPU and wall budget per run, a bound on concurrent decodes)."""
+
+    def __init__(self, limits: ffmpeg.Limits | None = None):
+        self.limits = limits or ffmpeg.Limits()
+        self.gate = ffmpeg.Gate(self.limits)
+
+    def decode(self, data: bytes, sample_rate: int = 16000, max_duration_s: float = 60.0) -> Audio:
+        """Decode ``data`` (bytes of any common audio format) to mono float32 at ``sample_rate``.
+
+        Raises :class:`EmptyAudioError`, :class:`UnsupportedAudioError`, :class:`AudioTooLongError`,
+        :class:`InvalidAudioError`, :class:`~kws.errors.DecoderBusyError` or
+        :class:`~kws.errors.StorageUnavailableError`.
+        """
+        if not data:
+            raise EmptyAudioError("the upload is empty (0 bytes)")
+
+        def max_frames_at(sr: int) -> float:
+            return max_duration_s * sr
+
+        got = _decode_soundfile(data, max_frames_at)
+        if got is not None:
+            frames, src_sr, channels = got
+            samples = resample(usable(frames), src_sr, sample_rate)
+        else:
+            fmt = sniff.container(data)
+            if fmt is None:
+                raise UnsupportedAudioError(f"the upload is not audio in a format we can decode ({FORMATS})")
+            if shutil.which("ffmpeg") is None:
+                raise UnsupportedAudioError(f"this {fmt} audio needs ffmpeg, which is not installed here")
+            with self.gate.slot():
+                decoded, src_sr, channels = ffmpeg.decode(data, fmt, sample_rate, max_duration_s, self.limits)
+            samples = usable(decoded)
+            if len(samples) > max_frames_at(sample_rate):
+                raise AudioTooLongError(f"audio is longer than the maximum of {max_duration_s:g} s")
+        if samples.size == 0:
+            raise EmptyAudioError("the upload decodes to no audio samples")
+        return Audio(samples=samples, sample_rate=sample_rate, source_sample_rate=src_sr, source_channels=channels)
+
+
+_default = Decoder()
 
 
 def decode(data: bytes, sample_rate: int = 16000, max_duration_s: float = 60.0) -> Audio:
-    """Decode ``data`` (bytes of any common audio format) to mono float32 at ``sample_rate``.
-
-    Raises :class:`EmptyAudioError`, :class:`UnsupportedAudioError`,
-    :class:`AudioTooLongError` or :class:`InvalidAudioError`.
-    """
-    if not data:
-        raise EmptyAudioError("the upload is empty (0 bytes)")
-
-    def max_frames_at(sr: int) -> float:
-        return max_duration_s * sr
-
-    got = _decode_soundfile(data, max_frames_at)
-    if got is not None:
-        frames, src_sr, channels = got
-        samples = resample(to_mono(frames), src_sr, sample_rate)
-    else:
-        samples, src_sr, channels = _decode_ffmpeg(data, sample_rate, max_duration_s)
-        if len(samples) > max_frames_at(sample_rate):
-            raise AudioTooLongError(f"audio is longer than the maximum of {max_duration_s:g} s")
-    if samples.size == 0:
-        raise EmptyAudioError("the upload decodes to no audio samples")
-    if not np.all(np.isfinite(samples)):
-        raise InvalidAudioError("the audio contains NaN or infinite sample values")
-    return Audio(samples=samples, sample_rate=sample_rate, source_sample_rate=src_sr, source_channels=channels)
+    """:meth:`Decoder.decode` with the default limits (one process-wide bound on ffmpeg decodes)."""
+    return _default.decode(data, sample_rate, max_duration_s)
 
 
 def check_not_silent(samples: np.ndarray) -> None:

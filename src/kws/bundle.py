@@ -4,6 +4,9 @@ Layout of a bundle directory (``serving/model/`` by default)::
 
     model.keras       Keras model: input (frames, n_coeffs, 1) float32 features (kws.features) -> softmax
     model.tflite      the same model converted to TFLite (float32)
+    model_int8.tflite optional: int8 post-training quantization of it (float32 input and output),
+                      calibrated on training features; model_info.json ``int8`` holds its export
+                      check (both accuracies on held-out features, ``default``: within 0.5 points)
     labels.json       {"labels": [...]}  class names in output order
     features.json     kws.features.FeatureConfig.to_dict(): the exact feature parameters
     metrics.json      evaluation metrics of this model (may be {})
@@ -15,16 +18,27 @@ Layout of a bundle directory (``serving/model/`` by default)::
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kws.atomic import replace_dir, staged_dir  # noqa: F401  (replace_dir re-exported)
 from kws.errors import BundleError, ModelNotFoundError
 from kws.features import FeatureConfig
 
+log = logging.getLogger(__name__)
+
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
+TFLITE_INT8_FILE = "model_int8.tflite"
+#: The int8 model is the default runtime only when it loses at most this many accuracy points
+#: against float32 on the export check's held-out features (what the field accepts for int8 KWS).
+INT8_MAX_LOSS_POINTS = 0.5
+#: How many training examples calibrate the int8 ranges (a few hundred suffice for activations).
+INT8_REPRESENTATIVE = 300
 LABELS_FILE = "labels.json"
 FEATURES_FILE = "features.json"
 METRICS_FILE = "metrics.json"
@@ -88,6 +102,86 @@ def to_tflite(model) -> bytes:
         return converter.convert()
 
 
+def representative_sample(x: np.ndarray, n: int = INT8_REPRESENTATIVE, seed: int = 0) -> np.ndarray:
+    """A fixed-seed random ``n`` of the feature rows ``x`` (a split is often ordered by class)."""
+    x = np.asarray(x, np.float32)
+    if len(x) > n:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))]
+    return x if x.ndim == 4 else x[..., None]
+
+
+def to_tflite_int8(model, representative: np.ndarray) -> bytes:
+    """Convert a Keras model to an int8 TFLite flatbuffer (post-training quantization).
+
+    Weights and activations are int8 (one scale per tensor), their ranges calibrated on ``representative`` (feature rows
+    of the TRAINING split, ``(n, frames, n_coeffs[, 1])``; see :func:`representative_sample`).
+    Input and output stay float32, so a runtime feeds and reads it exactly like the float32
+    model. Raises :class:`BundleError` if an operation has no int8 kernel.
+    """
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    rows = representative_sample(representative, len(representative))
+    if len(rows) == 0:
+        raise BundleError("int8 quantization needs representative examples (none given)")
+
+    def examples():
+        for row in rows:
+            yield [row[None]]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = examples
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # One scale per tensor, not per output channel: with 128-channel layers the per-channel scales
+    # and 64-bit zero points are a large part of the file, and on real speech the per-tensor model
+    # was as accurate (benchmarks/results/speed.json).
+    converter._experimental_disable_per_channel = True
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return converter.convert()
+    except Exception as err:  # noqa: BLE001 - the converter raises many types
+        raise BundleError(f"int8 quantization failed: {err}") from None
+
+
+def tflite_scores(content: bytes, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Scores of a TFLite flatbuffer on feature rows ``x`` (``(n, frames, n_coeffs[, 1])``)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = np.asarray(x, np.float32)
+    x = x if x.ndim == 4 else x[..., None]
+    interp = Interpreter(model_content=content)
+    inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+    rows = []
+    for i in range(0, len(x), batch):
+        chunk = np.ascontiguousarray(x[i:i + batch])
+        interp.resize_tensor_input(inp, chunk.shape)
+        interp.allocate_tensors()
+        interp.set_tensor(inp, chunk)
+        interp.invoke()
+        rows.append(interp.get_tensor(out).copy())
+    return np.concatenate(rows)
+
+
+def int8_check(float_model: bytes, int8_model: bytes, x: np.ndarray, y: np.ndarray, split: str = "validation",
+               max_loss_points: float = INT8_MAX_LOSS_POINTS) -> dict[str, Any]:
+    """Both TFLite models scored on held-out features: accuracies, sizes and ``default`` (int8 loses
+    at most ``max_loss_points``): what ``model_info.json`` records as ``int8``."""
+    y = np.asarray(y)
+    if len(y) == 0:
+        raise BundleError("the int8 export check needs held-out examples (none given)")
+    acc = {name: float(np.mean(tflite_scores(content, x).argmax(axis=1) == y))
+           for name, content in (("float32", float_model), ("int8", int8_model))}
+    loss = 100.0 * (acc["float32"] - acc["int8"])
+    return {"float32_accuracy": acc["float32"], "int8_accuracy": acc["int8"], "loss_points": round(loss, 3),
+            "max_loss_points": max_loss_points, "default": bool(loss <= max_loss_points + 1e-9),
+            "check_split": split, "check_examples": int(len(y)),
+            "float32_bytes": len(float_model), "int8_bytes": len(int8_model),
+            "size_ratio": round(len(float_model) / len(int8_model), 2)}
+
+
 def write_bundle(
     out_dir: str | Path,
     model,
@@ -96,15 +190,30 @@ def write_bundle(
     metrics: dict[str, Any] | None = None,
     info: dict[str, Any] | None = None,
     detector: dict[str, Any] | None = None,
+    representative: np.ndarray | None = None,
+    check: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    """Write a complete bundle atomically (see :func:`kws.atomic.staged_dir`)."""
+    """Write a complete bundle atomically (see :func:`kws.atomic.staged_dir`).
+
+    With ``representative`` (training feature rows) the bundle also gets ``model_int8.tflite``;
+    with ``check`` (held-out ``(x, y)``) both TFLite models are scored and the result is
+    ``model_info.json``'s ``int8`` (:func:`int8_check`), which decides the ``auto`` runtime.
+    """
+    info = dict(info or {})
     with staged_dir(out_dir) as tmp:
         model.save(tmp / KERAS_FILE)
-        (tmp / TFLITE_FILE).write_bytes(to_tflite(model))
+        float_model = to_tflite(model)
+        (tmp / TFLITE_FILE).write_bytes(float_model)
+        if representative is not None:
+            int8_model = to_tflite_int8(model, representative_sample(representative))
+            (tmp / TFLITE_INT8_FILE).write_bytes(int8_model)
+            info["int8"] = (int8_check(float_model, int8_model, *check) if check is not None else
+                            {"default": False, "float32_bytes": len(float_model), "int8_bytes": len(int8_model)})
+            log.info("int8 model: %s", info["int8"])
         _write_json(tmp / LABELS_FILE, {"labels": list(labels)})
         _write_json(tmp / FEATURES_FILE, features.to_dict())
         _write_json(tmp / METRICS_FILE, metrics or {})
-        _write_json(tmp / INFO_FILE, info or {})
+        _write_json(tmp / INFO_FILE, info)
         if detector:
             _write_json(tmp / DETECTOR_FILE, detector)
     return out_dir

@@ -26,8 +26,19 @@ HEADER = (
 )
 
 
+#: keys that left the recipe for a config group of their own: ``old key -> group``
+MOVED = {"train.distribute": "trainer", "train.mixed_precision": "trainer"}
+
+
 def compose(overrides: Iterable[str] = (), conf_dir: str | Path = CONF_DIR) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra ``overrides`` (``group=option``, ``a.b=value``)."""
+    overrides = list(overrides)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in MOVED:
+            group, leaf = MOVED[key], key.split(".", 1)[1]
+            raise ConfigError(f"{key} is now {group}.{leaf}: choose the hardware with {group}=cpu|gpu|mirrored|"
+                              f"multi_worker (conf/{group}/), or override {group}.{leaf}=...")
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -38,7 +49,7 @@ def compose(overrides: Iterable[str] = (), conf_dir: str | Path = CONF_DIR) -> D
         raise ConfigError(f"no Hydra config at {conf_dir}/config.yaml; run from the project root")
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides))
+            return hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"invalid configuration override: {err}") from None
 

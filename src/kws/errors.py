@@ -106,3 +106,22 @@ class InvalidAudioError(AudioError):
 class AudioTooLongError(AudioError):
     code = "audio_too_long"
     status = 422
+
+
+class DecoderBusyError(KWSError):
+    """Every ffmpeg decode slot stayed taken for the whole wait: retry in ``retry_after_s`` seconds."""
+
+    code = "busy"
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = int(retry_after_s)
+
+
+class StorageUnavailableError(KWSError):
+    """The server could not stage or decode an upload for an operating-system reason (memory,
+    disk, file descriptors, processes): the upload may be fine, retrying later may work."""
+
+    code = "storage_unavailable"
+    status = 503

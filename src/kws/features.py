@@ -85,16 +85,18 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
 
 
-def log_mel(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+def log_mel(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> np.ndarray:
     """Log-mel energies (dB) of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., n_mels, frames)``.
 
-    Each clip must already be ``cfg.clip_samples`` long (see :func:`kws.audio.fix_length`).
-    Results do not depend on batching: the log uses a fixed floor, not a per-array ``top_db``.
+    Each clip must already be ``cfg.clip_samples`` long (see :func:`kws.audio.fix_length`), unless
+    ``any_length``: then any length of at least one FFT window. Every frame depends on its own
+    window only (no centring, a fixed log floor, not a per-array ``top_db``), so results depend
+    neither on batching nor on the audio around a frame.
     """
     import librosa
 
     waves = np.asarray(waves, dtype=np.float32)
-    if waves.shape[-1] != cfg.clip_samples:
+    if not any_length and waves.shape[-1] != cfg.clip_samples:
         raise ValueError(f"expected clips of {cfg.clip_samples} samples, got {waves.shape[-1]}")
     spec = librosa.stft(
         waves, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
@@ -105,19 +107,22 @@ def log_mel(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
 
 
-def mfcc(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+def mfcc(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> np.ndarray:
     """MFCCs of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., frames, n_mfcc)`` float32."""
     import librosa
 
-    coeffs = librosa.feature.mfcc(S=log_mel(waves, cfg), n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho")
+    coeffs = librosa.feature.mfcc(S=log_mel(waves, cfg, any_length), n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho")
     return np.swapaxes(coeffs, -1, -2).astype(np.float32)
 
 
-def extract(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """The model's input features of one clip or a batch -> ``(..., frames, n_coeffs)`` float32."""
+def extract(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> np.ndarray:
+    """The model's input features of one clip or a batch -> ``(..., frames, n_coeffs)`` float32.
+
+    ``any_length``: audio of any length (at least one FFT window), e.g. a clip padded for the
+    serving's test-time shifts, whose frames are then sliced (see :func:`log_mel`)."""
     if cfg.kind == "mfcc":
-        return mfcc(waves, cfg)
-    return np.swapaxes(log_mel(waves, cfg), -1, -2).astype(np.float32)
+        return mfcc(waves, cfg, any_length)
+    return np.swapaxes(log_mel(waves, cfg, any_length), -1, -2).astype(np.float32)
 
 
 def clip_features(samples: np.ndarray, cfg: FeatureConfig) -> np.ndarray:

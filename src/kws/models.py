@@ -2,7 +2,9 @@
 
 Every model takes features shaped ``(frames, n_coeffs, 1)`` (log-mel bands or MFCCs) and starts with a
 ``Normalization`` layer adapted on the training features, so the exported model is
-self-contained: the service feeds it raw :func:`kws.features.extract` output (the input keeps its historical name ``mfcc``).
+self-contained: the service feeds it raw :func:`kws.features.extract` output. The input is named
+``features`` (:data:`INPUT_NAME`) and the normalization layer ``features_norm`` (:data:`NORM_LAYER`),
+whichever front end (``features.kind``) computed them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kws.errors import ConfigError
+
+INPUT_NAME = "features"
+NORM_LAYER = "features_norm"
 
 
 def _layers():
@@ -116,8 +121,8 @@ def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, int], n_classes:
     name = cfg.get("name")
     if name not in BUILDERS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(BUILDERS)}")
-    inputs = keras.Input((*input_shape, 1), name="mfcc")
-    norm = L.Normalization(axis=2, name="mfcc_norm")  # one mean/variance per coefficient
+    inputs = keras.Input((*input_shape, 1), name=INPUT_NAME)
+    norm = L.Normalization(axis=2, name=NORM_LAYER)  # one mean/variance per coefficient
     if train_x is not None:
         norm.adapt(train_x[..., None].astype("float32"))
     else:

@@ -19,8 +19,15 @@ Folder layouts (``--layout``):
 
 ``--list FILE`` keeps only the clips listed (``word/file.wav`` a line, as ``testing_list.txt``).
 The report gives accuracy and per-class recall with 95 % Wilson intervals, the top
-confusions, the errors and the per-clip latency (decode + predict). Invariant of a result:
-``correct + sum(confusion counts) + len(errors) == n``.
+confusions, the errors, the per-clip latency (decode + predict) and the throughput. Invariant
+of a result: ``correct + sum(confusion counts) + len(errors) == n``.
+
+A large folder is scored by ``--workers`` processes (default: every core), each with its own
+predictor, on chunks of ``--batch`` clips: a worker decodes its chunk and scores all of its
+short clips in one feature pass and one runtime call (:meth:`Predictor.predict_clips`), which
+gives the answers clip-by-clip scoring gives. The latency is then per clip within a chunk (the
+chunk's time over its clips); ``--workers 1 --batch 1`` scores one clip at a time, as the
+service does.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
+import os
 import random
 import sys
 import time
@@ -37,7 +46,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from kws.errors import ConfigError, DatasetError, KWSError
+from kws.errors import ConfigError, DatasetError, KWSError, NotComparableError
 from kws.labels import SILENCE, UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -143,7 +152,8 @@ class BundleClassifier:
         self.threshold = threshold
         self.max_duration_s = max_duration_s
 
-    def __call__(self, path: Path) -> str:
+    def load(self, path: Path) -> np.ndarray:
+        """The clip's samples as the service decodes an upload (a :class:`KWSError` where it would refuse it)."""
         from kws.audio import check_not_silent, decode
 
         try:
@@ -152,7 +162,25 @@ class BundleClassifier:
             raise DatasetError(f"cannot read {path}: {err.strerror or err}") from None
         audio = decode(data, sample_rate=self.predictor.cfg.sample_rate, max_duration_s=self.max_duration_s)
         check_not_silent(audio.samples)  # the service answers 422 to silent audio
-        return self.predictor.predict(audio.samples, threshold=self.threshold)["keyword"]
+        return audio.samples
+
+    def __call__(self, path: Path) -> str:
+        return self.predictor.predict(self.load(path), threshold=self.threshold)["keyword"]
+
+    def classify_many(self, paths: Sequence[Path]) -> list[tuple[str | None, str | None, float]]:
+        """``(predicted label or None, error message or None, seconds per clip)`` of each path; the
+        clips that decode are scored together (:meth:`Predictor.predict_clips`)."""
+        t0 = time.perf_counter()
+        loaded, errors = {}, {}
+        for i, path in enumerate(paths):
+            try:
+                loaded[i] = self.load(path)
+            except (KWSError, OSError) as err:
+                errors[i] = getattr(err, "message", None) or str(err)
+        answers = dict(zip(loaded, self.predictor.predict_clips(list(loaded.values()), threshold=self.threshold)))
+        seconds = (time.perf_counter() - t0) / max(1, len(paths))
+        return [(answers[i]["keyword"], None, seconds) if i in answers else (None, errors[i], seconds)
+                for i in range(len(paths))]
 
 
 def bundle_classifier(bundle: str | Path, runtime: str = "tflite", threshold: float | None = None) -> BundleClassifier:
@@ -166,17 +194,28 @@ def score(items: Iterable[Item], classify: Callable[[Path], str], labels: Sequen
     from tqdm import tqdm
 
     items = list(items)
-    predictions, errors, latencies = [], [], []
+    started = time.perf_counter()
+    rows = []
     bar = tqdm(items, desc="scoring", unit="clip", file=sys.stderr, disable=(not progress or len(items) < 20) or None)
-    for path, true in bar:
+    for path, _ in bar:
         t0 = time.perf_counter()
         try:
-            pred = classify(path)
+            rows.append((classify(path), None, time.perf_counter() - t0))
         except (KWSError, OSError) as err:
-            errors.append({"file": str(path), "true": true, "message": getattr(err, "message", None) or str(err)})
+            rows.append((None, getattr(err, "message", None) or str(err), time.perf_counter() - t0))
+    return summarize(items, rows, labels, time.perf_counter() - started)
+
+
+def summarize(items: Sequence[Item], rows: Sequence[tuple[str | None, str | None, float]], labels: Sequence[str],
+              seconds: float) -> dict:
+    """The result of scoring ``items``: ``rows`` holds ``(predicted, error message, seconds)`` of each."""
+    predictions, errors, latencies = [], [], []
+    for (path, true), (pred, message, took) in zip(items, rows, strict=True):
+        if message is not None:
+            errors.append({"file": str(path), "true": true, "message": message})
             pred = None
         else:
-            latencies.append((time.perf_counter() - t0) * 1000.0)
+            latencies.append(took * 1000.0)
         predictions.append({"file": str(path), "true": true, "predicted": pred})
     n = len(predictions)
     correct = sum(p["predicted"] == p["true"] for p in predictions)
@@ -195,7 +234,97 @@ def score(items: Iterable[Item], classify: Callable[[Path], str], labels: Sequen
         else {"p50": None, "p95": None}
     return {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0, "ci95": list(wilson(correct, n)),
             "per_class": per_class, "confusions": confusions, "errors": errors, "latency_ms": lat,
+            "clips_per_s": round(n / seconds, 1) if seconds > 0 else None,
             "labels": list(labels), "predictions": predictions}
+
+
+def bundle_accuracy(bundle_dir: Path, test_set: dict, batch: int = 128) -> float:
+    """Accuracy of any serving bundle on a test split described by ``test_examples.json``
+    (:data:`kws.artifacts.TEST_EXAMPLES_FILE`, written by the prepare stage): every example is
+    rendered from the dataset again and scored by the service's predictor with the BUNDLE's own
+    front end, so models with different features are compared on the very same clips.
+    Raises :class:`NotComparableError` when the bundle predicts other labels."""
+    from kws.audio import load_file
+    from kws.dataset import Example, render
+    from kws.serving.predictor import Predictor
+
+    predictor = Predictor(bundle_dir, runtime="tflite", warmup=False)
+    if list(predictor.labels) != list(test_set["labels"]):
+        raise NotComparableError(
+            f"the model in {bundle_dir} predicts {predictor.labels}, the test set has {test_set['labels']}")
+    cfg = predictor.cfg
+    examples = [Example(**e) for e in test_set["examples"]]
+    noise = [load_file(f, cfg.sample_rate) for f in test_set["noise_files"]] if any(e.noise >= 0 for e in examples) else []
+    roots = [Path(test_set["root"])]
+    correct = 0
+    for i in range(0, len(examples), batch):
+        chunk = examples[i : i + batch]
+        waves = np.stack([render(e, roots, noise, cfg.clip_samples, cfg.sample_rate) for e in chunk])
+        scores = predictor.clip_scores(waves)  # as the service scores a clip (test-time shifts included)
+        correct += int(np.sum(scores.argmax(axis=1) == np.asarray([e.label for e in chunk])))
+    return correct / max(1, len(examples))
+
+
+# --------------------------------------------------------------------------- many processes, batches
+_worker: BundleClassifier | KWSError | None = None
+
+
+def _init_worker(bundle: str, runtime: str, threshold: float | None) -> None:
+    global _worker
+    logging.getLogger("kws").setLevel(logging.WARNING)  # one "loaded" line per worker is noise
+    try:
+        _worker = BundleClassifier(bundle, runtime=runtime, threshold=threshold)
+    except KWSError as err:  # raised from the first chunk: a failing initializer would be restarted forever
+        _worker = err
+
+
+def _score_chunk(paths: list[Path]) -> list[tuple[str | None, str | None, float]]:
+    if isinstance(_worker, KWSError):
+        raise _worker
+    return _worker.classify_many(paths)
+
+
+def score_bundle(items: Iterable[Item], bundle: str | Path, runtime: str = "tflite", threshold: float | None = None,
+                 workers: int | None = None, batch: int = 32, progress: bool = True) -> dict:
+    """:func:`score` of the bundle's service classifier, in ``workers`` processes (default: every
+    core; 1: this process) on chunks of ``batch`` clips. The same predictions as :func:`score`."""
+    from tqdm import tqdm
+
+    items = list(items)
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    batch = max(1, int(batch))
+    chunks = [[p for p, _ in items[i:i + batch]] for i in range(0, len(items), batch)]
+    workers = min(workers, len(chunks))
+    bar = tqdm(total=len(items), desc="scoring", unit="clip", file=sys.stderr,
+               disable=(not progress or len(items) < 20) or None)
+    started = time.perf_counter()
+    rows: list = []
+    if workers == 1:
+        classify = BundleClassifier(bundle, runtime=runtime, threshold=threshold)
+        for chunk in chunks:
+            rows += classify.classify_many(chunk)
+            bar.update(len(chunk))
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        # spawn: the parent may hold TensorFlow or interpreter threads that a fork would copy mid-state;
+        # an executor, not a Pool: a worker that dies is an error here, not a restart loop
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(str(bundle), runtime, threshold)) as pool:
+                for part in pool.map(_score_chunk, chunks):
+                    rows += part
+                    bar.update(len(part))
+        except BrokenProcessPool as err:
+            raise KWSError(f"a kws-score worker process died ({err}); try --workers 1") from None
+    bar.close()
+    from kws.bundle import read_meta
+
+    # the throughput includes loading the predictors (and starting the workers): what a run costs
+    result = summarize(items, rows, read_meta(bundle).labels, time.perf_counter() - started)
+    return {**result, "workers": workers, "batch": batch}
 
 
 def _pct(x: float) -> str:
@@ -225,6 +354,9 @@ def format_report(result: dict, title: str = "", top: int = 10) -> str:
     lat = result["latency_ms"]
     if lat["p50"] is not None:
         out.append(f"latency   median {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms per clip (decode + predict)")
+    if result.get("clips_per_s"):
+        how = f" ({result['workers']} workers, batches of {result['batch']})" if "workers" in result else ""
+        out.append(f"speed     {result['clips_per_s']:.0f} clips/s{how}")
     return "\n".join(out)
 
 
@@ -237,7 +369,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="folder layout (default: %(default)s)")
     p.add_argument("--silence-dir", type=Path, help="every .wav in this folder is a _silence_ clip")
     p.add_argument("--list", dest="list_file", type=Path, help="score only the clips listed (word/file.wav a line)")
-    p.add_argument("--runtime", choices=("tflite", "keras"), default="tflite", help="default: %(default)s")
+    p.add_argument("--runtime", choices=("auto", "tflite", "tflite_int8", "keras"), default="tflite",
+                   help="default: %(default)s (auto: what the service picks)")
+    p.add_argument("--workers", type=int, default=None, help="processes scoring in parallel (default: every core)")
+    p.add_argument("--batch", type=int, default=32, help="clips a worker scores together (default: %(default)s)")
     p.add_argument("--threshold", type=float, help="below this confidence the keyword is _unknown_ (as the service)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--output", type=Path, help="also write the JSON result to this file")
@@ -258,10 +393,18 @@ def run(args: argparse.Namespace) -> dict:
             raise ConfigError(f"--limit must be at least 1, got {args.limit}")
         if args.limit < len(items):
             items = sorted(random.Random(0).sample(items, args.limit))
-    classify = bundle_classifier(args.bundle, runtime=args.runtime, threshold=args.threshold)
-    result = score(items, classify, classify.labels)
+    for name in ("workers", "batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    from kws.serving.predictor import int8_preferred
+
+    runtime = args.runtime
+    if runtime == "auto":  # what the service would load
+        runtime = "tflite_int8" if int8_preferred(read_meta(args.bundle)) else "tflite"
+    result = score_bundle(items, args.bundle, runtime=runtime, threshold=args.threshold, workers=args.workers,
+                          batch=args.batch)
     result.update({"bundle": str(args.bundle), "folder": str(args.folder), "layout": layout,
-                   "runtime": classify.runtime, "threshold": args.threshold})
+                   "runtime": runtime, "threshold": args.threshold})
     text = json.dumps(result, indent=2)
     if args.output is not None:
         try:
@@ -272,7 +415,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.json:
         print(text)
     else:
-        title = f"kws-score: {args.bundle} ({classify.runtime}) on {args.folder} [{layout} layout]"
+        title = f"kws-score: {args.bundle} ({runtime}) on {args.folder} [{layout} layout]"
         print(format_report(result, title))
     return result
 

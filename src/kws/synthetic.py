@@ -3,9 +3,9 @@
 Nothing here reaches the real dataset. ``espeak-ng`` voices speak the 35 words; each
 "speaker" is one espeak-ng English voice/accent combined with a voice variant
 (``+m3``, ``+f2``, ``+croak``, ...) and a base pitch and speed, all chosen
-deterministically from ``seed``. Each take is resampled to 16 kHz, trimmed, given a
-random gain and position inside the 1 s window and mixed with a random 1 s segment of
-background noise at a random SNR::
+deterministically from ``seed`` (:mod:`kws.speakers`). Each take is resampled to 16 kHz,
+trimmed, given a random gain and position inside the 1 s window and mixed with a random 1 s
+segment of background noise at a random SNR::
 
     <dest>/<word>/<speakerhash>_nohash_<n>.wav   16 kHz mono 16-bit PCM, 16000 samples
     <dest>/_background_noise_/*.wav              copied from noise_dir, else generated
@@ -16,260 +16,44 @@ Every random draw comes from a generator seeded by (seed, speaker, word, take), 
 from global state, so the same arguments give byte-identical files whatever the number
 of worker processes. Accuracy measured on this data is NOT Speech Commands accuracy.
 
-Console entry point: ``kws-synth DEST [--voices N --takes N --seed S --noise-dir D --workers W]``.
+This module is the generator (its settings, :func:`generate`) and its console entry point:
+``kws-synth DEST [--voices N --takes N --seed S --noise-dir D --workers W]``;
+what it is not told it takes from ``conf/synthetic/default.yaml``, as the pipeline does.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import inspect
 import logging
 import os
 import re
-import shutil
-import struct
-import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import soundfile as sf
 
-from kws.audio import load_file, resample, snr_gain
+from kws.audio import load_file
 from kws.cli import run_cli
+from kws.config import CONF_DIR
 from kws.errors import ConfigError, DatasetError
 from kws.labels import ALL_WORDS, BACKGROUND_NOISE_DIR
-from kws.workers import process_pool
+from kws.parallel import run_parallel
+from kws.speakers import Speaker, choose_speakers, clip_name, render_clip, split_speakers
+from kws.takes import SAMPLE_RATE, prepare_noise, write_pcm16
+from kws.tts import english_voices, espeak_version, find_espeak, voice_variants
 
 log = logging.getLogger(__name__)
 
 NAME = "synthetic_speech_commands"
-SAMPLE_RATE = 16000
-CLIP_SAMPLES = SAMPLE_RATE  # exactly 1 s, like every Speech Commands clip
-NOISE_SECONDS = 60
-INSTALL_HINT = "install espeak-ng (apt-get install espeak-ng)"
 
-#: Defaults, the same as ``conf/data/synthetic.yaml``.
-DEFAULTS: dict[str, Any] = {
-    "seed": 1234,
-    "voices": 24,
-    "takes_per_voice": 3,
-    "noise_dir": "../shared/data/speech_commands_sample/_background_noise_",
-    "snr_db": (10.0, 30.0),
-    "validation_voices": 3,
-    "testing_voices": 3,
-}
+#: The settings' file under ``conf/``: the pipeline's (both data options interpolate it) and kws-synth's.
+SETTINGS_FILE = Path("synthetic") / "default.yaml"
 
-#: Voice variants worth using (those installed are intersected at run time); "" = none.
-PREFERRED_VARIANTS = (
-    "", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
-    "croak", "whisper", "klatt", "klatt2", "klatt3", "klatt4", "grandma", "grandpa",
-)
-
-# Per-speaker base and per-take jitter of espeak-ng's pitch (0-99) and speed (words/min).
-_PITCH_BASE = (30, 70)
-_SPEED_BASE = (140, 190)
-_PITCH_JITTER = 6
-_SPEED_JITTER = 12
-_AMPLITUDE = 100  # espeak-ng -a; the random gain is applied afterwards
-_GAIN_DB = (-20.0, -3.0)  # peak level of the speech before the noise is mixed in
-_PEAK_LIMIT = 0.98
-_TRIM_TOP_DB = 40.0
-_FADE = 80  # samples (5 ms) of fade at the ends of a take
 _WORD = re.compile(r"^[a-z][a-z'-]*$")
-_ESPEAK_TIMEOUT_S = 60
-
-
-@dataclass(frozen=True)
-class Speaker:
-    """One synthetic speaker: an espeak-ng voice spec and its stable 8-hex-char id."""
-
-    hash: str
-    voice: str  # argument of espeak-ng -v, e.g. "en-gb-x-rp+m3"
-    pitch: int
-    speed: int
-
-    @property
-    def spec(self) -> str:
-        return f"{self.voice}|p{self.pitch}|s{self.speed}"
-
-
-# --- espeak-ng ------------------------------------------------------------------------
-def find_espeak() -> str:
-    """Path of the espeak-ng executable (looked up on PATH), else :class:`DatasetError`."""
-    path = shutil.which("espeak-ng")
-    if path is None:
-        raise DatasetError(f"espeak-ng was not found on PATH; the synthetic dataset needs it: {INSTALL_HINT}")
-    return path
-
-
-def _espeak_query(espeak: str, *args: str) -> str:
-    try:
-        proc = subprocess.run([espeak, *args], capture_output=True, timeout=_ESPEAK_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise DatasetError(f"cannot run {espeak}: {err}; {INSTALL_HINT}") from None
-    if proc.returncode != 0:
-        raise DatasetError(f"`espeak-ng {' '.join(args)}` failed: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout.decode("utf-8", errors="replace")
-
-
-def english_voices(espeak: str) -> list[str]:
-    """The installed espeak-ng English voices (their language names), MBROLA voices excluded."""
-    found = set()
-    for line in _espeak_query(espeak, "--voices=en").splitlines()[1:]:
-        cols = line.split()
-        if len(cols) < 5:
-            continue
-        language, file = cols[1], cols[4]
-        # MBROLA voices need separate voice data; "variant" lines are not voices.
-        if language == "variant" or file.startswith("mb/") or not language.startswith("en"):
-            continue
-        found.add(language)
-    if not found:
-        raise DatasetError(f"espeak-ng lists no English voice (`espeak-ng --voices=en`); {INSTALL_HINT}")
-    return sorted(found)
-
-
-def voice_variants(espeak: str) -> list[str]:
-    """The installed voice variants among :data:`PREFERRED_VARIANTS` ("" = no variant)."""
-    installed = set()
-    for line in _espeak_query(espeak, "--voices=variant").splitlines()[1:]:
-        cols = line.split()
-        if len(cols) >= 5 and cols[4].startswith("!v/"):
-            installed.add(cols[4][3:])
-    return [v for v in PREFERRED_VARIANTS if v == "" or v in installed]
-
-
-def espeak_version(espeak: str) -> str:
-    try:
-        out = _espeak_query(espeak, "--version").strip()
-    except DatasetError:
-        return "unknown"
-    m = re.search(r"text-to-speech:\s*(\S+)", out)
-    return m.group(1) if m else out.splitlines()[0] if out else "unknown"
-
-
-def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Samples (float32) and rate of espeak-ng's streamed 16-bit WAV (its sizes are bogus)."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("espeak-ng did not write a WAV stream")
-    pos, rate, bits = 12, 0, 0
-    while pos + 8 <= len(data):
-        chunk, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        body = pos + 8
-        if chunk == b"fmt ":
-            _fmt, channels, rate, _byte_rate, _align, bits = struct.unpack("<HHIIHH", data[body : body + 16])
-            if channels != 1 or bits != 16:
-                raise ValueError(f"unexpected espeak-ng output: {channels} channels, {bits} bits")
-        elif chunk == b"data":
-            if not rate:
-                raise ValueError("WAV data before its fmt chunk")
-            pcm = data[body:]
-            pcm = pcm[: len(pcm) // 2 * 2]
-            return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, rate
-        pos = body + size + (size & 1)
-    raise ValueError("no audio data in espeak-ng's output")
-
-
-def synthesize(espeak: str, word: str, voice: str, pitch: int, speed: int) -> tuple[np.ndarray, int]:
-    """One espeak-ng rendition of ``word``: (float32 samples, sample rate). Raises on failure."""
-    cmd = [espeak, "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(_AMPLITUDE), "--stdout", word]
-    proc = subprocess.run(cmd, capture_output=True, timeout=_ESPEAK_TIMEOUT_S, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"exit status {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}")
-    return _parse_wav(proc.stdout)
-
-
-# --- one clip -------------------------------------------------------------------------
-def _rng(seed: int, *parts: object) -> np.random.Generator:
-    """A generator seeded by ``seed`` and ``parts`` only (stable, independent of call order)."""
-    digest = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).digest()
-    return np.random.default_rng(np.frombuffer(digest, dtype="<u4").tolist())
-
-
-def _fade(x: np.ndarray) -> np.ndarray:
-    n = min(_FADE, len(x) // 2)
-    if n > 0:
-        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        x = x.copy()
-        x[:n] *= ramp
-        x[-n:] *= ramp[::-1]
-    return x
-
-
-def _speech(espeak: str, word: str, speaker: Speaker, pitch: int, speed: int, take: int) -> np.ndarray:
-    """Synthesise, resample to 16 kHz and trim one take; retried once, then DatasetError."""
-    import librosa
-
-    error = "no sound"
-    for _attempt in range(2):
-        try:
-            raw, rate = synthesize(espeak, word, speaker.voice, pitch, speed)
-        except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
-            error = str(err)
-            continue
-        y = resample(raw, rate, SAMPLE_RATE)
-        if y.size and float(np.max(np.abs(y))) > 1e-3:
-            y, _ = librosa.effects.trim(y, top_db=_TRIM_TOP_DB, frame_length=512, hop_length=128)
-            if y.size >= 160:  # at least 10 ms of sound
-                return _fade(y.astype(np.float32))
-        error = "espeak-ng produced no audible sound"
-    raise DatasetError(
-        f"espeak-ng failed twice to synthesise the word {word!r} with voice {speaker.voice!r} "
-        f"(speaker {speaker.hash}, take {take}, pitch {pitch}, speed {speed}): {error}"
-    )
-
-
-def render_clip(
-    espeak: str, word: str, speaker: Speaker, take: int, seed: int,
-    noise: Sequence[np.ndarray], snr_db: tuple[float, float],
-) -> np.ndarray:
-    """The 16-bit PCM samples (int16, exactly 16000) of one take."""
-    rng = _rng(seed, speaker.hash, word, take)
-    pitch = int(np.clip(speaker.pitch + rng.integers(-_PITCH_JITTER, _PITCH_JITTER + 1), 0, 99))
-    speed = int(np.clip(speaker.speed + rng.integers(-_SPEED_JITTER, _SPEED_JITTER + 1), 80, 450))
-    gain_db = float(rng.uniform(*_GAIN_DB))
-    place = float(rng.random())
-    noise_pick = float(rng.random())
-    noise_start = float(rng.random())
-    snr = float(rng.uniform(*snr_db))
-
-    speech = _speech(espeak, word, speaker, pitch, speed, take)
-    if len(speech) > CLIP_SAMPLES:  # too long for the window: keep the onset
-        speech = _fade(speech[:CLIP_SAMPLES])
-    speech = speech * np.float32(10 ** (gain_db / 20) / max(float(np.max(np.abs(speech))), 1e-9))
-    offset = int(place * (CLIP_SAMPLES - len(speech) + 1))
-    clip = np.zeros(CLIP_SAMPLES, dtype=np.float32)
-    clip[offset : offset + len(speech)] = speech
-
-    if noise:
-        source = noise[min(int(noise_pick * len(noise)), len(noise) - 1)]
-        if len(source) < CLIP_SAMPLES:
-            source = np.resize(source, CLIP_SAMPLES)  # tile a short recording
-        start = int(noise_start * (len(source) - CLIP_SAMPLES + 1))
-        segment = source[start : start + CLIP_SAMPLES].astype(np.float32)
-        # SNR against the speech itself, not the (mostly empty) 1 s window around it
-        gain = snr_gain(float(np.mean(speech.astype(np.float64) ** 2)),
-                        float(np.mean(segment.astype(np.float64) ** 2)), snr)
-        if gain:
-            clip = clip + segment * np.float32(gain)
-
-    peak = float(np.max(np.abs(clip)))
-    if peak > _PEAK_LIMIT:
-        clip = clip * np.float32(_PEAK_LIMIT / peak)
-    return np.round(clip * 32767.0).astype(np.int16)
-
-
-def _write_pcm16(path: Path, samples: np.ndarray) -> None:
-    sf.write(str(path), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-
-
-def clip_name(speaker: Speaker, take: int) -> str:
-    return f"{speaker.hash}_nohash_{take}.wav"
 
 
 # --- worker processes ------------------------------------------------------------------
@@ -289,95 +73,11 @@ def _render_word(
     folder.mkdir(exist_ok=True)
     for take in range(takes):
         samples = render_clip(espeak, word, speaker, take, seed, _NOISE, snr_db)
-        _write_pcm16(folder / clip_name(speaker, take), samples)
+        write_pcm16(folder / clip_name(speaker, take), samples)
     return takes
 
 
-# --- speakers, noise, splits ---------------------------------------------------------
-def choose_speakers(voices: int, seed: int, accents: Sequence[str], variants: Sequence[str]) -> list[Speaker]:
-    """``voices`` distinct speakers: accents and variants interleaved in a seed-shuffled order,
-    each with its own base pitch and speed. The hash depends on the voice spec only."""
-    rng = _rng(seed, "speakers")
-    accents = [accents[i] for i in rng.permutation(len(accents))]
-    variants = [variants[i] for i in rng.permutation(len(variants))]
-    speakers: list[Speaker] = []
-    used: set[str] = set()
-    for i in range(voices):
-        variant = variants[i % len(variants)]
-        voice = accents[i % len(accents)] + (f"+{variant}" if variant else "")
-        while True:
-            pitch = int(rng.integers(_PITCH_BASE[0], _PITCH_BASE[1] + 1))
-            speed = int(rng.integers(_SPEED_BASE[0], _SPEED_BASE[1] + 1))
-            spec = f"{voice}|p{pitch}|s{speed}"
-            digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
-            if digest not in used:
-                break
-        used.add(digest)
-        speakers.append(Speaker(hash=digest, voice=voice, pitch=pitch, speed=speed))
-    return speakers
-
-
-def _pink_noise(rng: np.random.Generator, n: int) -> np.ndarray:
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.fft.rfftfreq(n)
-    freqs[0] = freqs[1]
-    return np.fft.irfft(spectrum / np.sqrt(freqs), n)
-
-
-def prepare_noise(noise_dir: str | Path | None, dest_noise: Path, seed: int) -> tuple[list[Path], str]:
-    """Fill ``dest_noise`` with the recordings of ``noise_dir`` (converted to 16 kHz mono 16-bit
-    when needed) or, when there are none, with generated white and pink noise."""
-    dest_noise.mkdir(parents=True, exist_ok=True)
-    sources = []
-    if noise_dir is not None and str(noise_dir).strip():
-        src_dir = Path(noise_dir).expanduser()  # relative paths resolve against the cwd
-        if src_dir.is_dir():
-            sources = sorted(p for p in src_dir.iterdir() if p.suffix.lower() == ".wav" and p.is_file())
-    written = []
-    for src in sources:
-        out = dest_noise / src.name
-        try:
-            info = sf.info(str(src))
-            if info.samplerate == SAMPLE_RATE and info.channels == 1 and info.subtype == "PCM_16":
-                shutil.copyfile(src, out)
-            else:
-                samples = load_file(src, SAMPLE_RATE)
-                peak = float(np.max(np.abs(samples), initial=0.0))
-                if peak > 1.0:
-                    samples = samples / peak
-                _write_pcm16(out, np.round(samples * 32767.0).astype(np.int16))
-        except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-            log.warning("skipping background noise file %s: %s", src, err)
-            out.unlink(missing_ok=True)
-            continue
-        written.append(out)
-    if written:
-        return written, f"copied from {noise_dir}"
-
-    log.warning(
-        "no background noise recordings in %s: generating white and pink noise instead "
-        "(point noise_dir at Speech Commands' _background_noise_ for realistic noise)",
-        noise_dir,
-    )
-    rng = _rng(seed, "background_noise")
-    n = NOISE_SECONDS * SAMPLE_RATE
-    for name, signal in (("white_noise.wav", rng.standard_normal(n)), ("pink_noise.wav", _pink_noise(rng, n))):
-        signal = signal * (0.1 / float(np.sqrt(np.mean(signal**2))))
-        signal = np.clip(signal, -_PEAK_LIMIT, _PEAK_LIMIT)
-        out = dest_noise / name
-        _write_pcm16(out, np.round(signal * 32767.0).astype(np.int16))
-        written.append(out)
-    return written, "generated (white and pink noise)"
-
-
-def split_speakers(
-    speakers: Sequence[Speaker], seed: int, validation_voices: int, testing_voices: int
-) -> tuple[list[Speaker], list[Speaker]]:
-    """The first ``validation_voices`` then ``testing_voices`` speakers in a seed-shuffled order."""
-    order = [speakers[i] for i in _rng(seed, "splits").permutation(len(speakers))]
-    return order[:validation_voices], order[validation_voices : validation_voices + testing_voices]
-
-
+# --- the README and the arguments -------------------------------------------------------
 def _readme(summary: dict[str, Any], speakers: Sequence[Speaker], roles: dict[str, str]) -> str:
     lines = [
         "# SYNTHETIC speech — NOT Google Speech Commands",
@@ -432,6 +132,35 @@ def _check_args(
     if bad or len(set(words)) != len(words):
         raise ConfigError(f"words must be distinct lower-case words, got {list(words)!r}")
     return lo, hi
+
+
+# --- settings ------------------------------------------------------------------------------
+def load_settings(conf_dir: str | Path = CONF_DIR) -> dict[str, Any]:
+    """The settings in ``<conf_dir>/synthetic/default.yaml``: :func:`generate`'s keyword arguments."""
+    from omegaconf import OmegaConf
+
+    path = Path(conf_dir) / SETTINGS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run kws-synth from the project root, or pass --conf")
+    settings = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(settings, dict)
+    check_settings(settings)
+    return settings
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless ``settings`` has exactly the settings :func:`generate`
+    requires (a partial node, e.g. from ``++data.synthetic.voices=8``, fails here, not mid-run)."""
+    required = {
+        name for name, p in inspect.signature(generate).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    }
+    missing, unknown = sorted(required - settings.keys()), sorted(settings.keys() - required)
+    if missing or unknown:
+        raise ConfigError(
+            f"synthetic settings: missing {missing}, unknown {unknown}; they come from "
+            f"conf/{SETTINGS_FILE.as_posix()} (override one with `synthetic.<key>=...`)"
+        )
 
 
 # --- the top-level operation ----------------------------------------------------------
@@ -522,79 +251,59 @@ def generate(
     return summary
 
 
-def _warm_up() -> None:
-    import librosa
-
-    y = resample(np.sin(np.arange(2205, dtype=np.float32) * 0.1), 22050, SAMPLE_RATE)
-    librosa.effects.trim(y, top_db=_TRIM_TOP_DB, frame_length=512, hop_length=128)
-
 
 def _run_jobs(jobs: list[tuple], n_workers: int, noise_files: list[str], progress: bool) -> None:
-    from tqdm import tqdm
-
-    total = sum(job[4] for job in jobs)
-    if n_workers == 1:
-        _init_worker(noise_files)
-        with tqdm(total=total, unit="clip", desc="synthesising", disable=not progress) as bar:
-            for job in jobs:
-                bar.update(_render_word(*job))
-        return
-
-    _warm_up()  # import librosa and compile its kernels once, inherited by forked workers
-    pool = process_pool(n_workers, _init_worker, (noise_files,))
-    try:
-        futures = [pool.submit(_render_word, *job) for job in jobs]  # before tqdm starts a thread
-        with tqdm(total=total, unit="clip", desc="synthesising", disable=not progress) as bar:
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    bar.update(future.result())  # re-raises a worker's DatasetError
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    run_parallel(_render_word, jobs, total=sum(job[4] for job in jobs), n_workers=n_workers,
+                 initializer=_init_worker, initargs=(noise_files,), progress=progress)
 
 
 # --- console entry point ---------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point ``kws-synth``."""
+#: kws-synth's options that default to conf/synthetic/default.yaml: option name -> setting.
+_FROM_SETTINGS = {
+    "seed": "seed", "voices": "voices", "takes": "takes_per_voice", "noise_dir": "noise_dir",
+    "snr_db": "snr_db", "validation_voices": "validation_voices", "testing_voices": "testing_voices",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kws-synth",
         description="Generate an OFFLINE SYNTHETIC (espeak-ng) stand-in for Speech Commands v0.02 "
-        "in its exact layout. For tests and demos only: it is not Speech Commands.",
+        "in its exact layout. For tests and demos only: it is not Speech Commands. Options not "
+        f"given default to <conf>/{SETTINGS_FILE.as_posix()}, the pipeline's settings.",
     )
     parser.add_argument("dest", help="destination folder (created; must be empty)")
-    parser.add_argument("--voices", type=int, default=DEFAULTS["voices"], help="speakers (default: %(default)s)")
-    parser.add_argument(
-        "--takes", type=int, default=DEFAULTS["takes_per_voice"], help="takes per word and voice (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
-    parser.add_argument(
-        "--noise-dir", default=DEFAULTS["noise_dir"],
-        help="background noise recordings to copy and mix in; generated noise if missing (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(DEFAULTS["snr_db"]),
-        help="range of the signal-to-noise ratio in dB (default: %(default)s)",
-    )
-    parser.add_argument("--validation-voices", type=int, default=DEFAULTS["validation_voices"])
-    parser.add_argument("--testing-voices", type=int, default=DEFAULTS["testing_voices"])
+    parser.add_argument("--conf", default=CONF_DIR, help="the configuration folder (default: %(default)s)")
+    parser.add_argument("--voices", type=int, help="speakers")
+    parser.add_argument("--takes", type=int, help="takes per word and voice")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--noise-dir", help="background noise recordings to copy and mix in; generated noise if missing")
+    parser.add_argument("--snr-db", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="range of the signal-to-noise ratio in dB")
+    parser.add_argument("--validation-voices", type=int)
+    parser.add_argument("--testing-voices", type=int)
     parser.add_argument("--words", nargs="+", default=list(ALL_WORDS), help="words (default: all 35)")
     parser.add_argument("--workers", type=int, default=0, help="processes; 0 = all CPUs (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`generate`'s settings: the options given, the rest from ``args.conf``."""
+    given = {key: getattr(args, opt) for opt, key in _FROM_SETTINGS.items() if getattr(args, opt) is not None}
+    if len(given) == len(_FROM_SETTINGS):
+        return given
+    return {**load_settings(args.conf), **given}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``kws-synth``."""
+    args = _parser().parse_args(argv)
 
     def _run() -> None:
         summary = generate(
             Path(args.dest),
-            seed=args.seed,
-            voices=args.voices,
-            takes_per_voice=args.takes,
-            noise_dir=args.noise_dir,
-            snr_db=args.snr_db,
-            validation_voices=args.validation_voices,
-            testing_voices=args.testing_voices,
+            **cli_settings(args),
             words=args.words,
             workers=args.workers,
             progress=not args.no_progress and sys.stderr.isatty(),

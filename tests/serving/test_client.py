@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kws.serving.testing import free_port, long_recording, wav_bytes
-from serving_helpers import post_audio
+from tests.support.bundles import long_recording, wav_bytes
+from tests.support.processes import free_port
+from tests.support.serving import post_audio
 
 LABELS = ["_silence_", "_unknown_", "one", "two", "three"]
 LINE = "{name}: {keyword} (confidence {confidence:.2f})"

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from kws.serving import testing as kt
-from serving_helpers import nginx_or_skip
+from tests.support import nginx as kt
+from tests.support.bundles import long_recording, wav_bytes
+from tests.support.nginx import nginx_or_skip
+from tests.support.paths import REPO
+from tests.support.processes import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 API_DOCKERFILE = REPO / "serving" / "Dockerfile"
 NGINX_DOCKERFILE = REPO / "nginx" / "Dockerfile"
@@ -214,7 +216,7 @@ def test_api_healthchecks_follow_KWS_PORT(compose, api):
         assert argv[0] == "python", argv
         ok = _probe(argv, api.port)
         assert ok.returncode == 0, ok.stderr[-2000:]
-        assert _probe(argv, kt.free_port()).returncode != 0
+        assert _probe(argv, free_port()).returncode != 0
 
 
 # --------------------------------------------------------------------------- the nginx template
@@ -227,7 +229,7 @@ def test_every_nginx_error_page_is_the_api_json(tmp_path):
     assert {"400", "403", "404", "405", "408", "413", "414", "494", "500", "502", "503", "504"} <= set(pages), pages
     answers = {m.group(1): (int(m.group(2)), m.group(3)) for m in re.finditer(
         r"location = (/\.kws-error/\d+) \{\s*internal;[^}]*?return (\d+) '([^']*)';", text)}
-    own = {502: "upstream_unavailable", 504: "upstream_timeout", 416: "range_not_satisfiable"}
+    own = {502: "upstream_unavailable", 503: "overloaded", 504: "upstream_timeout", 416: "range_not_satisfiable"}
     for status, uri in pages.items():
         code, body = answers[uri]
         assert uri.endswith(f"/{code}") and (code == int(status) or (status, code) == ("494", 431)), (status, code)
@@ -400,13 +402,12 @@ PROBE = textwrap.dedent("""
     import kws.serving.server  # the image's ENTRYPOINT module; its main() imports waitress lazily:
     from waitress import create_server  # noqa: F401
     from kws.serving.app import create_app
-    from kws.serving.testing import long_recording, wav_bytes
 
     app = create_app({"model_dir": sys.argv[1], "runtime": "tflite", "preload": True})
     client = app.test_client()
     answers = []
     for name, data in (("clip.wav", open(sys.argv[2], "rb").read()),
-                       ("long.wav", wav_bytes(long_recording([(1.0, sys.argv[2])], duration_s=3.0)))):
+                       ("long.wav", open(sys.argv[4], "rb").read())):
         r = client.post("/predict", data={"file": (__import__("io").BytesIO(data), name)},
                         content_type="multipart/form-data")
         assert r.status_code == 200, r.get_data(as_text=True)
@@ -450,7 +451,10 @@ def test_serving_requirements_cover_the_runtime_imports(bundle, clips, tmp_path)
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    res = subprocess.run([sys.executable, "-c", PROBE, str(bundle), str(clips["two"][0]), json.dumps(blocked)],
+    long_wav = tmp_path / "long.wav"  # made here: the test harness is not in the image
+    long_wav.write_bytes(wav_bytes(long_recording([(1.0, clips["two"][0])], duration_s=3.0)))
+    res = subprocess.run([sys.executable, "-c", PROBE, str(bundle), str(clips["two"][0]), json.dumps(blocked),
+                          str(long_wav)],
                          capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])

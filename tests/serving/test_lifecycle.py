@@ -15,9 +15,10 @@ import pytest
 import requests
 
 from kws.atomic import staged_dir
-from kws.serving import testing as kt
-from kws.serving.testing import long_recording, wav_bytes
-from serving_helpers import assert_error, metric_value, nginx_or_skip
+from tests.support.bundles import long_recording, wav_bytes
+from tests.support.nginx import NginxProcess, nginx_or_skip
+from tests.support.processes import ApiProcess
+from tests.support.serving import assert_error, metric_value
 
 
 def _bundle_version(src: Path, dst: Path, version: str) -> Path:
@@ -91,8 +92,8 @@ def model_dir(tmp_path, bundle) -> Path:
 def test_new_champion_goes_live_under_load_without_a_failed_request(tmp_path, model_dir, clips):
     nginx_or_skip()
     clip = next(iter(clips.values()))[0].read_bytes()
-    api = kt.ApiProcess(model_dir, tmp_path / "api", env={"KWS_RELOAD_S": "0.3", "KWS_THREADS": "4"})
-    with api, kt.NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{api.port}") as ngx:
+    api = ApiProcess(model_dir, tmp_path / "api", env={"KWS_RELOAD_S": "0.3", "KWS_THREADS": "4"})
+    with api, NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{api.port}") as ngx:
         assert _served_version(api.url) == "test-1"
         with _Load(ngx.url, clip) as load:
             time.sleep(1.0)
@@ -125,7 +126,7 @@ def test_new_champion_goes_live_under_load_without_a_failed_request(tmp_path, mo
 
 
 def test_sighup_and_the_admin_endpoint_reload_on_demand(tmp_path, model_dir):
-    api = kt.ApiProcess(model_dir, tmp_path / "api", env={"KWS_RELOAD_S": "0", "KWS_ADMIN_TOKEN": "s3cret"})
+    api = ApiProcess(model_dir, tmp_path / "api", env={"KWS_RELOAD_S": "0", "KWS_ADMIN_TOKEN": "s3cret"})
     with api:
         _swap_in(_bundle_version(model_dir, tmp_path / "v2", "test-2"), model_dir)
         time.sleep(1.0)
@@ -156,8 +157,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tmp_path, bundle, clip
     nginx_or_skip()
     words = [paths[0] for paths in clips.values()]
     audio = wav_bytes(long_recording([(3.0 + 9 * i, p) for i, p in enumerate(words)], duration_s=40.0))
-    api = kt.ApiProcess(bundle, tmp_path / "api", env={"KWS_THREADS": "10", "KWS_GRACE_S": "60"})
-    with api, kt.NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{api.port}") as ngx:
+    api = ApiProcess(bundle, tmp_path / "api", env={"KWS_THREADS": "10", "KWS_GRACE_S": "60"})
+    with api, NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{api.port}") as ngx:
         results: list[int] = []
 
         def post() -> None:

@@ -14,9 +14,9 @@ import pytest
 from kws.atomic import staged_dir
 from kws.serving import predictor as pm
 from kws.serving.app import create_app
-from kws.serving.testing import long_recording
-from listen_helpers import L16, OCTET, chunks, encoded, offline_detections, quantized, to_f32, to_s16
-from serving_helpers import metric_value
+from tests.support.bundles import long_recording
+from tests.support.listen import L16, OCTET, chunks, encoded, offline_detections, quantized, to_f32, to_s16
+from tests.support.serving import metric_value
 
 PLACED = (1.0, "one"), (3.5, "two"), (6.0, "three")
 

@@ -4,7 +4,7 @@ Chromium's fake microphone plays a WAV made of real clips of ``../shared`` (six 
 other words, 2 s apart, over a running tap and pink noise); the page captures it with its
 AudioWorklet at 16 kHz, posts ~200 ms chunks to the session API and lists what it hears. The
 model is the tiny real one of the serving tests, trained here on those six keywords; the clips
-are its most robust ones in this talk (see ``listen_helpers.talk_clips``). Even so it decides
+are its most robust ones in this talk (see ``tests.support.listen.talk_clips``). Even so it decides
 most words just over the threshold, and through the browser's audio path one keyword of the six
 can stay under it: the test requires every detection to be the right word in order, none for
 the other words, and at least five of the six keywords.
@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from kws.serving import testing as kt
-from listen_helpers import SR, TALK_KEYWORDS, talk_bundle, talk_clips, talk_recording, word_end_s
-from serving_helpers import metric_value, nginx_or_skip
+from tests.support.nginx import NginxProcess
+from tests.support.processes import ApiProcess
+from tests.support.listen import SR, TALK_KEYWORDS, talk_bundle, talk_clips, talk_recording, word_end_s
+from tests.support.nginx import nginx_or_skip
+from tests.support.serving import metric_value
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +60,8 @@ def talk(tmp_path_factory, sample):
 def site(tmp_path_factory, talk):
     nginx_or_skip()
     work = tmp_path_factory.mktemp("talk-stack")
-    with kt.ApiProcess(talk[0], work / "api", env={"KWS_THREADS": "4"}) as api, \
-            kt.NginxProcess(work / "nginx", upstream=f"127.0.0.1:{api.port}") as ngx:
+    with ApiProcess(talk[0], work / "api", env={"KWS_THREADS": "4"}) as api, \
+            NginxProcess(work / "nginx", upstream=f"127.0.0.1:{api.port}") as ngx:
         yield api, ngx.url
 
 

@@ -14,10 +14,12 @@ import time
 import pytest
 import requests
 
-from kws.serving import testing as kt
-from kws.serving.testing import long_recording, wav_bytes
-from listen_helpers import L16, chunks, quantized, to_s16
-from serving_helpers import metric_value, nginx_or_skip, post_audio
+from tests.support.nginx import NginxProcess
+from tests.support.processes import ApiProcess, free_port
+from tests.support.bundles import long_recording, wav_bytes
+from tests.support.listen import L16, chunks, quantized, to_s16
+from tests.support.nginx import nginx_or_skip
+from tests.support.serving import metric_value, post_audio
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +63,7 @@ def test_listen_file_prints_the_detections_of_predict(base, talk):
 
 
 def test_listen_errors_are_clear(base, api, talk, tmp_path):
-    down = _listen("--url", f"http://127.0.0.1:{kt.free_port()}/", "--file", str(talk), "--fast")
+    down = _listen("--url", f"http://127.0.0.1:{free_port()}/", "--file", str(talk), "--fast")
     assert down.returncode == 2 and "cannot reach the kws service" in down.stderr and "Traceback" not in down.stderr
     nomic = _listen("--url", base, "--device", "999")  # no such input device, on any machine
     assert nomic.returncode == 2 and "no microphone" in nomic.stderr.lower() and "Traceback" not in nomic.stderr, \
@@ -94,9 +96,9 @@ def _stream(url: str, audio, results: list, stop: threading.Event | None = None)
 def test_two_replicas_every_chunk_reaches_its_session(tmp_path, bundle, clips):
     nginx_or_skip()
     audio = quantized(long_recording([(1.0, clips["one"][0]), (3.0, clips["three"][0])], duration_s=5.0))
-    a = kt.ApiProcess(bundle, tmp_path / "a", env={"KWS_THREADS": "4"})
-    b = kt.ApiProcess(bundle, tmp_path / "b", env={"KWS_THREADS": "4"})
-    with a, b, kt.NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{a.port}; server 127.0.0.1:{b.port}") as ngx:
+    a = ApiProcess(bundle, tmp_path / "a", env={"KWS_THREADS": "4"})
+    b = ApiProcess(bundle, tmp_path / "b", env={"KWS_THREADS": "4"})
+    with a, b, NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{a.port}; server 127.0.0.1:{b.port}") as ngx:
         outcomes = [[] for _ in range(12)]
         threads = [threading.Thread(target=_stream, args=(ngx.url + ("/api" if i % 2 else ""), audio, out))
                    for i, out in enumerate(outcomes)]
@@ -114,7 +116,7 @@ def test_two_replicas_every_chunk_reaches_its_session(tmp_path, bundle, clips):
 
 def test_sigterm_answers_the_chunks_received_then_exits_0(tmp_path, bundle, clips):
     audio = quantized(long_recording([(1.0, clips["two"][0])], duration_s=60.0))
-    api = kt.ApiProcess(bundle, tmp_path / "api", env={"KWS_THREADS": "8", "KWS_GRACE_S": "30"})
+    api = ApiProcess(bundle, tmp_path / "api", env={"KWS_THREADS": "8", "KWS_GRACE_S": "30"})
     with api:
         outcomes = [[] for _ in range(6)]
         threads = [threading.Thread(target=_stream, args=(api.url, audio, out)) for out in outcomes]

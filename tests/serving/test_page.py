@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from kws.serving.testing import long_recording, wav_bytes
-from serving_helpers import metric_value, post_audio
+from tests.support.bundles import long_recording, wav_bytes
+from tests.support.serving import metric_value, post_audio
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from kws.bundle import read_meta
 from kws.errors import ConfigError
 from kws.serving import predictor as pm
 from kws.serving.app import create_app, load_config
-from kws.serving.testing import wav_bytes
-from serving_helpers import offline_scores
+from tests.support.bundles import wav_bytes
+from tests.support.serving import offline_scores
 
 
 def _client(**config):
@@ -35,7 +35,7 @@ def test_config_from_environment_and_overrides():
     cfg = load_config({"top_k": 2}, environ=env)
     assert cfg["model_dir"] == "/m" and cfg["max_upload_mb"] == 2.5 and cfg["runtime"] == "keras"
     assert cfg["top_k"] == 2 and cfg["preload"] is False and cfg["window_stride_s"] == 0.25
-    assert cfg["tta_shifts_ms"] == (0, -50, 50)
+    assert cfg["tta_shifts_ms"] == (0, -40, 40) and cfg["runtime"] == "keras"
     assert load_config(environ={"KWS_TTA_SHIFTS_MS": "0, -30,30"})["tta_shifts_ms"] == (0.0, -30.0, 30.0)
     assert load_config(environ={"KWS_TTA_SHIFTS_MS": "0"})["tta_shifts_ms"] == (0.0,)
     for bad in ({"KWS_RUNTIME": "onnx"}, {"KWS_TOP_K": "many"}, {"KWS_MAX_DURATION_S": "0"},

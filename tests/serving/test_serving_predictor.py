@@ -12,8 +12,8 @@ from kws.bundle import read_meta
 from kws.errors import BundleError, ModelNotFoundError
 from kws.labels import SILENCE, UNKNOWN
 from kws.serving import predictor as pm
-from kws.serving.testing import long_recording
-from serving_helpers import offline_scores
+from tests.support.bundles import long_recording
+from tests.support.serving import offline_scores
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +185,11 @@ def test_short_clips_are_scored_with_test_time_shifts(bundle, tflite, clips):
     from kws.audio import time_shift
 
     samples = load_file(clips["two"][0], 16000)
-    assert tflite.tta_shifts_ms == (0.0, -50.0, 50.0)
-    plain = [tflite.scores_clip(time_shift(fix_length(samples, 16000), s), tta=False) for s in (0, -800, 800)]
+    assert tflite.tta_shifts_ms == tuple(float(ms) for ms in pm.DEFAULT_TTA_SHIFTS_MS)
+    moves = [int(ms * 16) for ms in pm.DEFAULT_TTA_SHIFTS_MS]
+    plain = [tflite.scores_clip(time_shift(fix_length(samples, 16000), s), tta=False) for s in moves]
     np.testing.assert_allclose(tflite.scores_clip(samples), np.mean(plain, axis=0), atol=1e-6)
-    assert not np.allclose(plain[0], plain[1]), "a 50 ms shift changed nothing: the test proves nothing"
+    assert not np.allclose(plain[0], plain[1]), "a shift changed nothing: the test proves nothing"
     off = pm.Predictor(bundle, tta_shifts_ms=(0,))
     np.testing.assert_allclose(off.scores_clip(samples), plain[0], atol=1e-6)
     assert off.describe()["tta_shifts_ms"] == [0.0]

@@ -19,9 +19,10 @@ import soundfile as sf
 
 from kws.audio import load_file
 from kws.bundle import read_meta
-from kws.serving.testing import NginxProcess, free_port, long_recording, wav_bytes
-from serving_helpers import (assert_error, ffmpeg_convert, metric_value, nginx_or_skip, offline_scores, post_audio,
-                             tree)
+from tests.support.bundles import long_recording, wav_bytes
+from tests.support.nginx import NginxProcess, nginx_or_skip
+from tests.support.processes import free_port
+from tests.support.serving import assert_error, ffmpeg_convert, metric_value, offline_scores, post_audio, tree
 
 LABELS = ["_silence_", "_unknown_", "one", "two", "three"]
 
@@ -191,10 +192,11 @@ def test_nginx_own_errors_are_json(base):
     # The error answers themselves are internal.
     for path in ("/.kws-error/400", "/.kws-error/"):
         assert_error(requests.get(base + path, timeout=10), 404, "not_found")
-    # The api's own errors pass through untouched (nginx does not intercept them).
-    resp = requests.get(f"{base}/api/nope", timeout=10)
-    assert_error(resp, 404, "not_found")
-    assert "/nope" in resp.json()["error"]["message"]
+    # The api's own errors pass through untouched (nginx does not intercept them); unknown paths
+    # never reach it (nginx's JSON 404, tests/serving/test_paths.py).
+    resp = requests.get(f"{base}/api/predict", timeout=10)
+    assert_error(resp, 405, "method_not_allowed")
+    assert "POST" in resp.json()["error"]["message"]
 
 
 class _ShortTimeouts(NginxProcess):

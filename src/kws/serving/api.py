@@ -7,12 +7,38 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 
-from kws.audio import check_not_silent, decode
-from kws.errors import EmptyAudioError, KWSError, UnsupportedAudioError
+from kws.audio import Decoder, check_not_silent
+from kws.errors import DecoderBusyError, EmptyAudioError, KWSError, UnsupportedAudioError
+from kws.ffmpeg import Limits
 from kws.serving.openapi import AUDIO_TYPES, document
 
 bp = Blueprint("api", __name__)
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """JSON answers never carry NaN or Infinity (not JSON: browsers' ``JSON.parse`` and strict
+    parsers reject them): a non-finite number that slipped through is a server error, not a 200."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
+
+
+@bp.record_once
+def _make_decoder(setup) -> None:
+    """One :class:`Decoder` per app: its gate bounds the app's concurrent ffmpeg decodes."""
+    cfg = setup.app.config["KWS"]
+    limits = Limits(cpu_s=cfg["ffmpeg_cpu_s"], concurrency=cfg["ffmpeg_concurrency"], wait_s=cfg["ffmpeg_wait_s"])
+    setup.app.extensions["kws_decoder"] = Decoder(limits)
+
+
+@bp.errorhandler(DecoderBusyError)
+def _busy(err: DecoderBusyError) -> Response:
+    from kws.serving.app import error_response  # noqa: PLC0415 - app imports this module
+
+    return error_response(err.code, err.message, err.status, {"Retry-After": str(err.retry_after_s)})
 
 #: Raw-body Content-Types taken as audio. ``application/x-www-form-urlencoded`` is what
 #: ``curl --data-binary @clip.wav`` sends without ``-H Content-Type``; it is read as raw bytes.
@@ -99,7 +125,7 @@ def predict() -> Response:
     top_k = _top_k(cfg["top_k"])
     data, filename = _read_audio()
     pred = state.predictor()
-    audio = decode(data, pred.cfg.sample_rate, cfg["max_duration_s"])
+    audio = current_app.extensions["kws_decoder"].decode(data, pred.cfg.sample_rate, cfg["max_duration_s"])
     del data
     check_not_silent(audio.samples)
     t0 = time.perf_counter()
@@ -187,3 +213,11 @@ def openapi() -> Response:
     from kws import __version__ as version  # noqa: PLC0415
 
     return jsonify(document(str(version)))
+
+
+@bp.get("/openapi.public.json")
+def openapi_public() -> Response:
+    """The public routes only: what nginx serves to anyone (the web page links it)."""
+    from kws import __version__ as version  # noqa: PLC0415
+
+    return jsonify(document(str(version), public=True))

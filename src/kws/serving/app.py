@@ -1,29 +1,7 @@
 """Flask application factory: configuration, request ids, access log, JSON errors, metrics.
 
-Configuration (``create_app(config)`` keys override the environment):
-
-=====================  ===========================  ==========================================
-key                    environment                  default
-=====================  ===========================  ==========================================
-model_dir              KWS_MODEL_DIR                serving/model
-max_upload_mb          KWS_MAX_UPLOAD_MB            10
-max_duration_s         KWS_MAX_DURATION_S           60
-window_stride_s        KWS_WINDOW_STRIDE_S          0.25
-top_k                  KWS_TOP_K                    3
-runtime                KWS_RUNTIME                  tflite   (tflite | keras)
-threads                KWS_THREADS                  4        (Waitress worker threads)
-tflite_threads         KWS_TFLITE_THREADS           1        (threads inside one TFLite invoke)
-detection_threshold    KWS_DETECTION_THRESHOLD      0.6
-long_audio_s           KWS_LONG_AUDIO_S             1.5      (longer audio is scanned)
-preload                KWS_PRELOAD                  true     (load + warm the model at start)
-reload_s               KWS_RELOAD_S                 2        (poll the bundle for a new champion; 0: off)
-grace_s                KWS_GRACE_S                  20       (SIGTERM: time to finish in-flight requests)
-admin_token            KWS_ADMIN_TOKEN              (unset)  (enables POST /admin/reload with this bearer token)
-tta_shifts_ms          KWS_TTA_SHIFTS_MS            0,-50,50 (test-time shifts of a short clip, averaged; 0: off)
-stream_max_sessions    KWS_STREAM_MAX_SESSIONS      64       (live-listening sessions open at once, per process)
-stream_idle_s          KWS_STREAM_IDLE_S            30       (a session without a chunk for this long expires)
-stream_max_chunk_bytes KWS_STREAM_MAX_CHUNK_BYTES   32000    (largest audio chunk of a session: 1 s of s16)
-=====================  ===========================  ==========================================
+Settings (``create_app(config)`` keys override the ``KWS_*`` environment): one table in
+:mod:`kws.serving.settings`, documented in docs/settings.md.
 
 Live model updates: ``promote`` swaps a new bundle into ``model_dir`` (mount its PARENT folder
 in a container, so the swapped-in folder is visible). Every ``reload_s`` seconds, on SIGHUP, or
@@ -36,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import threading
 import time
@@ -46,37 +23,16 @@ from typing import Any, Callable, Mapping
 from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from kws.errors import ConfigError, KWSError
+from kws.errors import KWSError
 from kws.logs import setup_logging
 from kws.serving import predictor as predictor_mod
+from kws.serving import overload
 from kws.serving.metrics import Metrics
+from kws.serving.settings import load_config  # noqa: F401 - the app's settings (also imported from here)
+from kws.serving.uploads import LenientFormDataParser
 
 log = logging.getLogger("kws.serving")
 access_log = logging.getLogger("kws.serving.access")
-
-# key: (environment variable, type, default)
-SETTINGS: dict[str, tuple[str, type, Any]] = {
-    "model_dir": ("KWS_MODEL_DIR", str, "serving/model"),
-    "max_upload_mb": ("KWS_MAX_UPLOAD_MB", float, 10.0),
-    "max_duration_s": ("KWS_MAX_DURATION_S", float, 60.0),
-    "window_stride_s": ("KWS_WINDOW_STRIDE_S", float, 0.25),
-    "top_k": ("KWS_TOP_K", int, 3),
-    "runtime": ("KWS_RUNTIME", str, "tflite"),
-    "threads": ("KWS_THREADS", int, 4),
-    "tflite_threads": ("KWS_TFLITE_THREADS", int, 1),
-    "detection_threshold": ("KWS_DETECTION_THRESHOLD", float, 0.6),
-    "long_audio_s": ("KWS_LONG_AUDIO_S", float, 1.5),
-    "preload": ("KWS_PRELOAD", bool, True),
-    "retry_s": ("KWS_RETRY_S", float, 5.0),
-    "reload_s": ("KWS_RELOAD_S", float, 2.0),
-    "grace_s": ("KWS_GRACE_S", float, 20.0),
-    "admin_token": ("KWS_ADMIN_TOKEN", str, ""),
-    "tta_shifts_ms": ("KWS_TTA_SHIFTS_MS", tuple, predictor_mod.DEFAULT_TTA_SHIFTS_MS),
-    # live listening (kws.serving.stream_api)
-    "stream_max_sessions": ("KWS_STREAM_MAX_SESSIONS", int, 64),
-    "stream_idle_s": ("KWS_STREAM_IDLE_S", float, 30.0),
-    "stream_max_chunk_bytes": ("KWS_STREAM_MAX_CHUNK_BYTES", int, 32000),
-}
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -88,64 +44,10 @@ HTTP_CODES = {
 }
 
 
-def _parse(name: str, kind: type, value: Any) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if kind is tuple:  # comma-separated numbers, e.g. "0,-50,50"
-        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
-        try:
-            out = tuple(float(v) for v in items)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be comma-separated numbers (milliseconds), got {value!r}") from None
-        if not out or any(abs(v) >= 500 for v in out):
-            raise ConfigError(f"{name} must list one or more shifts under 500 ms, got {value!r}")
-        return out
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
-
-
-def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Defaults <- environment <- ``overrides``; validated. Raises :class:`ConfigError`."""
-    environ = os.environ if environ is None else environ
-    overrides = dict(overrides or {})
-    unknown = set(overrides) - set(SETTINGS)
-    if unknown:
-        raise ConfigError(f"unknown service settings {sorted(unknown)}; known: {sorted(SETTINGS)}")
-    cfg = {}
-    for key, (env, kind, default) in SETTINGS.items():
-        if key in overrides:
-            cfg[key] = _parse(key, kind, overrides[key])
-        elif environ.get(env, "") != "":
-            cfg[key] = _parse(env, kind, environ[env])
-        else:
-            cfg[key] = default
-    if cfg["runtime"] not in predictor_mod.RUNTIMES:
-        raise ConfigError(f"KWS_RUNTIME must be one of {', '.join(predictor_mod.RUNTIMES)}, got {cfg['runtime']!r}")
-    for key in ("max_upload_mb", "max_duration_s", "window_stride_s", "long_audio_s"):
-        if not cfg[key] > 0:
-            raise ConfigError(f"{SETTINGS[key][0]} must be positive, got {cfg[key]}")
-    for key in ("reload_s", "grace_s"):
-        if cfg[key] < 0:
-            raise ConfigError(f"{SETTINGS[key][0]} must be zero or positive, got {cfg[key]}")
-    if not 0 <= cfg["detection_threshold"] <= 1:
-        raise ConfigError(f"KWS_DETECTION_THRESHOLD must be within 0..1, got {cfg['detection_threshold']}")
-    for key in ("top_k", "threads", "tflite_threads"):
-        if cfg[key] < 1:
-            raise ConfigError(f"{SETTINGS[key][0]} must be at least 1, got {cfg[key]}")
-    return cfg
-
-
 class InMemoryRequest(Request):
     """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): no spooled temp files, ever."""
+
+    form_data_parser_class = LenientFormDataParser  # any bytes in a part's file name
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return io.BytesIO()
@@ -194,7 +96,7 @@ class ServiceState:
 
     def reload_now(self) -> dict[str, Any] | None:
         """Swap in a new bundle if ``model_dir`` holds one: ``{"from": ..., "to": ...}``, else ``None``."""
-        swapped = predictor_mod.reload_if_changed(**self._args)
+        swapped = predictor_mod.reload_if_changed(**self._args, on_reject=self.metrics.reload_rejected.inc)
         if swapped is None:
             return None
         old, new = swapped
@@ -273,9 +175,10 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the Flask app. ``config`` keys override the ``KWS_*`` environment (see module doc)."""
     setup_logging()
     cfg = load_config(config)
-    from kws.serving.api import bp
+    from kws.serving.api import StrictJSONProvider, bp
 
     app = Flask(__name__)
+    app.json = StrictJSONProvider(app)
     app.request_class = InMemoryRequest
     app.json.sort_keys = False
     app.config.update(
@@ -288,6 +191,9 @@ def create_app(config: dict | None = None) -> Flask:
     )
     state = ServiceState(cfg, Metrics())
     app.extensions["kws"] = state
+    # Each route has exactly two spellings, /X and /api/X (nginx passes only the first): no
+    # "//" merging into a redirect, no other prefix; anything else is the JSON 404.
+    app.url_map.merge_slashes = False
     app.register_blueprint(bp)
     app.register_blueprint(bp, url_prefix="/api", name="api_prefixed")
     from kws.serving import stream_api  # live listening: /stream (its own blueprint and settings check)
@@ -295,12 +201,17 @@ def create_app(config: dict | None = None) -> Flask:
     stream_api.install(app, state)
 
     @app.before_request
-    def _start() -> None:
+    def _start() -> Response | None:
         g.t0 = time.perf_counter()
         g.request_id = _request_id()
         g.outcome = "-"
         g.counted = True
         state.metrics.in_flight.inc()
+        if overload.shedding():  # past the queue bound (kws.serving.overload): answer now, decode nothing
+            return error_response("overloaded", "the service is overloaded: too many requests are waiting; "
+                                  f"retry in {cfg['overload_retry_after_s']} s", 503,
+                                  {"Retry-After": str(cfg["overload_retry_after_s"])})
+        return None
 
     @app.teardown_request
     def _done(_exc: BaseException | None) -> None:

@@ -41,6 +41,10 @@ class Metrics:
             "kws_http_requests_in_flight", "Requests being handled now", registry=self.registry)
         self.reloads = Counter(
             "kws_model_reloads", "New model bundles swapped in while serving", registry=self.registry)
+        self.reload_rejected = Counter(
+            "kws_model_reload_rejected", "New model bundles refused while serving (did not load with the "
+            "configured runtime or failed the warm-up answer check); each bundle counts once",
+            registry=self.registry)
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()

@@ -12,6 +12,12 @@ AUDIO_TYPES = (
     "application/ogg", "application/octet-stream",
 )
 
+#: The routes, each served at /X and /api/X. nginx (nginx/templates/default.conf.template) passes
+#: PUBLIC_ROUTES to everyone, OPERATOR_ROUTES only to KWS_ADMIN_ALLOW, nothing else;
+#: tests/serving/test_paths.py checks that the api, this document and nginx list the same routes.
+PUBLIC_ROUTES = ("/predict", "/health", "/ready", "/model", "/openapi.public.json")
+OPERATOR_ROUTES = ("/metrics", "/openapi.json", "/admin/reload")
+
 ERROR_CODES = {
     400: ["missing_file", "invalid_parameter", "bad_request"],
     401: ["unauthorized"],
@@ -22,7 +28,7 @@ ERROR_CODES = {
     415: ["unsupported_media_type"],
     422: ["empty_audio", "silent_audio", "invalid_audio", "audio_too_long", "bad_audio"],
     500: ["internal_error"],
-    503: ["model_not_found", "bad_bundle", "model_loading", "shutting_down"],
+    503: ["model_not_found", "bad_bundle", "model_loading", "shutting_down", "overloaded"],
 }
 
 _DESCRIPTIONS = {
@@ -35,7 +41,8 @@ _DESCRIPTIONS = {
     415: "Not audio in a format we can decode, or an unsupported Content-Type.",
     422: "Decoded but unusable: empty, silent, NaN/Inf samples or longer than the maximum duration.",
     500: "Unexpected server error (details are only in the server log).",
-    503: "The model bundle is not loaded (missing, invalid or still loading), or the service is shutting down.",
+    503: "The model bundle is not loaded (missing, invalid or still loading), the service is shutting down, or "
+         "it is overloaded (`overloaded`, with `Retry-After`: too many requests waiting; retry then).",
 }
 
 
@@ -53,7 +60,15 @@ def _json(ref: str, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
-def document(version: str = "1") -> dict[str, Any]:
+def document(version: str = "1", public: bool = False) -> dict[str, Any]:
+    """The whole surface, or (``public``) only :data:`PUBLIC_ROUTES`: what nginx serves to anyone."""
+    doc = _document(version)
+    if public:
+        doc["paths"] = {path: spec for path, spec in doc["paths"].items() if path in PUBLIC_ROUTES}
+    return doc
+
+
+def _document(version: str) -> dict[str, Any]:
     request_id = {"name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
                   "description": "Correlation id; echoed in the response header and body (generated when absent)."}
     params = [
@@ -117,8 +132,12 @@ def document(version: str = "1") -> dict[str, Any]:
                                       "is the one served now.",
                                       "content": {"application/json": {"schema": {"type": "object"}}}},
                               "401": _error(401), "403": _error(403), "503": _error(503)}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
-                "description": "OpenAPI 3 document.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document, the whole surface (private behind nginx)",
+                                      "responses": {"200": {"description": "OpenAPI 3 document.", "content": {
+                                          "application/json": {"schema": {"type": "object"}}}}}}},
+            "/openapi.public.json": {"get": {"summary": "This document, the public routes only (served to anyone)",
+                                             "responses": {"200": {"description": "OpenAPI 3 document.", "content": {
+                                                 "application/json": {"schema": {"type": "object"}}}}}}},
         },
         "components": {
             "schemas": {

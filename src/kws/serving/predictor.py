@@ -4,18 +4,29 @@
   created ONCE (lock + double-checked), warmed up with a full inference (feature code and
   interpreter) before it is handed out. A failed load is remembered and retried at most every
   ``retry_s`` seconds, so a bundle mounted late is picked up without a restart.
-* Runtimes: :class:`TFLiteRuntime` (one interpreter per thread via ``threading.local``;
-  interpreters are cheap and an interpreter must never be shared between threads) and
-  :class:`KerasRuntime` (one ``tf.function`` over the Keras model; thread-safe). TFLite is
-  the default: in-process it is several times faster than Keras for one clip (see
-  ``benchmarks/bench_serving.py``) and needs no TensorFlow in the image.
+* Runtimes (``KWS_RUNTIME``): :class:`TFLiteRuntime` over the bundle's float32 ``model.tflite``
+  (``tflite``) or its int8 ``model_int8.tflite`` (``tflite_int8``), one interpreter per thread
+  via ``threading.local`` (interpreters are cheap and one must never be shared between
+  threads), and :class:`KerasRuntime` (``keras``: one ``tf.function`` over the Keras model;
+  thread-safe). ``auto`` (the service's default) is int8 where the bundle's export check passed
+  it (``model_info.json`` ``int8.default``: its accuracy within 0.5 points of float32's,
+  :func:`kws.bundle.int8_check`), else float32 TFLite. TFLite is several times faster than
+  Keras in-process for one clip (``benchmarks/bench_serving.py``) and needs no TensorFlow.
 * Features come from :func:`kws.features.extract` (log-mel or MFCC, as the bundle says) — the same code the training pipeline used,
   with the bundle's ``features.json``.
+* A short clip is scored with test-time shifts (:data:`DEFAULT_TTA_SHIFTS_MS`) in ONE feature pass
+  and ONE runtime call: the features of the clip zero-padded by the largest shift on both sides,
+  sliced at whole-frame offsets, give exactly the features of each zero-filled shifted clip
+  (every frame depends on its own window only), and the views go to the runtime as one batch.
+  Shifts are therefore whole feature hops; a setting that is not is rounded to the nearest hop
+  (half a hop away from zero), logged, and ``describe()`` shows the shifts in use.
 * Live model updates: :func:`reload_if_changed` compares the bundle's fingerprint (folder
   identity, model file, ``model_info.json``) with the loaded one; when ``promote`` has swapped a
   new bundle in, the new predictor is loaded and warmed BESIDE the old one and then replaces it
   in one assignment. Requests that hold the old predictor finish on it; nothing fails. A bundle
-  that is missing (mid-swap) or broken is not loaded; the old one keeps serving.
+  that is missing (mid-swap) or broken is not loaded; the old one keeps serving. A reload accepts
+  only a bundle that loads with the CONFIGURED runtime (no fallback to the other one) and whose
+  warm-up answers are sane (:meth:`Predictor.check_answer`); a refused bundle is logged once.
 * Long audio is scanned with 1 s windows every ``stride_s`` seconds, all windows batched into
   as few runtime calls as possible, and the window scores are fed in time order to the
   streaming detector (:class:`kws.streaming.detector.StreamDetector`: smoothing, minimum count,
@@ -26,16 +37,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from kws.audio import fix_length, time_shift
-from kws.bundle import KERAS_FILE, TFLITE_FILE, BundleMeta, read_meta
+from kws.bundle import KERAS_FILE, TFLITE_FILE, TFLITE_INT8_FILE, BundleMeta, read_meta
 from kws.errors import BundleError, ConfigError, KWSError
 from kws.features import clip_features, extract
 from kws.labels import SILENCE, UNKNOWN
@@ -43,12 +55,13 @@ from kws.streaming.detector import DetectorSettings, StreamDetector
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("tflite", "keras")
-#: Test-time shifts of a short clip (ms): the clip is scored as it is and moved 50 ms earlier and
-#: later (zero-filled, like the training time shift); the class scores are averaged. On real
-#: speech, speakers held out, this is 88.4 % vs 87.7 % for the clip alone, for ~3x the compute
-#: of one window (benchmarks/bench_posthoc.py). ``KWS_TTA_SHIFTS_MS=0`` turns it off.
-DEFAULT_TTA_SHIFTS_MS = (0, -50, 50)
+RUNTIMES = ("auto", "tflite", "tflite_int8", "keras")
+#: Test-time shifts of a short clip (ms): the clip is scored as it is and moved two 20 ms feature
+#: hops earlier and later (zero-filled, like the training time shift); the class scores are
+#: averaged. Whole hops, so that one feature pass serves all three views (the module's doc);
+#: ±40 vs ±60 ms were measured on real speech (benchmarks/bench_speed.py, results/speed.json).
+#: ``KWS_TTA_SHIFTS_MS=0`` turns it off.
+DEFAULT_TTA_SHIFTS_MS = (0, -40, 40)
 
 
 # --------------------------------------------------------------------------- runtimes
@@ -67,9 +80,9 @@ class TFLiteRuntime:
     smallest bucket that holds it. Fixed shapes mean no ``allocate_tensors`` per request.
     """
 
-    name = "tflite"
-
-    def __init__(self, path: Path, num_threads: int = 1, buckets: Sequence[int] = (1, 8, 32)):
+    def __init__(self, path: Path, num_threads: int = 1, buckets: Sequence[int] = (1, 8, 32), name: str = "tflite"):
+        self.name = name
+        self._file = Path(path).name
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:  # pragma: no cover - depends on the installation
@@ -96,7 +109,7 @@ class TFLiteRuntime:
                 interp.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]], strict=False)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
-            raise BundleError(f"{TFLITE_FILE} cannot be loaded: {err}") from None
+            raise BundleError(f"{self._file} cannot be loaded: {err}") from None
         with self._lock:
             self.interpreters += 1
         return interp, interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
@@ -159,22 +172,76 @@ class KerasRuntime:
         self.infer(np.zeros((1, *self.input_shape), np.float32))
 
 
-def load_runtime(meta: BundleMeta, runtime: str, threads: int = 1, fallback: bool = True) -> Runtime:
-    """``runtime`` (tflite|keras); when it cannot be loaded and ``fallback``, the other one."""
+def int8_preferred(meta: BundleMeta) -> bool:
+    """Whether the bundle's export check chose its int8 model (``model_info.json`` ``int8.default``)."""
+    check = meta.info.get("int8")
+    return isinstance(check, dict) and check.get("default") is True and (meta.path / TFLITE_INT8_FILE).is_file()
+
+
+def load_runtime(meta: BundleMeta, runtime: str, threads: int = 1, fallback: bool = True,
+                 buckets: Sequence[int] = (1, 8, 32)) -> Runtime:
+    """``runtime`` (see :data:`RUNTIMES`); when it cannot be loaded and ``fallback``, the next one.
+
+    ``auto`` is ``tflite_int8`` where :func:`int8_preferred`, else ``tflite``. An explicit
+    ``tflite_int8`` never falls back: a bundle without ``model_int8.tflite`` is a BundleError.
+    """
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    order = [runtime] + ([r for r in RUNTIMES if r != runtime] if fallback else [])
+    if runtime == "tflite_int8" and not (meta.path / TFLITE_INT8_FILE).is_file():
+        raise BundleError(f"runtime tflite_int8 asked for, but the bundle at {meta.path} has no {TFLITE_INT8_FILE} "
+                          "(exported before int8 quantization): re-run the train stage, or use KWS_RUNTIME=tflite")
+    if runtime == "auto":
+        order = (["tflite_int8"] if int8_preferred(meta) else []) + ["tflite", "keras"]
+    elif runtime == "tflite_int8":
+        order = ["tflite_int8"]
+    else:
+        order = [runtime] + [r for r in ("tflite", "keras") if r != runtime]
+    order = order if fallback else order[:1]
     errors = []
     for name in order:
         try:
-            if name == "tflite":
-                return TFLiteRuntime(meta.path / TFLITE_FILE, num_threads=threads)
-            return KerasRuntime(meta.path / KERAS_FILE)
+            if name == "keras":
+                return KerasRuntime(meta.path / KERAS_FILE)
+            file = TFLITE_INT8_FILE if name == "tflite_int8" else TFLITE_FILE
+            return TFLiteRuntime(meta.path / file, num_threads=threads, buckets=buckets, name=name)
         except KWSError as err:
             errors.append(err.message)
             if name != order[-1]:
-                log.warning("%s runtime unavailable (%s); falling back to %s", name, err.message, order[-1])
+                log.warning("%s runtime unavailable (%s); falling back to the next", name, err.message)
     raise BundleError("; ".join(errors))
+
+
+def shift_frames(shifts_ms: Sequence[float], cfg) -> tuple[int, ...]:
+    """Test-time shifts (ms, positive: later) as whole feature hops, rounded to the nearest
+    (half a hop away from zero); a rounded value is logged."""
+    hop_ms = 1000.0 * cfg.hop_length / cfg.sample_rate
+    frames = tuple(int(math.copysign(math.floor(abs(float(ms)) / hop_ms + 0.5), float(ms))) for ms in shifts_ms)
+    moved = [f"{float(ms):g}->{k * hop_ms:g}" for ms, k in zip(shifts_ms, frames) if abs(k * hop_ms - float(ms)) > 1e-6]
+    if moved:
+        log.warning("test-time shifts must be whole feature hops (%g ms): rounded %s ms", hop_ms, ", ".join(moved))
+    return frames or (0,)
+
+
+_blas_limited = False
+
+
+def single_threaded_blas() -> None:
+    """Limit the BLAS library (OpenBLAS under numpy) to one thread, once per process.
+
+    A clip's feature matmul is tiny: BLAS worker threads bring nothing to it, and on a busy
+    machine the calling thread spins waiting for workers that are not scheduled, which made the
+    feature pass the slowest step of an answer (benchmarks/results/speed.json). The serving
+    threads (Waitress) and ``kws-score``'s processes are the parallelism instead.
+    """
+    global _blas_limited
+    if _blas_limited:
+        return
+    _blas_limited = True
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with librosa's scikit-learn
+        return
+    threadpool_limits(limits=1, user_api="blas")
 
 
 # --------------------------------------------------------------------------- results
@@ -215,13 +282,17 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, runtime: str = "tflite", threads: int = 1,
                  long_audio_s: float = 1.5, stride_s: float = 0.25, detection_threshold: float = 0.6,
-                 warmup: bool = True, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS):
+                 warmup: bool = True, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS, fallback: bool = True):
         t0 = time.perf_counter()
+        single_threaded_blas()
         self.fingerprint = bundle_fingerprint(model_dir)  # before reading: a swap during the load shows up later
         self.meta = read_meta(model_dir)
         self.labels = list(self.meta.labels)
         self.cfg = self.meta.features
-        self.runtime = load_runtime(self.meta, runtime, threads)
+        self._tta_frames = shift_frames(tuple(tta_shifts_ms) or (0.0,), self.cfg)
+        views = len(self._tta_frames)
+        self.runtime = load_runtime(self.meta, runtime, threads, fallback=fallback,
+                                    buckets=sorted({1, views, 8, 32}))
         expected = (*self.cfg.shape, 1)
         if tuple(self.runtime.input_shape) != expected:
             raise BundleError(f"the model expects input {tuple(self.runtime.input_shape)} but features.json "
@@ -234,8 +305,8 @@ class Predictor:
         self.detection_threshold = float(detection_threshold)
         self.detector, self.detector_source = detector_settings(self.meta, detection_threshold)
         self.window_s = self.cfg.clip_samples / self.cfg.sample_rate
-        self.tta_shifts_ms = tuple(float(ms) for ms in tta_shifts_ms) or (0.0,)
-        self._tta_samples = [int(round(ms * self.cfg.sample_rate / 1000)) for ms in self.tta_shifts_ms]
+        hop_ms = 1000.0 * self.cfg.hop_length / self.cfg.sample_rate
+        self.tta_shifts_ms = tuple(k * hop_ms for k in self._tta_frames)  # as used (whole hops)
         self.loaded_at = time.time()
         if warmup:
             self.warmup()
@@ -269,11 +340,25 @@ class Predictor:
         """One full pass (features + inference, all batch sizes) so the first request is not slow."""
         rng = np.random.default_rng(0)
         wave = (rng.standard_normal(int(self.cfg.sample_rate * 3)) * 0.01).astype(np.float32)
-        self.scores_clip(wave[: self.cfg.clip_samples])
-        self.scan(wave, self.stride_s)
+        self.check_answer(self.scores_clip(wave[: self.cfg.clip_samples])[None], "a clip")
+        self.check_answer(self.scan(wave, self.stride_s)[1], "a scan")
         warm = getattr(self.runtime, "warm", None)
         if warm:
             warm()
+
+    def check_answer(self, scores: np.ndarray, what: str) -> None:
+        """Raise :class:`BundleError` unless ``scores`` are rows of one finite probability per label
+        that sum to 1 (softmax): what a model that loads but is broken (a truncated or foreign
+        file) fails."""
+        scores = np.asarray(scores)
+        if scores.ndim != 2 or scores.shape[1] != len(self.labels):
+            raise BundleError(f"the model answered {what} with shape {scores.shape}, expected (n, {len(self.labels)})")
+        if not np.all(np.isfinite(scores)):
+            raise BundleError(f"the model answered {what} with NaN or infinite scores")
+        sums = scores.astype(np.float64).sum(axis=1)
+        if np.any(np.abs(sums - 1.0) > 1e-3) or np.any(scores < -1e-6):
+            raise BundleError(f"the model's scores for {what} are not probabilities (sums {sums.min():.4g}.."
+                              f"{sums.max():.4g}, expected 1)")
 
     # -- features + inference
     def features(self, waves: np.ndarray) -> np.ndarray:
@@ -289,13 +374,20 @@ class Predictor:
         return self.clip_scores(fix_length(samples, self.cfg.clip_samples)[None])[0]
 
     def clip_scores(self, waves: np.ndarray) -> np.ndarray:
-        """``(n, clip_samples)`` clips -> ``(n, n_labels)`` scores averaged over the test-time shifts."""
-        total = None
-        for shift in self._tta_samples:
-            moved = waves if shift == 0 else np.stack([time_shift(w, shift) for w in waves])
-            scores = self.runtime.infer(self.features(moved))
-            total = scores if total is None else total + scores
-        return total / len(self._tta_samples)
+        """``(n, clip_samples)`` clips -> ``(n, n_labels)`` scores averaged over the test-time shifts.
+
+        One feature pass over the clips zero-padded by the largest shift, the shifted views sliced
+        from it (a view starting ``k`` frames earlier is the clip moved ``k`` hops later), and one
+        runtime call for all ``n * shifts`` views (the module's doc)."""
+        waves = np.asarray(waves, np.float32)
+        frames, pad = self.cfg.n_frames, max(abs(k) for k in self._tta_frames)
+        if pad == 0:  # every view is the clip itself
+            return self.runtime.infer(self.features(waves))
+        edge = pad * self.cfg.hop_length
+        feats = extract(np.pad(waves, ((0, 0), (edge, edge))), self.cfg, any_length=True)
+        views = np.stack([feats[:, pad - k:pad - k + frames] for k in self._tta_frames], axis=1)
+        scores = self.runtime.infer(views.reshape(-1, frames, feats.shape[-1], 1))
+        return scores.reshape(len(waves), len(self._tta_frames), -1).mean(axis=1)
 
     def windows(self, samples: np.ndarray, stride_s: float) -> tuple[np.ndarray, np.ndarray]:
         """Start times (s) and the ``(n, clip_samples)`` windows every ``stride_s``; the last one ends at the end."""
@@ -327,6 +419,29 @@ class Predictor:
         return samples[best:best + n]
 
     # -- the answer
+    def _clip_answer(self, scores: np.ndarray, threshold: float | None, top_k: int) -> dict[str, Any]:
+        """The answer for one short clip's scores (``threshold``: below it the keyword is ``_unknown_``)."""
+        _finite(scores)
+        best = int(np.argmax(scores))
+        keyword, confidence = self.labels[best], float(scores[best])
+        if threshold is not None and confidence < threshold:
+            keyword = UNKNOWN
+        return {"keyword": keyword, "confidence": round(confidence, 6),
+                "scores": top_scores(scores, self.labels, max(1, min(int(top_k), len(self.labels))))}
+
+    def predict_clips(self, recordings: Sequence[np.ndarray], threshold: float | None = None,
+                      top_k: int = 3) -> list[dict[str, Any]]:
+        """:meth:`predict` of each recording, the short ones scored together (one feature pass and
+        one runtime call for all of them): the same answers, fewer calls (``kws-score``)."""
+        answers: list[dict[str, Any] | None] = [None] * len(recordings)
+        rate, n = self.cfg.sample_rate, self.cfg.clip_samples
+        short = [i for i, r in enumerate(recordings) if len(r) / rate <= self.long_audio_s]
+        if short:
+            waves = np.stack([fix_length(self.loudest_window(np.asarray(recordings[i], np.float32)), n) for i in short])
+            for i, row in zip(short, self.clip_scores(waves)):
+                answers[i] = self._clip_answer(row, threshold, top_k)
+        return [a if a is not None else self.predict(r, threshold, top_k) for a, r in zip(answers, recordings)]
+
     def predict(self, samples: np.ndarray, threshold: float | None = None, top_k: int = 3,
                 stride_s: float | None = None) -> dict[str, Any]:
         """Recognise ``samples`` (mono float32 at the bundle's sample rate).
@@ -340,15 +455,10 @@ class Predictor:
         duration = len(samples) / self.cfg.sample_rate
         top_k = max(1, min(int(top_k), len(self.labels)))
         if duration <= self.long_audio_s:
-            scores = self.scores_clip(self.loudest_window(samples))
-            best = int(np.argmax(scores))
-            keyword, confidence = self.labels[best], float(scores[best])
-            if threshold is not None and confidence < threshold:
-                keyword = UNKNOWN
-            return {"keyword": keyword, "confidence": round(confidence, 6),
-                    "scores": top_scores(scores, self.labels, top_k)}
+            return self._clip_answer(self.scores_clip(self.loudest_window(samples)), threshold, top_k)
         stride = stride_s or self.stride_s
         starts, scores = self.scan(samples, stride)
+        _finite(scores)
         dets = self.detect(starts, scores, threshold, duration)
         if dets:
             lead = max(dets, key=lambda d: d.confidence)
@@ -378,6 +488,12 @@ class Predictor:
         cap = duration_s if duration_s is not None else float("inf")
         return [Detection(d.label, max(0.0, d.time_s - half), min(d.time_s + half, cap), d.confidence)
                 for d in found]
+
+
+def _finite(scores: np.ndarray) -> None:
+    if not np.all(np.isfinite(scores)):  # never a NaN in an answer (the audio is checked; this is the model)
+        raise KWSError("the model produced non-finite scores for this audio; the details are in the server log",
+                       code="model_error", status=500)
 
 
 def bundle_fingerprint(model_dir: str | Path) -> str | None:
@@ -470,13 +586,16 @@ def peek(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_
 
 def reload_if_changed(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_audio_s: float = 1.5,
                       stride_s: float = 0.25, detection_threshold: float = 0.6,
-                      tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS) -> tuple[Predictor, Predictor] | None:
+                      tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS,
+                      on_reject: Callable[[], None] | None = None) -> tuple[Predictor, Predictor] | None:
     """Swap in the bundle now at ``model_dir`` if it is not the loaded one: ``(old, new)``, else ``None``.
 
     Nothing happens before the first load (that is :func:`get_predictor`'s job), while the
     folder is absent or incomplete (``promote`` is mid-swap), or when this very bundle already
-    failed to load (logged once). The new predictor is built and warmed while the old one keeps
-    serving, then replaces it atomically.
+    failed to load (logged once, ``on_reject`` called once). The new predictor must load with
+    ``runtime`` itself (no fallback: a broken ``model.tflite`` must not become a Keras model of
+    three times the memory) and pass the warm-up answer check; it is built and warmed while the
+    old one keeps serving, then replaces it atomically.
     """
     key = _key(model_dir, runtime, threads, long_audio_s, stride_s, detection_threshold, tta_shifts_ms)
     with _reload_lock:  # one reload at a time; readers never wait for it
@@ -488,13 +607,16 @@ def reload_if_changed(model_dir: str | Path, runtime: str = "tflite", threads: i
             return None
         try:
             new = Predictor(model_dir, runtime=runtime, threads=threads, long_audio_s=long_audio_s,
-                            stride_s=stride_s, detection_threshold=detection_threshold, tta_shifts_ms=tta_shifts_ms)
+                            stride_s=stride_s, detection_threshold=detection_threshold, tta_shifts_ms=tta_shifts_ms,
+                            fallback=False)
         except Exception as err:  # noqa: BLE001 - a bad bundle must never take the service down
             message = err.message if isinstance(err, KWSError) else f"{type(err).__name__}: {err}"
             if bundle_fingerprint(model_dir) == fp:  # not a swap in progress: this bundle is broken
                 _rejected[key] = fp
-                log.error("new model bundle at %s NOT loaded, still serving %s v%s: %s", model_dir,
-                          old.model_name, old.model_version, message)
+                log.error("new model bundle at %s NOT loaded, still serving %s v%s (%s runtime): %s", model_dir,
+                          old.model_name, old.model_version, old.runtime.name, message)
+                if on_reject is not None:
+                    on_reject()
             return None
         _rejected.pop(key, None)
         _instances[key] = new

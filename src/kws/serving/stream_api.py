@@ -69,12 +69,7 @@ class Streaming:
     """Per-app live-listening state: the session store, the limits, the metrics."""
 
     def __init__(self, cfg: dict[str, Any], registry: CollectorRegistry):
-        for key, env in (("stream_max_sessions", "KWS_STREAM_MAX_SESSIONS"),
-                         ("stream_max_chunk_bytes", "KWS_STREAM_MAX_CHUNK_BYTES")):
-            if cfg[key] < 1:
-                raise ConfigError(f"{env} must be at least 1, got {cfg[key]}")
-        if not cfg["stream_idle_s"] > 0:
-            raise ConfigError(f"KWS_STREAM_IDLE_S must be positive, got {cfg['stream_idle_s']}")
+        # the limits are validated with every other setting (kws.serving.settings)
         self.max_chunk_bytes = int(cfg["stream_max_chunk_bytes"])
         self.stride_s = float(cfg["window_stride_s"])  # the stride of /predict's long-audio scan
         self.metrics = StreamMetrics(registry)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.errors import NotComparableError
-from kws.stages.train import load_meta, load_split
+from kws.artifacts import load_meta, load_split
 
 log = logging.getLogger(__name__)
 
@@ -40,39 +39,12 @@ def tflite_predict(tflite_path: Path, x: np.ndarray, batch: int = 256) -> np.nda
     return np.concatenate(out)
 
 
-def bundle_accuracy(bundle_dir: Path, test_set: dict, batch: int = 128) -> float:
-    """Accuracy of any serving bundle on a test split described by ``test_examples.json``
-    (see :mod:`kws.stages.prepare`): every example is rendered from the dataset again and
-    scored by the service's predictor with the BUNDLE's own front end, so models with
-    different features are compared on the very same clips.
-    Raises :class:`NotComparableError` when the bundle predicts other labels."""
-    from kws.audio import load_file
-    from kws.dataset import Example, render
-    from kws.serving.predictor import Predictor
-
-    predictor = Predictor(bundle_dir, runtime="tflite", warmup=False)
-    if list(predictor.labels) != list(test_set["labels"]):
-        raise NotComparableError(
-            f"the model in {bundle_dir} predicts {predictor.labels}, the test set has {test_set['labels']}")
-    cfg = predictor.cfg
-    examples = [Example(**e) for e in test_set["examples"]]
-    noise = [load_file(f, cfg.sample_rate) for f in test_set["noise_files"]] if any(e.noise >= 0 for e in examples) else []
-    roots = [Path(test_set["root"])]
-    correct = 0
-    for i in range(0, len(examples), batch):
-        chunk = examples[i : i + batch]
-        waves = np.stack([render(e, roots, noise, cfg.clip_samples, cfg.sample_rate) for e in chunk])
-        scores = predictor.clip_scores(waves)  # as the service scores a clip (test-time shifts included)
-        correct += int(np.sum(scores.argmax(axis=1) == np.asarray([e.label for e in chunk])))
-    return correct / max(1, len(examples))
-
-
 def canonical_scores(folder: Path | None, bundle_dir: Path, labels: list[str], progress: bool = True) -> dict | None:
     """Score the bundle on the canonical test set in ``folder`` (``<class>/*.wav``) clip by clip,
     through the service's decoder and predictor. ``None`` when there is none (empty folder)."""
     from kws import score
     from kws.errors import KWSError
-    from kws.fetch import dataset_root
+    from kws.data.install import dataset_root
 
     if folder is None or not folder.is_dir() or not any(folder.iterdir()):
         return None

@@ -25,6 +25,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from kws.artifacts import META_FILE, TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
 from kws.atomic import staged_dir
 from kws.audio import load_file
 from kws.dataset import AugmentConfig, Example, ExtraSource, SplitConfig, build_index, render
@@ -36,8 +37,6 @@ from kws.workers import process_pool
 
 log = logging.getLogger(__name__)
 
-TEST_EXAMPLES_FILE = "test_examples.json"
-VALIDATION_EXAMPLES_FILE = "validation_examples.json"  # the stream stage's validation streams
 
 # Per-process state of the feature workers (set by _init_worker).
 _ROOTS: list[Path] = []
@@ -185,7 +184,7 @@ def prepare(cfg, dataset: Path, out_dir: Path, source_info: dict | None = None,
         pool.shutdown()
         if meta["skipped"]:
             log.warning("skipped %d unreadable clips, e.g. %s", len(meta["skipped"]), meta["skipped"][0])
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     log.info("wrote %s: %s (skipped %d)", out_dir, meta["counts"], len(meta["skipped"]))
     return meta
 

@@ -47,9 +47,9 @@ def _accuracy_of(client, version) -> float:
 def _compare(client, current, metrics: dict, test_set: dict, features_dir: Path, model_dir: Path, alias: str):
     """(candidate accuracy, champion accuracy, how they were compared) on one test set;
     champion accuracy None: not comparable (the reason is the third item)."""
+    from kws.artifacts import TEST_EXAMPLES_FILE
     from kws.errors import NotComparableError
-    from kws.stages.evaluate import bundle_accuracy
-    from kws.stages.prepare import TEST_EXAMPLES_FILE
+    from kws.score import bundle_accuracy
 
     new_acc = metrics["accuracy"]
     same = (current.tags.get("dataset") == test_set.get("dataset")
@@ -114,6 +114,8 @@ def promote(cfg, model_dir: Path, metrics_file: Path, bundle_dir: Path, report_f
         "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # how the model decides (train.logit_offsets, baked into its weights): shown by the service's /model
         "logit_offsets": read_meta(model_dir).info.get("logit_offsets", {}),
+        # the int8 export check (kws.bundle.int8_check): it decides the service's auto runtime
+        **{k: v for k, v in read_meta(model_dir).info.items() if k == "int8"},
     }
     with tempfile.TemporaryDirectory(prefix="kws-bundle-") as tmp:
         staged = Path(tmp) / BUNDLE_ARTIFACT

@@ -67,7 +67,7 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     """The stream benchmark of the bundle-like ``model_dir`` with settings ``sc`` (``cfg.stream``):
     ``(metrics, operating_point, det curves)``, nothing written (the stage and benchmarks share it)."""
     from kws.serving.predictor import Predictor
-    from kws.stages.prepare import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
+    from kws.artifacts import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
 
     t0 = time.perf_counter()
     predictor = Predictor(model_dir, runtime="tflite", warmup=False)

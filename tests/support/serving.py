@@ -1,4 +1,5 @@
-"""Helpers of the serving tests (plain functions; fixtures are in conftest.py)."""
+"""Requests to the service and checks of its answers (the serving tests; their fixtures are in
+``tests/serving/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
-from kws.serving import testing as kt
-
-
-def nginx_or_skip() -> str:
-    binary = kt.nginx_binary()
-    if binary is None:
-        pytest.skip("nginx is not installed (apt-get install nginx; scripts/setup.sh does)")
-    return binary
 
 
 def post_audio(url: str, data: bytes, filename: str = "clip.wav", params: dict | None = None,

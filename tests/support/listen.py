@@ -79,7 +79,7 @@ TALK_LABELS = ("_silence_", "_unknown_", *TALK_KEYWORDS)
 def talk_bundle(tmp_path_factory, sample: Path) -> Path:
     """The tiny real model of the serving tests, trained on six keywords of the real clips (the
     other digits are its `_unknown_`); built once per test session."""
-    from kws.serving.testing import build_tiny_bundle
+    from tests.support.bundles import build_tiny_bundle
 
     out = tmp_path_factory.getbasetemp() / "listen-talk-bundle" / "model"
     if not (out / "model.tflite").is_file():
@@ -140,7 +140,7 @@ def talk_recording(clips: dict[str, Path], sample: Path, first_s: float = 1.5, g
     """The words of :data:`TALK_ORDER` every ``gap_s`` seconds over a quiet pink-noise bed plus a
     real background recording (running tap); returns the samples and ``(start_s, word, clip)``."""
     from kws.audio import load_file
-    from kws.serving.testing import long_recording
+    from tests.support.bundles import long_recording
 
     placed = [(first_s + i * gap_s, word, clips[word]) for i, word in enumerate(TALK_ORDER)]
     duration = first_s + (len(placed) - 1) * gap_s + 1.0 + tail_s

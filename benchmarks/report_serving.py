@@ -1,0 +1,209 @@
+"""The tables of figures of this round's serving benchmarks: ``speed.json`` (issue 21: one-pass
+shifts, int8, kws-score in batches), ``overload.json`` and ``hostile*.json`` (issue 22). Each
+table states the run's date and load average, and a target only where the result file records
+one; :mod:`report` writes them into the docs."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from report_tables import RESULTS, md, ms, pct, result, target, when
+
+
+# --------------------------------------------------------------------------- issue 21: one pass, int8, batches
+RULES = {"three_pass_50ms": "before: clip + ±50 ms shifts, 3 feature passes + 3 runtime calls",
+         "one_pass_40ms": "now: clip + ±40 ms shifts, 1 feature pass + 1 runtime call",
+         "one_pass_60ms": "one pass, ±60 ms shifts", "clip_alone": "the clip alone (no shifts)"}
+
+
+def _variant(key: str) -> tuple[str, str]:
+    rule, _, runtime = key.rpartition("_")
+    return RULES.get(rule, f"`{rule}`"), runtime
+
+
+def table_speed_latency() -> str:
+    r = result("speed")
+    lat = r["latency"]
+    res = lat["results"]
+    base = res.get("three_pass_50ms_float32")
+    rows = []
+    for key, m in res.items():
+        rule, runtime = _variant(key)
+        gain = (f"{base['p50_ms'] / m['p50_ms']:.1f}× / {base['cpu_p50_ms'] / m['cpu_p50_ms']:.1f}×"
+                if base else "– (no three-pass run)")
+        rows.append([rule, runtime, ms(m["p50_ms"]), ms(m["p90_ms"]), ms(m["min_ms"]), ms(m["cpu_p50_ms"]),
+                     ms(m["cpu_p90_ms"]), gain])
+    return md(["per 1 s clip, file bytes → answer", "runtime", "wall p50 ms", "wall p90", "wall min", "CPU p50 ms",
+               "CPU p90", "p50 vs before (wall / CPU)"], rows) + (
+        f"\n\n{lat['requests']} requests over {lat['distinct_clips']} real clips, the variants taking turns; "
+        f"1-min load average {lat['loadavg_1min']} during this section; {when(r['machine'])}. "
+        f"Target: {target(lat, 'speed.json')}.")
+
+
+def table_speed_accuracy() -> str:
+    acc = result("speed")["accuracy"]
+    rendered = acc["rendered_test_split"]
+    found = list(dict.fromkeys(k.rpartition("_")[0] for k in rendered))
+    rows = []
+    for rule in [k for k in RULES if k in found] + [k for k in found if k not in RULES]:
+        f32, i8 = rendered.get(f"{rule}_float32"), rendered.get(f"{rule}_int8")
+        diff = f"{100 * (i8['accuracy'] - f32['accuracy']):+.2f}" if f32 and i8 else "–"
+        rows.append([RULES.get(rule, f"`{rule}`")]
+                    + [f"{pct(c['accuracy'])} ({c['correct']}/{c['n']})" if c else "–" for c in (f32, i8)] + [diff])
+    npz = acc["test_npz_clip_alone"]
+    rows.append(["`test.npz` features (prepare's, no decoding), the clip alone", pct(npz["float32"]), pct(npz["int8"]),
+                 f"{-acc['test_npz_loss_points']:+.2f}"])
+    return md([f"held-out test split ({acc['n_test']} examples rendered from the clips again)", "float32 %", "int8 %",
+               "int8 − float32 (points)"], rows)
+
+
+def export_check(r: dict) -> dict | None:
+    """The bundle's int8 export check (``model_info.json``'s ``int8``) as ``bench_speed.py`` recorded it:
+    a field of its own, or the dict inside the ``int8_model`` sentence."""
+    if isinstance(r.get("int8_check"), dict):
+        return r["int8_check"]
+    m = re.search(r"export check: (\{.*\})", r.get("int8_model", ""))
+    try:
+        return ast.literal_eval(m.group(1)) if m else None
+    except (ValueError, SyntaxError):
+        return None
+
+
+def table_speed_int8() -> str:
+    r = result("speed")
+    size, check, acc = r["sizes"], export_check(r), r["accuracy"]
+    rows = [["TFLite file", f"{size['float32_bytes']:,} B", f"{size['int8_bytes']:,} B",
+             f"{size['ratio']}× smaller", target(size, "speed.json"), "–"]]
+    if check:
+        limit = check["max_loss_points"]
+        rows.append([f"export check, {check['check_split']} split ({check['check_examples']} examples)",
+                     f"{pct(check['float32_accuracy'])} %", f"{pct(check['int8_accuracy'])} %", f"{-check['loss_points']:+.2f} points",
+                     f"loss ≤ {limit} points", "yes: `auto` serves int8" if check["default"] else "**no**: `auto` serves float32"])
+        loss = acc["test_npz_loss_points"]
+        rows.append(["test split (`test.npz`), the clip alone", f"{pct(acc['test_npz_clip_alone']['float32'])} %",
+                     f"{pct(acc['test_npz_clip_alone']['int8'])} %", f"{-loss:+.2f} points", f"loss ≤ {limit} points",
+                     "yes" if loss <= limit else "**no**"])
+    else:
+        rows.append(["export check", "–", "–", "–", "not recorded in `speed.json`", "–"])
+    return md(["int8 model against float32", "float32", "int8", "int8 vs float32", "target", "meets"], rows) + (
+        f"\n\nModel: `{r['architecture']}`; int8 model {r['int8_model'].split(';')[0]}; {when(r['machine'])}.")
+
+
+def table_speed_score() -> str:
+    r = result("speed")
+    k = r["kws_score"]
+    one, many = k["clip_by_clip"], k["batched"]
+    rows = [["before: clip by clip, in one process", 1, 1, f"{one['clips_per_s']:.1f}", "1×", pct(one["accuracy"])],
+            [f"now: `kws-score --workers {many['workers']} --batch {many['batch']}`", many["workers"], many["batch"],
+             f"{many['clips_per_s']:.1f}", f"{many['clips_per_s'] / one['clips_per_s']:.2f}×", pct(many["accuracy"])]]
+    same = "yes" if k["identical_predictions"] else "**no**"
+    return md([f"kws-score, {k['clips']:,} clips (`{k['layout']}` layout)", "workers", "batch", "clips/s",
+               "vs clip by clip", "accuracy %"], rows) + (
+        f"\n\nIdentical predictions: {same}. Throughput includes loading the predictors and starting the workers. "
+        f"{when(r['machine'])}; target: {target(k, 'speed.json')}.")
+
+
+# --------------------------------------------------------------------------- issue 22: overload, hostile uploads
+def _bound(run: dict) -> str:
+    nginx = run.get("nginx_max_predicts")
+    return (f"`KWS_MAX_QUEUE={run['max_queue']}`, " +
+            (f"nginx `KWS_MAX_PREDICTS={nginx}`" if nginx else "no nginx bound"))
+
+
+def _lat(s: dict | None, keys: tuple[str, ...] = ("p50_ms", "p99_ms", "max_ms")) -> str:
+    return "–" if not s else f"{' / '.join(f'{s[k]:.0f}' for k in keys)} (n={s['n']})"
+
+
+def table_overload() -> str:
+    r = result("overload")
+    rows = []
+    for run in r["runs"]:
+        w = run["wrk"]
+        status = dict(w["status"])
+        ok, busy = status.pop("200", 0), status.pop("503", 0)
+        other = ", ".join(f"{c}: {n}" for c, n in status.items()) or "0"
+        errors = ", ".join(f"{k} {v}" for k, v in w["socket_errors"].items() if v) or "0"
+        lat = w["latency_ms"]
+        rows.append([_bound(run), run["threads"], run["loadavg_1min_before"], f"{w['requests']:,}",
+                     f"{w['requests_per_s']:.1f}", f"{ok:,}", f"{busy:,}", other, errors,
+                     f"{lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f}"])
+    return md([f"wrk, {r['connections']} connections, {r['duration_s']} s", "threads", "1-min load before",
+               "requests", "req/s", "200", "503", "other status", "socket errors", "latency p50 / p99 / max ms"],
+              rows) + (f"\n\nnginx → Waitress on loopback; {r['note']}. {when(r['machine'])}. "
+                       f"Target: {target(r, 'overload.json')}.")
+
+
+def table_overload_probe() -> str:
+    r = result("overload")
+    rows = []
+    for run in r["runs"]:
+        pred, health = run["probe_predict_by_status"], run["probe_health_by_status"]
+        other = {c: s for c, s in pred.items() if c not in ("200", "503")}
+        rows.append([_bound(run), _lat(run["idle_predict"]), _lat(pred.get("200")), _lat(pred.get("503")),
+                     ", ".join(f"{c}: {s['n']}" for c, s in other.items()) or "0",
+                     _lat(health.get("200")), sum(s["n"] for c, s in health.items() if c != "200"),
+                     run["queue_warning_lines"]])
+    return md(["one probe at a time (ms: p50 / p99 / max)", "`/predict` idle, before the load",
+               "`/predict` under load: 200", "`/predict` under load: 503", "other status",
+               "`/health` under load: 200", "`/health` not 200", "queue warning lines"], rows)
+
+
+PHASES = {"idle": "idle: nothing else running", "gzip_zeros": "flood: gzip-compressed zeros",
+          "ffmpeg_spinner": "flood: valid Matroska that ffmpeg spins on",
+          "burst_gzip_zeros": "burst: gzip zeros sent at once, then the clip",
+          "burst_ffmpeg_spinner": "burst: Matroska spinners at once, then the clip"}
+
+
+def _hostile_files() -> list[Path]:
+    return sorted(RESULTS.glob("hostile*.json"))
+
+
+def _limit(r: dict) -> float | None:
+    """The ratio the file's ``target`` sentence allows (``... <= 2x idle p50``)."""
+    m = re.search(r"<=\s*([\d.]+)\s*x", r.get("target", ""))
+    return float(m.group(1)) if m else None
+
+
+def _settings(r: dict) -> str:
+    s = r["setup"].get("settings") or {}
+    return " ".join(f"`{k}={v}`" for k, v in s.items()) or "defaults"
+
+
+def table_hostile() -> str:
+    rows, notes = [], []
+    for path in _hostile_files():
+        r = result(path.stem)
+        limit = _limit(r)
+        for phase, p in r["phases"].items():
+            wav, ratio = p["wav"], p.get("wav_p50_vs_idle")
+            meets = "–" if ratio is None or limit is None else ("yes" if ratio <= limit else "**no**")
+            rows.append([f"`{path.name}` ({_settings(r)})", PHASES.get(phase, phase), wav["n"], f"{wav['p50_ms']:.0f}",
+                         f"{wav['p90_ms']:.0f}", f"{wav['max_ms']:.0f}", "1× (reference)" if phase == "idle" else f"{ratio}×",
+                         f"≤ {limit:g}×" if limit is not None else "not recorded", "–" if phase == "idle" else meets])
+        s = r["setup"]
+        notes.append(f"`{path.name}`: {s['hostile_in_flight']} hostile uploads in flight, {s['server']}; "
+                     f"{s['model']}; normal clip `{s['normal_clip']}`; {when(r['machine'])}; target: {r.get('target', '–')}.")
+    return md(["file (settings)", "phase", "normal WAVs", "p50 ms", "p90 ms", "max ms", "p50 vs idle", "target",
+               "meets"], rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def table_hostile_answers() -> str:
+    rows = []
+    for path in _hostile_files():
+        r = result(path.stem)
+        for phase, p in r["phases"].items():
+            if phase == "idle":
+                webm = f"p50 {p['webm']['p50_ms']:.0f} ms (n={p['webm']['n']})"
+                rows.append([f"`{path.name}`", PHASES["idle"], "–", "–", "–", webm, "–"])
+                continue
+            size = p.get("upload_bytes")
+            answers = ", ".join(f"{k}: {v:,}" for k, v in p["hostile_answers"].items())
+            webm = ", ".join(f"{k}: {v}" for k, v in p.get("webm_answers_under_attack", {}).items()) or "–"
+            cpu = p.get("ffmpeg_cpu_s_per_hostile_upload")
+            rows.append([f"`{path.name}`", PHASES.get(phase, phase), f"{size:,} B" if size else "–", answers,
+                         _lat(p.get("hostile_latency"), ("p50_ms", "p90_ms", "max_ms")), webm,
+                         "–" if cpu is None else f"{cpu} s"])
+    return md(["file", "phase", "hostile upload", "hostile answers", "hostile latency ms p50 / p90 / max",
+               "the clip as WebM (ffmpeg)", "ffmpeg CPU per hostile upload"], rows)

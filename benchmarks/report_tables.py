@@ -1,0 +1,192 @@
+"""The tables of figures of the accuracy, prepare, train, serving and scale benchmarks, and the helpers
+every table shares; :mod:`report` writes them into the docs (``report_serving`` holds the rest)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+@cache
+def result(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def ci(summary: dict) -> str:
+    lo, hi = summary["ci95"]
+    return f"{pct(summary['accuracy'])} [{pct(lo)}, {pct(hi)}]"
+
+
+def weakest(per_class: dict) -> str:
+    label, v = min(per_class.items(), key=lambda kv: kv[1]["recall"])
+    return f"`{label}` {pct(v['recall'])}"
+
+
+def md(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def ms(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+# --------------------------------------------------------------------------- real speech
+def table_real() -> str:
+    """The README's one table: the served recipe vs the original model on the same clips."""
+    r = result("real")["candidates"]["recipe"]
+    ours, orig = r["ours"], r["original"]
+    legacy = result("serving")["inprocess"]["results"]["legacy"]
+    # the original model has no _silence_ class: its weakest class is taken among the ones it can answer
+    answerable = {k: v for k, v in orig["per_class"].items() if k != "_silence_"}
+    rows = [["**served recipe** (`conf/` defaults)", ours["n"], f"**{ci(ours)}**", weakest(ours["per_class"]),
+             pct(ours["per_class"]["_unknown_"]["recall"]), pct(ours["per_class"]["_silence_"]["recall"]),
+             ms(ours["latency_p50_ms"])],
+            ["original model (`../shared/baselines/original_cnn`)", orig["n"], ci(orig), weakest(answerable),
+             pct(orig["per_class"]["_unknown_"]["recall"]), "– (no such class)", f"{ms(legacy['p50_ms'])} ¹"]]
+    return md(["model", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`", "`_silence_`",
+               "p50 ms/clip"], rows) + ("\n\n¹ the original project's way of serving (librosa at 22.05 kHz + Keras "
+                                        "`predict` per request), `bench_serving.py`, 1 s clips in-process")
+
+
+def table_real_per_class() -> str:
+    r = result("real")["candidates"]["recipe"]
+    ours, orig = r["ours"]["per_class"], r["original"]["per_class"]
+    rows = [[f"`{label}`", v["n"], f"{pct(v['recall'])} [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]",
+             pct(orig[label]["recall"]) if label in orig else "–"] for label, v in ours.items()]
+    return md(["class", "clips", "served recipe % [95 % CI]", "original model %"], rows)
+
+
+def table_recipe() -> str:
+    """The served recipe's configuration as ``bench_real.py`` recorded it with the figures above."""
+    def flat(d: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            out += flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"`{prefix}{k}={json.dumps(v)}`"]
+        return out
+
+    cfg = result("real")["candidates"]["recipe"]["config"]
+    groups = {"features": cfg["features"], "model": cfg["model"], "train": cfg["train"],
+              "prepare.augment": cfg["augment"],
+              "prepare": {k: cfg[k] for k in ("unknown_percentage", "silence_percentage")}}
+    return md(["group", "keys"], [[f"`{g}`", " ".join(flat(v))] for g, v in groups.items()])
+
+
+def _candidate_rows(candidates: dict, source: str | None = None) -> list[list]:
+    rows = []
+    for name, e in candidates.items():
+        o, g = e["ours"], e["original"]
+        row = [f"`{name}`", len(e["folds"]), o["n"], ci(o), weakest(o["per_class"]),
+               pct(o["per_class"]["_unknown_"]["recall"]), ci(g) if g else "–"]
+        rows.append(row + ([f"`{source}`"] if source else [f"{e['params_count']:,}", ms(o["latency_p50_ms"])]))
+    return rows
+
+
+def table_real_candidates() -> str:
+    return md(["candidate", "folds", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`",
+               "original model, same clips", "params", "p50 ms/clip"], _candidate_rows(result("real")["candidates"]))
+
+
+def table_screens() -> str:
+    """Every screening run: one row per candidate of every ``real_screen*.json``."""
+    rows = []
+    for path in sorted(RESULTS.glob("real_screen*.json")):
+        rows += _candidate_rows(result(path.stem)["candidates"], path.name)
+    return md(["candidate", "folds", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`",
+               "original model, same clips", "file"], rows)
+
+
+def table_screen_overrides() -> str:
+    rows = []
+    for path in sorted(RESULTS.glob("real_screen*.json")):
+        for name, e in result(path.stem)["candidates"].items():
+            rows.append([f"`{name}`", " ".join(f"`{o}`" for o in e["overrides"]) or "(conf/ defaults then)"])
+    return md(["candidate", "overrides on `data=speech_commands_real`"], rows)
+
+
+def table_posthoc() -> str:
+    rows = []
+    for path in sorted(RESULTS.glob("real_posthoc*.json")):
+        for rule, s in result(path.stem)["rules"].items():
+            rows.append([f"`{path.name}`", rule, ci(s), pct(s["min_recall"]), pct(s["recall"]["_unknown_"]),
+                         pct(s["recall"]["go"])])
+    return md(["file", "rule", "accuracy % [95 % CI]", "weakest class", "`_unknown_`", "`go`"], rows)
+
+
+# --------------------------------------------------------------------------- speed
+def table_prepare() -> str:
+    r = result("prepare")
+    res, art = r["results"], r["artifacts"]
+    rows = [["original (librosa 22.05 kHz per file → JSON)", res["original"]["seconds_median"],
+             res["original"]["clips_per_s"], f"{art['original_json_bytes'] / 1e6:.2f} MB JSON"],
+            [f"kws prepare ({res['ours']['workers']} workers → NPZ)", res["ours"]["seconds_median"],
+             res["ours"]["clips_per_s"], f"{art['ours_npz_bytes'] / 1e6:.2f} MB NPZ"],
+            ["kws prepare, 1 worker", res["ours_1_worker"]["seconds_median"], res["ours_1_worker"]["clips_per_s"], "–"],
+            ["**ratio**", f"**{r['speedup']}× faster**", f"(1 worker: {r['speedup_1_worker']}×)",
+             f"**{r['size_reduction']}× smaller**"]]
+    return md([f"{r['dataset']['word_clips']} synthetic clips", "s (median)", "clips/s", "artifact"], rows)
+
+
+def table_train() -> str:
+    rows = [[f"`{name}`", f"{m['params_count']:,}", f"{m['seconds_per_epoch']:.2f}", m["best_epoch"],
+             f"{m['test_accuracy_synthetic']:.3f}", f"{m['test_macro_f1_synthetic']:.3f}", m["tflite_agreement"],
+             f"{100 * m['real_digits_unknown_share']:.0f} %"] for name, m in result("train")["results"].items()]
+    return md(["model", "params", "s/epoch", "best epoch", "synthetic test acc", "macro F1", "TFLite agreement",
+               "real digits → `_unknown_`"], rows)
+
+
+def table_serving_inprocess() -> str:
+    res = result("serving")["inprocess"]["results"]
+    rows = [[f"`{name}`", ms(m["p50_ms"]), ms(m["p90_ms"]), ms(m["p99_ms"]), ms(m["mean_ms"]),
+             f"{m['speedup_p50_vs_legacy']}×" if "speedup_p50_vs_legacy" in m else "1×"] for name, m in res.items()]
+    return md(["in-process, per 1 s clip (ms)", "p50", "p90", "p99", "mean", "speed-up p50"], rows)
+
+
+def table_serving_http() -> str:
+    h = result("serving")["http"]
+    rows = [[f"`{name}`", f"{m['requests']:,}", f"{m['requests_per_s']:.1f}", f"{m['latency_ms']['p50']:.1f}",
+             f"{m['latency_ms']['p90']:.1f}", f"{m['latency_ms']['p99']:.1f}", m["non_2xx_3xx"], sum(m["socket_errors"].values())]
+            for name, m in h["results"].items()]
+    return md([f"nginx → Waitress ({h['waitress_threads']} threads), wrk {h['duration_s']} s, "
+               f"{h['connections']} connections", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
+               "socket errors"], rows)
+
+
+def table_scale() -> str:
+    st = result("scale")["stages"]
+    rate = {"download": lambda s: f"{s['transfer_mb_s']} MB/s transfer, {s['clips']:,} clips",
+            "prepare": lambda s: f"{s['extractions_per_s']} featurized examples/s ({s['examples']:,})",
+            "train": lambda s: f"{s['s_per_step']} s/step ({s['examples_per_s']} examples/s)",
+            "evaluate": lambda s: f"{s['clips_per_s']} clips/s ({s['n_test']:,} test + {s['n_canonical']:,} canonical)"}
+    rows = [[name, f"{s['wall_s']} s", f"{s['peak_rss_mb'] / 1000:.2f} GB", f"{s['disk']['mb']:,.1f} MB",
+             rate[name](s) if name in rate else "–"] for name, s in st.items()]
+    t = st["train"]
+    return md(["stage", "wall", "peak RSS", "disk", "throughput"], rows) + (
+        f"\n\nA full training run, extrapolated: {t['s_per_step']} s/step × {t['full_epoch_steps']:,} steps per epoch "
+        f"× {t['conf_epochs']} epochs ≈ {t['extrapolated_full_training_s'] / 60:.0f} min "
+        "(conf/'s defaults at the time of the run).")
+
+
+def table_scale_targets() -> str:
+    return md(["target", "measured", "pass"],
+              [[t["target"], t["measured"], "yes" if t["pass"] else "**no**"] for t in result("scale")["targets"]])
+
+
+def when(machine: dict) -> str:
+    """The run's date and the machine's load, as the result file recorded them."""
+    load = " / ".join(str(x) for x in machine["loadavg_1_5_15min"])
+    return (f"{machine['date'][:16].replace('T', ' ')} UTC, {machine['cpu_count']} cores ({machine['cpu_model']}), "
+            f"load average {load} (1 / 5 / 15 min)")
+
+
+def target(section: dict, file: str) -> str:
+    """A section's own ``target`` field, or the plain statement that the file records none."""
+    return section["target"] if section.get("target") else f"not recorded in `{file}`"

@@ -1,0 +1,102 @@
+"""The docs against what they describe: generated tables equal to the results, links that resolve,
+result files small enough for git, and the README's commands the ones CI runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_RESULT_BYTES = 500_000
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("report", REPO / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _report()
+DOCS = [p for p in report.docs() if p.is_file()]
+
+
+def test_every_table_agrees_with_the_results():
+    assert report.stale() == [], "run `python benchmarks/report.py` to regenerate them"
+
+
+def test_every_marker_names_a_known_table():
+    for path in DOCS:
+        for m in report.MARKER.finditer(path.read_text()):
+            assert m.group(2) in report.TABLES, f"{path.name}: unknown table {m.group(2)!r}"
+
+
+def test_the_readme_has_its_one_results_table():
+    names = [m.group(2) for m in report.MARKER.finditer((REPO / "README.md").read_text())]
+    assert names == ["real"]
+
+
+def test_a_changed_figure_is_reported_stale(tmp_path):
+    """Edit one figure of a generated table: the check names that table, and a rewrite restores it."""
+    text = (REPO / "README.md").read_text()
+    table = next(report.MARKER.finditer(text)).group(0)
+    tampered = table.replace(next(iter(re.findall(r"\d+\.\d", table))), "12.3", 1)
+    assert tampered != table
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n\n" + tampered + "\n")
+    assert report.stale([doc]) == [f"{doc}: table real"]
+    assert report.rewrite(tampered) == table
+
+
+def test_an_unknown_table_is_an_error():
+    with pytest.raises(KeyError, match="no-such-table"):
+        report.rewrite("<!-- table:no-such-table -->\n<!-- /table -->")
+
+
+def _links():
+    for path in DOCS:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # code blocks hold commands, not links
+        for target in LINK.findall(text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            yield path, target
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("doc,target", [(p.relative_to(REPO).as_posix(), t) for p, t in _links()])
+def test_every_relative_link_points_to_a_file(doc, target):
+    name, _, anchor = target.partition("#")
+    path = (REPO / doc).parent / name
+    assert path.exists(), f"{doc} links to missing {target}"
+    if anchor:
+        assert anchor in _anchors(path), f"{doc} links to {target}: no such heading in {name}"
+
+
+def test_no_tracked_result_file_is_over_the_limit():
+    files = subprocess.run(["git", "ls-files", "-z", "benchmarks/results"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    sizes = {f: (REPO / f).stat().st_size for f in files if f and (REPO / f).is_file()}
+    assert sizes, "no result files tracked under benchmarks/results"
+    assert {f: s for f, s in sizes.items() if s > MAX_RESULT_BYTES} == {}
+
+
+def test_the_readme_shows_the_commands_ci_runs():
+    """`.ci/run` runs the README's set-up and test commands; both stay in the README as they are."""
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    for command in ("./scripts/setup.sh", ".venv/bin/python -m pytest"):
+        assert command in ci and f"\n{command}\n" in readme
+
+
+def test_the_readme_is_short():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 150
