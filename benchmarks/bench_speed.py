@@ -7,7 +7,7 @@ beside what it replaces, in the same run.
    zero-filled shifts, each through the features and the runtime on its own, re-implemented
    here as it was, with numpy's default BLAS threads as before), ``one_pass`` (today's rule:
    one feature pass, the ±40 ms views sliced from it, one runtime call, with the service's
-   single BLAS thread, :func:`kws.serving.predictor.single_threaded_blas`) with float32 and with
+   single BLAS thread, :func:`kws.serving.runtimes.single_threaded_blas`) with float32 and with
    int8, and the clip alone.
 2. **Accuracy** on the bundle's held-out test split (``--features``: ``test_examples.json``, every
    example rendered from the clips again as ``kws.stages.evaluate.bundle_accuracy`` does), for

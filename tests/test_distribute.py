@@ -87,7 +87,7 @@ def test_mirrored_on_two_logical_cpus_bounded_epochs_and_unknown_words_in_one_ru
 
     import keras
 
-    from kws.serving.predictor import TFLiteRuntime
+    from kws.serving.runtimes import TFLiteRuntime
 
     model = keras.models.load_model(tmp_path / "model" / "model.keras", compile=False)
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}

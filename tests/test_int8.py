@@ -20,6 +20,7 @@ from kws.audio import load_file
 from kws.bundle import INFO_FILE, TFLITE_FILE, TFLITE_INT8_FILE, int8_check
 from kws.errors import BundleError, ConfigError
 from kws.serving import predictor as pm
+from kws.serving import registry
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech_commands_sample"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -89,10 +90,10 @@ def test_int8_asked_for_but_absent_is_a_bundle_error(int8_bundle, tmp_path):
     plain = _copy(int8_bundle, tmp_path / "plain", drop_int8=True)
     with pytest.raises(BundleError, match=f"no {TFLITE_INT8_FILE}.*KWS_RUNTIME=tflite"):
         pm.Predictor(plain, runtime="tflite_int8")
-    pm.reset()
+    registry.reset()
     with pytest.raises(BundleError, match=TFLITE_INT8_FILE):
-        pm.get_predictor(plain, runtime="tflite_int8")
-    pm.reset()
+        registry.get_predictor(plain, runtime="tflite_int8")
+    registry.reset()
 
 
 def test_a_broken_int8_file_is_a_bundle_error(int8_bundle, tmp_path):
@@ -124,7 +125,7 @@ def test_the_app_serves_the_int8_model(int8_bundle, word_clips):
     assert resp.status_code == 200, body
     assert body["model"]["runtime"] == "tflite_int8" and body["keyword"] in json.loads(
         (int8_bundle / "labels.json").read_text())["labels"]
-    pm.reset()
+    registry.reset()
 
 
 def test_int8_check_applies_the_loss_rule(int8_bundle):

@@ -234,7 +234,7 @@ def test_logit_offsets_shift_the_exported_models_log_probabilities(tmp_path, mon
     import keras
     import numpy as np
 
-    from kws.serving.predictor import TFLiteRuntime
+    from kws.serving.runtimes import TFLiteRuntime
 
     features = tiny_features_dir(tmp_path, kind="logmel", n_train=96, unknown_words=unknown_words)
     labels = json.loads((features / "meta.json").read_text())["labels"]

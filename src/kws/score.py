@@ -396,7 +396,7 @@ def run(args: argparse.Namespace) -> dict:
     for name in ("workers", "batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    from kws.serving.predictor import int8_preferred
+    from kws.serving.runtimes import int8_preferred
 
     runtime = args.runtime
     if runtime == "auto":  # what the service would load

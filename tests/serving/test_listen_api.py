@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kws.atomic import staged_dir
-from kws.serving import predictor as pm
+from kws.serving import registry
 from kws.serving.app import create_app
 from tests.support.bundles import long_recording
 from tests.support.listen import L16, OCTET, chunks, encoded, offline_detections, quantized, to_f32, to_s16
@@ -178,7 +178,7 @@ def test_a_session_keeps_answering_across_a_champion_swap(tmp_path, bundle, clip
             assert r.status_code == 200, r.get_data(as_text=True)
             answers.append(r.get_json())
     finally:
-        pm.reset()
+        registry.reset()
     versions = [a["model"]["version"] for a in answers]
     assert versions == ["test-1"] * 18 + ["test-2"] * (len(answers) - 18)
     found = [(d["keyword"], a["model"]["version"]) for a in answers for d in a["detections"]]
@@ -224,4 +224,4 @@ def test_sessions_use_the_bundles_operating_point(tmp_path, bundle, recording):
                  for d in _send(c, opened["session"], chunk).get_json()["detections"]]
         assert found == []  # nothing of the tiny model reaches 0.99 averaged over 0.75 s
     finally:
-        pm.reset()
+        registry.reset()

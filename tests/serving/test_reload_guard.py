@@ -15,6 +15,7 @@ import requests
 
 from kws.errors import BundleError
 from kws.serving import predictor as pm
+from kws.serving import registry
 from tests.support.processes import ApiProcess
 from tests.support.serving import metric_value
 
@@ -86,13 +87,13 @@ def test_the_warm_up_answer_check(bundle):
 
 
 def test_a_reload_never_falls_back_to_the_other_runtime(tmp_path, bundle):
-    pm.reset()
+    registry.reset()
     model_dir = tmp_path / "model"
     shutil.copytree(bundle, model_dir)
-    first = pm.get_predictor(model_dir, runtime="tflite")
+    first = registry.get_predictor(model_dir, runtime="tflite")
     (model_dir / "model.tflite").write_bytes(b"not a flatbuffer" * 100)
     rejected = []
-    assert pm.reload_if_changed(model_dir, runtime="tflite", on_reject=lambda: rejected.append(1)) is None
-    assert pm.reload_if_changed(model_dir, runtime="tflite", on_reject=lambda: rejected.append(1)) is None
-    assert rejected == [1] and pm.get_predictor(model_dir, runtime="tflite") is first
-    pm.reset()
+    assert registry.reload_if_changed(model_dir, runtime="tflite", on_reject=lambda: rejected.append(1)) is None
+    assert registry.reload_if_changed(model_dir, runtime="tflite", on_reject=lambda: rejected.append(1)) is None
+    assert rejected == [1] and registry.get_predictor(model_dir, runtime="tflite") is first
+    registry.reset()

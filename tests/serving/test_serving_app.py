@@ -12,6 +12,7 @@ from kws.audio import load_file
 from kws.bundle import read_meta
 from kws.errors import ConfigError
 from kws.serving import predictor as pm
+from kws.serving import registry
 from kws.serving.app import create_app, load_config
 from tests.support.bundles import wav_bytes
 from tests.support.serving import offline_scores
@@ -48,13 +49,13 @@ def test_config_from_environment_and_overrides():
 
 
 def test_no_bundle_health_ok_ready_503(tmp_path):
-    pm.reset()
+    registry.reset()
     c = _client(model_dir=str(tmp_path / "missing"), retry_s=0)
     assert c.get("/health").get_json() == {"status": "ok"}
     _err(c.post("/predict", data={"file": (io.BytesIO(b"RIFF"), "a.wav")}), 503, "model_not_found")
     _err(c.get("/ready"), 503, "model_not_found")
     _err(c.get("/model"), 503, "model_not_found")
-    pm.reset()
+    registry.reset()
 
 
 def test_keras_runtime_through_the_app_matches_model_predict(bundle, keras_model, clips):

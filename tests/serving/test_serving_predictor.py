@@ -12,6 +12,7 @@ from kws.bundle import read_meta
 from kws.errors import BundleError, ModelNotFoundError
 from kws.labels import SILENCE, UNKNOWN
 from kws.serving import predictor as pm
+from kws.serving import registry
 from tests.support.bundles import long_recording
 from tests.support.serving import offline_scores
 
@@ -141,7 +142,7 @@ def test_silence_only_long_audio(tflite):
 
 
 def test_singleton_loads_once_under_concurrency(bundle, monkeypatch):
-    pm.reset()
+    registry.reset()
     calls = []
     real = pm.Predictor
 
@@ -149,23 +150,23 @@ def test_singleton_loads_once_under_concurrency(bundle, monkeypatch):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(pm, "Predictor", counting)
+    monkeypatch.setattr(registry, "Predictor", counting)
     got = []
-    threads = [threading.Thread(target=lambda: got.append(pm.get_predictor(bundle, stride_s=0.5))) for _ in range(8)]
+    threads = [threading.Thread(target=lambda: got.append(registry.get_predictor(bundle, stride_s=0.5))) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(calls) == 1 and len(got) == 8 and all(g is got[0] for g in got)
-    assert pm.peek(bundle, stride_s=0.5)[0] == "ready"
-    pm.reset()
+    assert registry.peek(bundle, stride_s=0.5)[0] == "ready"
+    registry.reset()
 
 
 def test_missing_and_broken_bundles(tmp_path, bundle):
-    pm.reset()
+    registry.reset()
     with pytest.raises(ModelNotFoundError):
-        pm.get_predictor(tmp_path / "nope")
-    assert pm.peek(tmp_path / "nope")[0] == "failed"
+        registry.get_predictor(tmp_path / "nope")
+    assert registry.peek(tmp_path / "nope")[0] == "failed"
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in bundle.iterdir():
@@ -178,7 +179,7 @@ def test_missing_and_broken_bundles(tmp_path, bundle):
     (broken / "model.tflite").write_bytes((bundle / "model.tflite").read_bytes())
     with pytest.raises(BundleError, match="outputs"):
         pm.Predictor(broken, runtime="tflite")
-    pm.reset()
+    registry.reset()
 
 
 def test_short_clips_are_scored_with_test_time_shifts(bundle, tflite, clips):

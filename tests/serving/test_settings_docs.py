@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kws.errors import ConfigError
-from kws.serving import predictor, settings
+from kws.serving import predictor, runtimes, settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "settings.md"
@@ -46,7 +46,7 @@ def test_the_image_sets_only_known_settings():
 
 
 def test_the_table_agrees_with_the_predictor():
-    assert settings.RUNTIMES == predictor.RUNTIMES
+    assert settings.RUNTIMES == runtimes.RUNTIMES
     assert settings.DEFAULT_TTA_SHIFTS_MS == tuple(predictor.DEFAULT_TTA_SHIFTS_MS)
 
 

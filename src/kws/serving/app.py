@@ -6,7 +6,7 @@ Settings (``create_app(config)`` keys override the ``KWS_*`` environment): one t
 Live model updates: ``promote`` swaps a new bundle into ``model_dir`` (mount its PARENT folder
 in a container, so the swapped-in folder is visible). Every ``reload_s`` seconds, on SIGHUP, or
 on ``POST /admin/reload``, the service loads and warms the new bundle beside the old one and
-swaps predictors atomically (:func:`kws.serving.predictor.reload_if_changed`): no request fails,
+swaps predictors atomically (:func:`kws.serving.registry.reload_if_changed`): no request fails,
 and ``/model`` reports the new version.
 """
 
@@ -25,9 +25,9 @@ from werkzeug.exceptions import HTTPException
 
 from kws.errors import KWSError
 from kws.logs import setup_logging
-from kws.serving import predictor as predictor_mod
-from kws.serving import overload
+from kws.serving import overload, registry
 from kws.serving.metrics import Metrics
+from kws.serving.predictor import Predictor
 from kws.serving.settings import load_config  # noqa: F401 - the app's settings (also imported from here)
 from kws.serving.uploads import LenientFormDataParser
 
@@ -54,14 +54,14 @@ class InMemoryRequest(Request):
 
 
 class ServiceState:
-    """Per-app handle on the process-wide predictor (see :func:`kws.serving.predictor.get_predictor`)."""
+    """Per-app handle on the process-wide predictor (see :func:`kws.serving.registry.get_predictor`)."""
 
     def __init__(self, config: dict[str, Any], metrics: Metrics):
         self.config = config
         self.metrics = metrics
         self._loader: threading.Thread | None = None
         self._loader_lock = threading.Lock()
-        self.on_ready: list[Callable[[predictor_mod.Predictor], None]] = []
+        self.on_ready: list[Callable[[Predictor], None]] = []
         self._announced = False
         self._announce_lock = threading.Lock()
         self.draining = False  # SIGTERM received: /ready says 503, in-flight requests finish
@@ -76,13 +76,13 @@ class ServiceState:
                 "long_audio_s": c["long_audio_s"], "stride_s": c["window_stride_s"],
                 "detection_threshold": c["detection_threshold"], "tta_shifts_ms": c["tta_shifts_ms"]}
 
-    def predictor(self) -> predictor_mod.Predictor:
+    def predictor(self) -> Predictor:
         """The loaded predictor (loading it now if needed); raises a 503 :class:`KWSError` if unavailable."""
-        pred = predictor_mod.get_predictor(**self._args, retry_s=self.config["retry_s"])
+        pred = registry.get_predictor(**self._args, retry_s=self.config["retry_s"])
         self._loaded(pred)
         return pred
 
-    def _loaded(self, pred: predictor_mod.Predictor) -> None:
+    def _loaded(self, pred: Predictor) -> None:
         if self._announced:
             return
         with self._announce_lock:
@@ -96,7 +96,7 @@ class ServiceState:
 
     def reload_now(self) -> dict[str, Any] | None:
         """Swap in a new bundle if ``model_dir`` holds one: ``{"from": ..., "to": ...}``, else ``None``."""
-        swapped = predictor_mod.reload_if_changed(**self._args, on_reject=self.metrics.reload_rejected.inc)
+        swapped = registry.reload_if_changed(**self._args, on_reject=self.metrics.reload_rejected.inc)
         if swapped is None:
             return None
         old, new = swapped
@@ -134,7 +134,7 @@ class ServiceState:
                 log.exception("model reload check failed")
 
     def status(self) -> tuple[str, Any]:
-        state, value = predictor_mod.peek(**self._args)
+        state, value = registry.peek(**self._args)
         if state == "ready":
             self._loaded(value)
         return state, value

@@ -1,17 +1,8 @@
-"""The keyword-spotting service: one model bundle per process, TFLite or Keras runtime.
+"""The keyword-spotting predictor: a loaded model bundle and its runtime, answering audio.
 
-* :func:`get_predictor` returns the process-wide :class:`Predictor` for a configuration —
-  created ONCE (lock + double-checked), warmed up with a full inference (feature code and
-  interpreter) before it is handed out. A failed load is remembered and retried at most every
-  ``retry_s`` seconds, so a bundle mounted late is picked up without a restart.
-* Runtimes (``KWS_RUNTIME``): :class:`TFLiteRuntime` over the bundle's float32 ``model.tflite``
-  (``tflite``) or its int8 ``model_int8.tflite`` (``tflite_int8``), one interpreter per thread
-  via ``threading.local`` (interpreters are cheap and one must never be shared between
-  threads), and :class:`KerasRuntime` (``keras``: one ``tf.function`` over the Keras model;
-  thread-safe). ``auto`` (the service's default) is int8 where the bundle's export check passed
-  it (``model_info.json`` ``int8.default``: its accuracy within 0.5 points of float32's,
-  :func:`kws.bundle.int8_check`), else float32 TFLite. TFLite is several times faster than
-  Keras in-process for one clip (``benchmarks/bench_serving.py``) and needs no TensorFlow.
+* The runtime (TFLite float32 or int8, or Keras) comes from :func:`kws.serving.runtimes.load_runtime`;
+  the process-wide predictors and their live reload are :mod:`kws.serving.registry`'s. A
+  predictor records its bundle's identity (:func:`bundle_fingerprint`) for that reload.
 * Features come from :func:`kws.features.extract` (log-mel or MFCC, as the bundle says) — the same code the training pipeline used,
   with the bundle's ``features.json``.
 * A short clip is scored with test-time shifts (:data:`DEFAULT_TTA_SHIFTS_MS`) in ONE feature pass
@@ -20,17 +11,12 @@
   (every frame depends on its own window only), and the views go to the runtime as one batch.
   Shifts are therefore whole feature hops; a setting that is not is rounded to the nearest hop
   (half a hop away from zero), logged, and ``describe()`` shows the shifts in use.
-* Live model updates: :func:`reload_if_changed` compares the bundle's fingerprint (folder
-  identity, model file, ``model_info.json``) with the loaded one; when ``promote`` has swapped a
-  new bundle in, the new predictor is loaded and warmed BESIDE the old one and then replaces it
-  in one assignment. Requests that hold the old predictor finish on it; nothing fails. A bundle
-  that is missing (mid-swap) or broken is not loaded; the old one keeps serving. A reload accepts
-  only a bundle that loads with the CONFIGURED runtime (no fallback to the other one) and whose
-  warm-up answers are sane (:meth:`Predictor.check_answer`); a refused bundle is logged once.
 * Long audio is scanned with 1 s windows every ``stride_s`` seconds, all windows batched into
   as few runtime calls as possible, and the window scores are fed in time order to the
   streaming detector (:class:`kws.streaming.detector.StreamDetector`: smoothing, minimum count,
   suppression) with the bundle's operating point (``detector.json``) when it has one.
+* A freshly loaded predictor is warmed up with a full inference, and its warm-up answers are
+  checked (:meth:`Predictor.check_answer`): a model that loads but is broken is refused.
 """
 
 from __future__ import annotations
@@ -38,177 +24,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from kws.audio import fix_length, time_shift
-from kws.bundle import KERAS_FILE, TFLITE_FILE, TFLITE_INT8_FILE, BundleMeta, read_meta
+from kws.audio import fix_length
+from kws.bundle import TFLITE_FILE, BundleMeta, read_meta
 from kws.errors import BundleError, ConfigError, KWSError
 from kws.features import clip_features, extract
 from kws.labels import SILENCE, UNKNOWN
+from kws.serving.runtimes import load_runtime, single_threaded_blas
 from kws.streaming.detector import DetectorSettings, StreamDetector
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "tflite", "tflite_int8", "keras")
 #: Test-time shifts of a short clip (ms): the clip is scored as it is and moved two 20 ms feature
 #: hops earlier and later (zero-filled, like the training time shift); the class scores are
 #: averaged. Whole hops, so that one feature pass serves all three views (the module's doc);
 #: ±40 vs ±60 ms were measured on real speech (benchmarks/bench_speed.py, results/speed.json).
 #: ``KWS_TTA_SHIFTS_MS=0`` turns it off.
 DEFAULT_TTA_SHIFTS_MS = (0, -40, 40)
-
-
-# --------------------------------------------------------------------------- runtimes
-class Runtime(Protocol):
-    name: str
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """``(n, frames, n_coeffs, 1)`` float32 -> ``(n, n_labels)`` softmax scores."""
-
-
-class TFLiteRuntime:
-    """TFLite (LiteRT) interpreter, one per thread.
-
-    Each thread keeps interpreters for a few fixed batch sizes (``buckets``); a request with
-    ``n`` windows runs in chunks of the largest bucket, the last chunk padded up to the
-    smallest bucket that holds it. Fixed shapes mean no ``allocate_tensors`` per request.
-    """
-
-    def __init__(self, path: Path, num_threads: int = 1, buckets: Sequence[int] = (1, 8, 32), name: str = "tflite"):
-        self.name = name
-        self._file = Path(path).name
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:  # pragma: no cover - depends on the installation
-            try:
-                from tensorflow.lite import Interpreter  # type: ignore[no-redef]
-            except ImportError:
-                raise BundleError("no TFLite interpreter installed (pip install ai-edge-litert)") from None
-        self._Interpreter = Interpreter
-        self._content = Path(path).read_bytes()
-        self._threads = max(1, int(num_threads))
-        self._buckets = tuple(sorted({int(b) for b in buckets if int(b) >= 1})) or (1,)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self.interpreters = 0  # how many were created (one set per serving thread)
-        probe = self._make(1)  # fails here, at load time, on a bad flatbuffer
-        self.input_shape = tuple(int(d) for d in probe[0].get_input_details()[0]["shape"][1:])
-        self.n_outputs = int(probe[0].get_output_details()[0]["shape"][-1])
-
-    def _make(self, batch: int):
-        try:
-            interp = self._Interpreter(model_content=self._content, num_threads=self._threads)
-            inp = interp.get_input_details()[0]
-            if int(inp["shape"][0]) != batch:
-                interp.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]], strict=False)
-            interp.allocate_tensors()
-        except (ValueError, RuntimeError) as err:
-            raise BundleError(f"{self._file} cannot be loaded: {err}") from None
-        with self._lock:
-            self.interpreters += 1
-        return interp, interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-
-    def _get(self, batch: int):
-        cache = getattr(self._local, "by_batch", None)
-        if cache is None:
-            cache = self._local.by_batch = {}
-        if batch not in cache:
-            cache[batch] = self._make(batch)
-        return cache[batch]
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n, biggest = len(x), self._buckets[-1]
-        out = []
-        for start in range(0, n, biggest):
-            part = x[start:start + biggest]
-            size = next(b for b in self._buckets if b >= len(part))
-            if size != len(part):
-                part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), np.float32)])
-            interp, inp, outp = self._get(size)
-            interp.set_tensor(inp, part)
-            interp.invoke()
-            out.append(interp.get_tensor(outp)[: min(biggest, n - start)].copy())
-        return np.concatenate(out) if len(out) > 1 else out[0]
-
-    def warm(self) -> None:
-        """Create this thread's interpreters for every bucket and run each once."""
-        for b in self._buckets:
-            self.infer(np.zeros((b, *self.input_shape), np.float32))
-
-
-class KerasRuntime:
-    """The Keras model behind one ``tf.function`` with a fixed input signature (no retracing)."""
-
-    name = "keras"
-
-    def __init__(self, path: Path):
-        try:
-            import keras
-            import tensorflow as tf
-        except ImportError:
-            raise BundleError("the keras runtime needs tensorflow and keras installed") from None
-        try:
-            self.model = keras.saving.load_model(str(path), compile=False)
-        except Exception as err:  # noqa: BLE001 - keras raises many types for a bad file
-            raise BundleError(f"{KERAS_FILE} cannot be loaded: {err}") from None
-        shape = tuple(self.model.inputs[0].shape[1:])
-        self.input_shape = tuple(int(d) for d in shape)
-        self.n_outputs = int(self.model.outputs[0].shape[-1])
-        model = self.model
-        spec = tf.TensorSpec([None, *self.input_shape], tf.float32)
-        self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return self._fn(np.ascontiguousarray(x, dtype=np.float32)).numpy()
-
-    def warm(self) -> None:
-        self.infer(np.zeros((1, *self.input_shape), np.float32))
-
-
-def int8_preferred(meta: BundleMeta) -> bool:
-    """Whether the bundle's export check chose its int8 model (``model_info.json`` ``int8.default``)."""
-    check = meta.info.get("int8")
-    return isinstance(check, dict) and check.get("default") is True and (meta.path / TFLITE_INT8_FILE).is_file()
-
-
-def load_runtime(meta: BundleMeta, runtime: str, threads: int = 1, fallback: bool = True,
-                 buckets: Sequence[int] = (1, 8, 32)) -> Runtime:
-    """``runtime`` (see :data:`RUNTIMES`); when it cannot be loaded and ``fallback``, the next one.
-
-    ``auto`` is ``tflite_int8`` where :func:`int8_preferred`, else ``tflite``. An explicit
-    ``tflite_int8`` never falls back: a bundle without ``model_int8.tflite`` is a BundleError.
-    """
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    if runtime == "tflite_int8" and not (meta.path / TFLITE_INT8_FILE).is_file():
-        raise BundleError(f"runtime tflite_int8 asked for, but the bundle at {meta.path} has no {TFLITE_INT8_FILE} "
-                          "(exported before int8 quantization): re-run the train stage, or use KWS_RUNTIME=tflite")
-    if runtime == "auto":
-        order = (["tflite_int8"] if int8_preferred(meta) else []) + ["tflite", "keras"]
-    elif runtime == "tflite_int8":
-        order = ["tflite_int8"]
-    else:
-        order = [runtime] + [r for r in ("tflite", "keras") if r != runtime]
-    order = order if fallback else order[:1]
-    errors = []
-    for name in order:
-        try:
-            if name == "keras":
-                return KerasRuntime(meta.path / KERAS_FILE)
-            file = TFLITE_INT8_FILE if name == "tflite_int8" else TFLITE_FILE
-            return TFLiteRuntime(meta.path / file, num_threads=threads, buckets=buckets, name=name)
-        except KWSError as err:
-            errors.append(err.message)
-            if name != order[-1]:
-                log.warning("%s runtime unavailable (%s); falling back to the next", name, err.message)
-    raise BundleError("; ".join(errors))
 
 
 def shift_frames(shifts_ms: Sequence[float], cfg) -> tuple[int, ...]:
@@ -220,28 +58,6 @@ def shift_frames(shifts_ms: Sequence[float], cfg) -> tuple[int, ...]:
     if moved:
         log.warning("test-time shifts must be whole feature hops (%g ms): rounded %s ms", hop_ms, ", ".join(moved))
     return frames or (0,)
-
-
-_blas_limited = False
-
-
-def single_threaded_blas() -> None:
-    """Limit the BLAS library (OpenBLAS under numpy) to one thread, once per process.
-
-    A clip's feature matmul is tiny: BLAS worker threads bring nothing to it, and on a busy
-    machine the calling thread spins waiting for workers that are not scheduled, which made the
-    feature pass the slowest step of an answer (benchmarks/results/speed.json). The serving
-    threads (Waitress) and ``kws-score``'s processes are the parallelism instead.
-    """
-    global _blas_limited
-    if _blas_limited:
-        return
-    _blas_limited = True
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with librosa's scikit-learn
-        return
-    threadpool_limits(limits=1, user_api="blas")
 
 
 # --------------------------------------------------------------------------- results
@@ -356,7 +172,10 @@ class Predictor:
         if not np.all(np.isfinite(scores)):
             raise BundleError(f"the model answered {what} with NaN or infinite scores")
         sums = scores.astype(np.float64).sum(axis=1)
-        if np.any(np.abs(sums - 1.0) > 1e-3) or np.any(scores < -1e-6):
+        # an int8 model's softmax is quantized to steps of 1/256, so its rows sum to 1 only within
+        # about one step per label; a broken model misses 1 by far more than that
+        tolerance = 1e-3 if self.runtime.name != "tflite_int8" else len(self.labels) / 256
+        if np.any(np.abs(sums - 1.0) > tolerance) or np.any(scores < -1e-6):
             raise BundleError(f"the model's scores for {what} are not probabilities (sums {sums.min():.4g}.."
                               f"{sums.max():.4g}, expected 1)")
 
@@ -512,122 +331,3 @@ def bundle_fingerprint(model_dir: str | Path) -> str | None:
     digest = hashlib.sha256(info)
     digest.update(f"{folder.st_ino}:{folder.st_mtime_ns}:{model.st_ino}:{model.st_size}:{model.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- the singleton
-_lock = threading.Lock()
-_reload_lock = threading.Lock()
-_rejected: dict[tuple, str] = {}  # key -> fingerprint of a bundle that failed to load (not retried)
-_instances: dict[tuple, Predictor] = {}
-_failures: dict[tuple, tuple[float, KWSError]] = {}
-_loading: set[tuple] = set()
-
-
-def _key(model_dir: str | Path, runtime: str, threads: int, long_audio_s: float, stride_s: float,
-         detection_threshold: float, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS) -> tuple:
-    return (str(Path(model_dir).resolve()), runtime, int(threads), float(long_audio_s), float(stride_s),
-            float(detection_threshold), tuple(float(ms) for ms in tta_shifts_ms))
-
-
-def get_predictor(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_audio_s: float = 1.5,
-                  stride_s: float = 0.25, detection_threshold: float = 0.6, retry_s: float = 5.0,
-                  tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS) -> Predictor:
-    """The process-wide predictor for this configuration, loaded once (lock + double-checked).
-
-    Raises the load error (a :class:`KWSError`, 503) when the bundle cannot be loaded; the
-    load is retried after ``retry_s`` seconds.
-    """
-    key = _key(model_dir, runtime, threads, long_audio_s, stride_s, detection_threshold, tta_shifts_ms)
-    inst = _instances.get(key)
-    if inst is not None:  # fast path, no lock
-        return inst
-    with _lock:
-        inst = _instances.get(key)
-        if inst is not None:
-            return inst
-        failed = _failures.get(key)
-        if failed and time.monotonic() - failed[0] < retry_s:
-            raise failed[1]
-        _loading.add(key)
-        try:
-            inst = Predictor(model_dir, runtime=runtime, threads=threads, long_audio_s=long_audio_s,
-                             stride_s=stride_s, detection_threshold=detection_threshold, tta_shifts_ms=tta_shifts_ms)
-        except KWSError as err:
-            _failures[key] = (time.monotonic(), err)
-            log.error("model bundle not loaded: %s", err.message)
-            raise
-        except Exception as err:  # noqa: BLE001 - any loader failure becomes a clean 503
-            wrapped = BundleError(f"the model bundle at {model_dir} could not be loaded: {err}")
-            _failures[key] = (time.monotonic(), wrapped)
-            log.exception("model bundle not loaded")
-            raise wrapped from None
-        finally:
-            _loading.discard(key)
-        _failures.pop(key, None)
-        _instances[key] = inst
-        log.info("model %s v%s loaded from %s (%s runtime, %d labels) in %.2f s", inst.model_name,
-                 inst.model_version, inst.meta.path, inst.runtime.name, len(inst.labels), inst.load_seconds)
-        return inst
-
-
-def peek(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_audio_s: float = 1.5,
-         stride_s: float = 0.25, detection_threshold: float = 0.6,
-         tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS) -> tuple[str, Predictor | KWSError | None]:
-    """Non-blocking state: ``("ready", predictor)``, ``("loading", None)``, ``("failed", error)`` or ``("absent", None)``."""
-    key = _key(model_dir, runtime, threads, long_audio_s, stride_s, detection_threshold, tta_shifts_ms)
-    if key in _instances:
-        return "ready", _instances[key]
-    if key in _loading:
-        return "loading", None
-    if key in _failures:
-        return "failed", _failures[key][1]
-    return "absent", None
-
-
-def reload_if_changed(model_dir: str | Path, runtime: str = "tflite", threads: int = 1, long_audio_s: float = 1.5,
-                      stride_s: float = 0.25, detection_threshold: float = 0.6,
-                      tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS,
-                      on_reject: Callable[[], None] | None = None) -> tuple[Predictor, Predictor] | None:
-    """Swap in the bundle now at ``model_dir`` if it is not the loaded one: ``(old, new)``, else ``None``.
-
-    Nothing happens before the first load (that is :func:`get_predictor`'s job), while the
-    folder is absent or incomplete (``promote`` is mid-swap), or when this very bundle already
-    failed to load (logged once, ``on_reject`` called once). The new predictor must load with
-    ``runtime`` itself (no fallback: a broken ``model.tflite`` must not become a Keras model of
-    three times the memory) and pass the warm-up answer check; it is built and warmed while the
-    old one keeps serving, then replaces it atomically.
-    """
-    key = _key(model_dir, runtime, threads, long_audio_s, stride_s, detection_threshold, tta_shifts_ms)
-    with _reload_lock:  # one reload at a time; readers never wait for it
-        old = _instances.get(key)
-        if old is None:
-            return None
-        fp = bundle_fingerprint(model_dir)
-        if fp is None or fp == old.fingerprint or _rejected.get(key) == fp:
-            return None
-        try:
-            new = Predictor(model_dir, runtime=runtime, threads=threads, long_audio_s=long_audio_s,
-                            stride_s=stride_s, detection_threshold=detection_threshold, tta_shifts_ms=tta_shifts_ms,
-                            fallback=False)
-        except Exception as err:  # noqa: BLE001 - a bad bundle must never take the service down
-            message = err.message if isinstance(err, KWSError) else f"{type(err).__name__}: {err}"
-            if bundle_fingerprint(model_dir) == fp:  # not a swap in progress: this bundle is broken
-                _rejected[key] = fp
-                log.error("new model bundle at %s NOT loaded, still serving %s v%s (%s runtime): %s", model_dir,
-                          old.model_name, old.model_version, old.runtime.name, message)
-                if on_reject is not None:
-                    on_reject()
-            return None
-        _rejected.pop(key, None)
-        _instances[key] = new
-        log.info("model reloaded: %s v%s -> %s v%s (%s, loaded and warmed in %.2f s)", old.model_name,
-                 old.model_version, new.model_name, new.model_version, model_dir, new.load_seconds)
-        return old, new
-
-
-def reset() -> None:
-    """Forget every loaded predictor (tests)."""
-    with _lock:
-        _instances.clear()
-        _failures.clear()
-        _rejected.clear()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 from kws.errors import ConfigError
 
-RUNTIMES = ("auto", "tflite", "tflite_int8", "keras")  # kws.serving.predictor.RUNTIMES (checked by a test; no heavy import here)
+RUNTIMES = ("auto", "tflite", "tflite_int8", "keras")  # kws.serving.runtimes.RUNTIMES (checked by a test; no heavy import here)
 DEFAULT_TTA_SHIFTS_MS = (0, -40, 40)  # kws.serving.predictor.DEFAULT_TTA_SHIFTS_MS (idem)
 
 
