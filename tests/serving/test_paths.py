@@ -14,7 +14,7 @@ from tests.support.nginx import NginxProcess, TEMPLATE
 from tests.support.paths import NGINX_DIR
 from tests.support.processes import ApiProcess
 from kws.serving.app import create_app
-from kws.serving.openapi import OPERATOR_ROUTES, PUBLIC_ROUTES
+from kws.serving.openapi import OPERATOR_ROUTES, PUBLIC_ROUTES, STREAM_ROUTES
 from tests.support.nginx import nginx_or_skip
 
 TOKEN = "test-admin-token"
@@ -152,11 +152,13 @@ def test_nginx_and_the_api_list_the_same_routes():
     app = create_app({"preload": False})
     rules = {r.rule for r in app.url_map.iter_rules() if r.endpoint != "static"}
     routes = set(PUBLIC_ROUTES) | set(OPERATOR_ROUTES)
-    assert rules == routes | {"/api" + r for r in routes}
+    served = routes | set(STREAM_ROUTES)
+    assert rules == served | {"/api" + r for r in served}
     from kws.serving.openapi import document
 
-    assert set(document()["paths"]) == routes
-    assert set(document(public=True)["paths"]) == set(PUBLIC_ROUTES)
+    streams = {r.replace("<sid>", "{session}") for r in STREAM_ROUTES}
+    assert set(document()["paths"]) == routes | streams
+    assert set(document(public=True)["paths"]) == set(PUBLIC_ROUTES) | streams
     site = TEMPLATE.read_text()
     lists: dict[str, set[str]] = {"public": set(), "operator": set()}
     for names, body in re.findall(r"location ~ \^\(\?:/api\)\?\(/(?:\(\?:)?([^)]*)\)?\)\$ \{(.*?)\n    \}", site, re.S):
@@ -164,6 +166,9 @@ def test_nginx_and_the_api_list_the_same_routes():
         kind = "operator" if "allow " in body else "public"
         lists[kind] |= {"/" + name.replace("\\.", ".") for name in names.split("|")}
     assert lists == {"public": set(PUBLIC_ROUTES), "operator": set(OPERATOR_ROUTES)}, lists
+    # the stream routes have their own location (pinned by session), proxied to the api at /stream[/ID]
+    stream = re.search(r"location ~ \^\(\?:/api\)\?\(/stream\(\?:/\[A-Za-z0-9_-\]\+\)\?\)\$ \{(.*?)\n    \}", site, re.S)
+    assert stream and "proxy_pass http://kws_api_stream;" in stream.group(1) and "rewrite" in stream.group(1)
 
 
 def test_the_page_links_an_openapi_description_a_public_visitor_can_read(proxies):
@@ -179,4 +184,5 @@ def test_the_page_links_an_openapi_description_a_public_visitor_can_read(proxies
     import json
 
     doc = json.loads(body)
-    assert doc["openapi"].startswith("3.") and set(doc["paths"]) == set(PUBLIC_ROUTES)
+    assert doc["openapi"].startswith("3.") and set(doc["paths"]) == set(PUBLIC_ROUTES) | {
+        r.replace("<sid>", "{session}") for r in STREAM_ROUTES}

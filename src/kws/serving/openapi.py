@@ -17,6 +17,8 @@ AUDIO_TYPES = (
 #: tests/serving/test_paths.py checks that the api, this document and nginx list the same routes.
 PUBLIC_ROUTES = ("/predict", "/health", "/ready", "/model", "/openapi.public.json")
 OPERATOR_ROUTES = ("/metrics", "/openapi.json", "/admin/reload")
+#: Live listening, public too, through nginx's own location: a session is pinned to one replica.
+STREAM_ROUTES = ("/stream", "/stream/<sid>")
 
 ERROR_CODES = {
     400: ["missing_file", "invalid_parameter", "bad_request"],
@@ -64,7 +66,8 @@ def document(version: str = "1", public: bool = False) -> dict[str, Any]:
     """The whole surface, or (``public``) only :data:`PUBLIC_ROUTES`: what nginx serves to anyone."""
     doc = _document(version)
     if public:
-        doc["paths"] = {path: spec for path, spec in doc["paths"].items() if path in PUBLIC_ROUTES}
+        doc["paths"] = {path: spec for path, spec in doc["paths"].items()
+                        if path in PUBLIC_ROUTES or path in stream_openapi.PATHS}
     return doc
 
 
