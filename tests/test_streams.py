@@ -165,6 +165,8 @@ def stage_run(sample_dir, repo, tmp_path_factory):
             {"root": str(sample_dir), "labels": labels, "noise_files": noise, "examples": examples, "digest": split}))
     cwd = os.getcwd()
     os.chdir(root)  # MLflow's embedded store (mlflow.db, mlruns/) lands here
+    env = pytest.MonkeyPatch()
+    env.delenv("MLFLOW_TRACKING_URI", raising=False)  # the embedded store, whatever an earlier test left set
     try:
         tracking.setup("kws")
         with mlflow.start_run() as run:
@@ -175,6 +177,7 @@ def stage_run(sample_dir, repo, tmp_path_factory):
         metrics = run_stream(cfg, features, model, root / "reports")
     finally:
         os.chdir(cwd)
+        env.undo()
     return root, model, metrics, run.info.run_id
 
 

@@ -294,11 +294,13 @@ def test_dvc_plots_show_is_offline_and_draws_each_figure_once(project, tracked_r
     assert [t for t, _ in parser.tags if t == "script"] == []
     images = [attrs["src"] for tag, attrs in parser.tags if tag == "img"]
     assert sorted(images) == ["static/workspace_reports_evaluate_confusion_matrix.png",
+                              "static/workspace_reports_stream_det.png",
                               "static/workspace_reports_train_training_curves.png"], images
     for src in images:
         assert (index.parent / src).stat().st_size > 1000
     listed = json.loads(_run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project).stdout)["data"]
-    assert sorted(listed) == ["reports/evaluate/confusion_matrix.png", "reports/train/training_curves.png"]
+    assert sorted(listed) == ["reports/evaluate/confusion_matrix.png", "reports/stream/det.png",
+                              "reports/train/training_curves.png"]
     ignored = subprocess.run(["git", "check-ignore", "-q", "dvc_plots/index.html"], cwd=project)
     assert ignored.returncode == 0, "dvc_plots/ is not in .gitignore"
 

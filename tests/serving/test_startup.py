@@ -41,7 +41,7 @@ def test_port_in_use_is_one_line(tmp_path):
     ({"KWS_PORT": "70000"}, "KWS_PORT must be a port number 1..65535, got 70000"),
     ({"KWS_THREADS": "0"}, "KWS_THREADS must be at least 1, got 0"),
     ({"KWS_MAX_QUEUE": "-1"}, "KWS_MAX_QUEUE must be zero or positive, got -1"),
-    ({"KWS_RUNTIME": "onnx"}, "KWS_RUNTIME must be one of tflite, keras, got 'onnx'"),
+    ({"KWS_RUNTIME": "onnx"}, "KWS_RUNTIME must be one of auto, tflite, tflite_int8, keras, got 'onnx'"),
     ({"KWS_HOST": "192.0.2.77"}, "192.0.2.77 is not an address of this machine"),
 ])
 def test_bad_settings_are_one_line(tmp_path, env, words):
