@@ -43,13 +43,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def predict_url(base: str) -> str:
+def base_url(base: str) -> str:
+    """``localhost:8000`` -> ``http://localhost:8000/``: the service's root, with a scheme and a slash."""
     base = base.strip()
     if "://" not in base:
         base = "http://" + base
-    if not base.endswith("/"):
-        base += "/"
-    return base + "predict"
+    return base if base.endswith("/") else base + "/"
+
+
+def predict_url(base: str) -> str:
+    return base_url(base) + "predict"
 
 
 class Unreachable(Exception):

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from kws.client import base_url
 from kws.errors import KWSError
 
 DEFAULT_URL = "http://localhost/"
@@ -66,13 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.fast and args.file is None:
         p.error("--fast needs --file (a microphone cannot go faster than real time)")
     return args
-
-
-def base_url(base: str) -> str:
-    base = base.strip()
-    if "://" not in base:
-        base = "http://" + base
-    return base if base.endswith("/") else base + "/"
 
 
 class StreamClient:
