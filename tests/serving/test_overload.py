@@ -28,7 +28,10 @@ def _slow_clip(clips) -> bytes:
 def test_past_the_bound_503_at_once_and_health_stays_fast(tmp_path, bundle, clips):
     nginx_or_skip()
     slow, short = _slow_clip(clips), clips["two"][0].read_bytes()
-    env = {"KWS_THREADS": "1", "KWS_MAX_QUEUE": "1", "KWS_OVERLOAD_RETRY_AFTER_S": "3", "KWS_QUEUE_WARNING_S": "60"}
+    # a fine stride makes the 60 s scan take seconds however fast the predictor gets, so the slow
+    # requests are surely still in flight when the extra ones arrive
+    env = {"KWS_THREADS": "1", "KWS_MAX_QUEUE": "1", "KWS_OVERLOAD_RETRY_AFTER_S": "3", "KWS_QUEUE_WARNING_S": "60",
+           "KWS_WINDOW_STRIDE_S": "0.02"}
     with ApiProcess(bundle, tmp_path / "api", env=env) as api, \
             NginxProcess(tmp_path / "ngx", upstream=f"127.0.0.1:{api.port}") as ngx:
         t0 = time.perf_counter()
@@ -44,11 +47,11 @@ def test_past_the_bound_503_at_once_and_health_stays_fast(tmp_path, bundle, clip
                 t = time.perf_counter()
                 resp = post_audio(url, short, "extra.wav", timeout=30)
                 answers.append((time.perf_counter() - t, resp))
+            busy = [running.done(), queued.done()]  # the extra ones were answered while both were in flight
             t = time.perf_counter()
             health = requests.get(f"{ngx.url}/health", timeout=30)
             health_s = time.perf_counter() - t
             ready = requests.get(f"{api.url}/ready", timeout=30)
-            busy = [running.done(), queued.done()]
             first, second = running.result(), queued.result()
         assert first.status_code == second.status_code == 200, (first.text[:300], second.text[:300])
         assert busy == [False, False], "the slow requests ended before the extra ones were sent"
