@@ -49,7 +49,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, SAMPLE_DIR, machine_info, table, write_result  # noqa: E402
-from kws.serving import testing as kt  # noqa: E402
+from tests.support.bundles import build_tiny_bundle  # noqa: E402
+from tests.support.processes import ApiProcess  # noqa: E402
 
 
 def gzip_zeros(size: int = 1_000_000) -> bytes:
@@ -150,6 +151,15 @@ class Hostile:
             t.join(120)
 
 
+def _server_settings(overrides: dict[str, str]) -> str:
+    """The server's decode settings in this run (its defaults, with ``--setting`` applied)."""
+    from kws.serving.settings import load_config
+
+    c = load_config(environ=overrides)
+    return (f"kws.serving.server (Waitress: {c['threads']} threads, {c['ffmpeg_concurrency']} ffmpeg decodes at "
+            f"once, {c['ffmpeg_cpu_s']:g} s CPU each, {c['ffmpeg_wait_s']:g} s wait for a decoder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=40)
@@ -166,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         model_dir = args.model_dir
         if not (model_dir / "model.tflite").is_file():
-            model_dir = kt.build_tiny_bundle(tmp / "model", sample_dir=SAMPLE_DIR)
+            model_dir = build_tiny_bundle(tmp / "model", sample_dir=SAMPLE_DIR)
         clip_path = sorted((SAMPLE_DIR / "one").glob("*.wav"))[0]
         wav = clip_path.read_bytes()
         webm = ffmpeg_file(tmp, "clip.webm", ["-i", str(clip_path), "-c:a", "libopus"])
@@ -176,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                "-t", "60", "-c:a", "flac"]), "spin.webm"),
         }
         settings = dict(item.split("=", 1) for item in args.setting)
-        api = kt.ApiProcess(model_dir, tmp / "api", env={"KWS_RELOAD_S": "0", **settings})
+        api = ApiProcess(model_dir, tmp / "api", env={"KWS_RELOAD_S": "0", **settings})
         phases, rows = {}, []
         with api:
             timed_posts(api.url, wav, "clip.wav", 5)  # warm
@@ -215,9 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                              answers, "-"])
         payload = {
             "benchmark": "bench_hostile", "machine": machine_info(),
-            "setup": {"requests": args.requests, "hostile_in_flight": args.hostile, "server": "kws.serving.server "
-                      "(Waitress; default KWS_* settings: 4 threads, 2 ffmpeg decodes at once, 0.5 s CPU each, "
-                      "0.5 s wait for a decoder)", "settings": settings,
+            "setup": {"requests": args.requests, "hostile_in_flight": args.hostile, "server": _server_settings(settings),
+                      "settings": settings,
                       "model": str(model_dir) if model_dir == args.model_dir else "tiny bundle trained now",
                       "normal_clip": str(clip_path.relative_to(SAMPLE_DIR.parent))},
             "target": "normal WAV p50 with hostile uploads in flight <= 2x idle p50",

@@ -43,7 +43,7 @@ class Limits:
     cpu_s: float = 0.5  # CPU seconds (all threads) one ffmpeg or ffprobe run may use
     wall_s: float = 10.0  # wall seconds one run may take
     concurrency: int = 2  # ffmpeg decodes at once
-    wait_s: float = 0.5  # how long a decode waits for a free slot before the request is answered "busy"
+    wait_s: float = 0.0  # how long a decode waits for a free slot before the request is answered "busy"
     nice: int = 10  # added to the children's scheduling niceness
 
 

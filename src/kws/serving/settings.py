@@ -70,12 +70,14 @@ _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     # ---- the server (kws-serve: Waitress)
     # max_queue: an accepted request waits for at most max_queue / threads requests ahead of it
-    # per worker, so max_queue = threads keeps it within about twice its idle latency
+    # per worker. The bound must let a normal burst through (8 clients at once, more than the
+    # threads, is ordinary) yet keep an accepted request's wait far below a second; nginx's
+    # KWS_MAX_PREDICTS (threads + max_queue) sheds the rest before Python sees them
     # (benchmarks/results/overload.json compares bounds).
     _S("host", "KWS_HOST", str, "0.0.0.0", "address to bind", _host, "an address"),
     _S("port", "KWS_PORT", int, 8000, "port to listen on", _port, "1..65535"),
     _S("threads", "KWS_THREADS", int, 4, "Waitress worker threads (requests handled at once)", _at_least_1, ">= 1"),
-    _S("max_queue", "KWS_MAX_QUEUE", int, 4,
+    _S("max_queue", "KWS_MAX_QUEUE", int, 8,
        "requests waiting for a worker beyond which new ones get 503 `overloaded` at once (0: no waiting)",
        _non_negative, ">= 0"),
     _S("overload_retry_after_s", "KWS_OVERLOAD_RETRY_AFTER_S", int, 1,
@@ -104,7 +106,10 @@ SETTINGS: tuple[Setting, ...] = (
        _at_least_1, ">= 1"),
     _S("ffmpeg_cpu_s", "KWS_FFMPEG_CPU_S", float, 0.5, "CPU seconds one ffmpeg or ffprobe run may use", _positive,
        "> 0"),
-    _S("ffmpeg_wait_s", "KWS_FFMPEG_WAIT_S", float, 0.5, "seconds a request waits for a free decoder, then 503 `busy`",
+    # ffmpeg_wait_s: a request waiting for a decoder holds a Waitress worker all that time, so a
+    # few hostile uploads waiting in turn would starve the WAV requests queued behind them; with
+    # no wait, the decoders are the only thing hostile uploads can hold (bench_hostile.py).
+    _S("ffmpeg_wait_s", "KWS_FFMPEG_WAIT_S", float, 0.0, "seconds a request waits for a free decoder, then 503 `busy`",
        _non_negative, ">= 0"),
     # ---- live listening (kws.serving.stream_api): bounded sessions
     _S("stream_max_sessions", "KWS_STREAM_MAX_SESSIONS", int, 64,
