@@ -13,7 +13,6 @@ import tracemalloc
 import pytest
 import soundfile as sf
 
-from tests.support.serving import assert_error
 
 MB = 1024 * 1024
 
@@ -39,6 +38,13 @@ def app(bundle):
     from kws.serving.app import create_app
 
     return create_app({"model_dir": str(bundle), "preload": False})
+
+
+def assert_error(resp, status: int, code: str) -> dict:
+    """The JSON error of a Flask test-client answer."""
+    body = resp.get_json(silent=True)
+    assert resp.status_code == status and body and body["error"]["code"] == code, (resp.status_code, resp.data[:500])
+    return body
 
 
 def _post(app, data: bytes, ctype: str = "audio/flac"):
