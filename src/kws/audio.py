@@ -21,6 +21,8 @@ import soundfile as sf
 
 from kws import ffmpeg, sniff
 from kws.errors import (
+    AudioError,
+    AudioTooLargeError,
     AudioTooLongError,
     EmptyAudioError,
     InvalidAudioError,
@@ -104,23 +106,75 @@ def load_file(path: str | Path, sample_rate: int) -> np.ndarray:
     return resample(to_mono(data), sr, sample_rate)
 
 
-def _decode_soundfile(data: bytes, max_frames_at: callable) -> tuple[np.ndarray, int, int] | None:
+#: libsndfile's frame count of a file whose length its header does not state (a FLAC written to a pipe).
+UNKNOWN_FRAMES = 2**63 - 1
+_BLOCK_FRAMES = 1 << 16  # frames read at a time from a file of unknown length
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one in-memory decode may expand to: at most ``max_duration_s`` of audio and (unless
+    None) at most ``max_samples`` decoded samples, all channels together. A few KB of compressed
+    silence can claim minutes of 8-channel 384 kHz audio: that is refused from the header, before
+    any sample is decoded (memory), and never resampled (CPU)."""
+
+    max_duration_s: float = 60.0
+    max_samples: int | None = None
+
+    def frames(self, sample_rate: int, channels: int) -> int:
+        """The most frames a decode at ``sample_rate`` with ``channels`` may hold."""
+        by_duration = math.floor(self.max_duration_s * sample_rate)
+        if self.max_samples is None:
+            return by_duration
+        return min(by_duration, self.max_samples // max(1, channels))
+
+    def check(self, frames: int, sample_rate: int, channels: int, known: bool = True) -> None:
+        """Raise :class:`AudioTooLongError` or :class:`AudioTooLargeError` when ``frames`` (``known``:
+        the file's length; else as many as were decoded before stopping) is past the budget."""
+        if frames > self.max_duration_s * sample_rate:
+            raise AudioTooLongError(f"audio is {frames / sample_rate:.1f} s long; the maximum is "
+                                    f"{self.max_duration_s:g} s")
+        if self.max_samples is not None and frames * channels > self.max_samples:
+            layout = f"{channels} channel{'s' if channels != 1 else ''}"
+            if known:
+                what = (f"{frames * channels:,} samples ({layout} x {frames:,} frames at {sample_rate:,} Hz), more "
+                        f"than the {self.max_samples:,} accepted")
+            else:
+                what = f"more than the {self.max_samples:,} samples accepted ({layout} at {sample_rate:,} Hz)"
+            raise AudioTooLargeError(f"the audio decodes to {what}; send fewer channels or a lower sample rate "
+                                     "(the model listens to 16 kHz mono)")
+
+
+def _read_all(f: sf.SoundFile, dtype: str, budget: Budget) -> np.ndarray:
+    """Every frame of ``f`` as ``(frames, channels)``, never more than ``budget`` allows."""
+    if f.frames != UNKNOWN_FRAMES:
+        budget.check(f.frames, f.samplerate, f.channels)  # from the header, before decoding anything
+        return f.read(dtype=dtype, always_2d=True)
+    limit = budget.frames(f.samplerate, f.channels)
+    blocks, got = [], 0
+    while got <= limit:  # one frame past the limit tells "too long" without decoding the rest
+        block = f.read(min(_BLOCK_FRAMES, limit + 1 - got), dtype=dtype, always_2d=True)
+        if not len(block):
+            break
+        blocks.append(block)
+        got += len(block)
+    if got > limit:
+        if got > budget.max_duration_s * f.samplerate:
+            raise AudioTooLongError(f"audio is longer than the maximum of {budget.max_duration_s:g} s")
+        budget.check(got, f.samplerate, f.channels, known=False)
+    return np.concatenate(blocks) if blocks else np.zeros((0, f.channels), dtype)
+
+
+def _decode_soundfile(data: bytes, budget: Budget) -> tuple[np.ndarray, int, int] | None:
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            if f.frames > max_frames_at(f.samplerate):
-                raise AudioTooLongError(_too_long_message(f.frames / f.samplerate, max_frames_at))
             # float64 only where the file holds it: a DOUBLE sample can be far beyond float32's range
-            out = f.read(dtype="float64" if f.subtype == "DOUBLE" else "float32", always_2d=True)
+            out = _read_all(f, "float64" if f.subtype == "DOUBLE" else "float32", budget)
             return out, f.samplerate, f.channels
-    except AudioTooLongError:
+    except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         return None
-
-
-def _too_long_message(duration: float, max_frames_at) -> str:
-    limit = max_frames_at(1)
-    return f"audio is {duration:.1f} s long; the maximum is {limit:g} s"
 
 
 def usable(frames: np.ndarray) -> np.ndarray:
@@ -148,20 +202,19 @@ class Decoder:
         self.limits = limits or ffmpeg.Limits()
         self.gate = ffmpeg.Gate(self.limits)
 
-    def decode(self, data: bytes, sample_rate: int = 16000, max_duration_s: float = 60.0) -> Audio:
+    def decode(self, data: bytes, sample_rate: int = 16000, max_duration_s: float = 60.0,
+               max_samples: int | None = None) -> Audio:
         """Decode ``data`` (bytes of any common audio format) to mono float32 at ``sample_rate``.
+        ``max_samples`` (None: no bound) bounds what libsndfile may decode in memory, all channels
+        together (:class:`Budget`); ffmpeg's output is mono at ``sample_rate`` already.
 
         Raises :class:`EmptyAudioError`, :class:`UnsupportedAudioError`, :class:`AudioTooLongError`,
-        :class:`InvalidAudioError`, :class:`~kws.errors.DecoderBusyError` or
+        :class:`AudioTooLargeError`, :class:`InvalidAudioError`, :class:`~kws.errors.DecoderBusyError` or
         :class:`~kws.errors.StorageUnavailableError`.
         """
         if not data:
             raise EmptyAudioError("the upload is empty (0 bytes)")
-
-        def max_frames_at(sr: int) -> float:
-            return max_duration_s * sr
-
-        got = _decode_soundfile(data, max_frames_at)
+        got = _decode_soundfile(data, Budget(max_duration_s, max_samples))
         if got is not None:
             frames, src_sr, channels = got
             samples = resample(usable(frames), src_sr, sample_rate)
@@ -174,7 +227,7 @@ class Decoder:
             with self.gate.slot():
                 decoded, src_sr, channels = ffmpeg.decode(data, fmt, sample_rate, max_duration_s, self.limits)
             samples = usable(decoded)
-            if len(samples) > max_frames_at(sample_rate):
+            if len(samples) > max_duration_s * sample_rate:
                 raise AudioTooLongError(f"audio is longer than the maximum of {max_duration_s:g} s")
         if samples.size == 0:
             raise EmptyAudioError("the upload decodes to no audio samples")
@@ -184,9 +237,10 @@ class Decoder:
 _default = Decoder()
 
 
-def decode(data: bytes, sample_rate: int = 16000, max_duration_s: float = 60.0) -> Audio:
+def decode(data: bytes, sample_rate: int = 16000, max_duration_s: float = 60.0,
+           max_samples: int | None = None) -> Audio:
     """:meth:`Decoder.decode` with the default limits (one process-wide bound on ffmpeg decodes)."""
-    return _default.decode(data, sample_rate, max_duration_s)
+    return _default.decode(data, sample_rate, max_duration_s, max_samples)
 
 
 def check_not_silent(samples: np.ndarray) -> None:

@@ -108,6 +108,14 @@ class AudioTooLongError(AudioError):
     status = 422
 
 
+class AudioTooLargeError(AudioError):
+    """Channels x frames past the decode budget: a small upload that would expand to far more samples
+    (memory, resampling CPU) than its size suggests."""
+
+    code = "audio_too_large"
+    status = 413
+
+
 class DecoderBusyError(KWSError):
     """Every ffmpeg decode slot stayed taken for the whole wait: retry in ``retry_after_s`` seconds."""
 

@@ -23,6 +23,8 @@ from kws import sniff
 from kws.audio import Decoder, decode
 from kws.errors import DecoderBusyError, UnsupportedAudioError
 from kws.ffmpeg import Limits
+from kws.serving.openapi import document
+from tests.support.openapi import assert_documented
 from tests.support.processes import ApiProcess
 from tests.support.serving import assert_error, ffmpeg_convert, post_audio
 
@@ -145,6 +147,7 @@ def test_the_service_answers_busy_with_retry_after(bundle, formats):
         resp = client.post("/predict", data=formats["matroska/webm"], content_type="audio/webm")
         assert resp.status_code == 503 and resp.json["error"]["code"] == "busy", resp.json
         assert int(resp.headers["Retry-After"]) >= 1
+        assert_documented(document(), "POST", "/predict", resp.status_code, resp.json, resp.headers)
         assert client.post("/predict", data=formats["wav/wav"], content_type="audio/wav").status_code == 200
     finally:
         release.set()
@@ -208,7 +211,9 @@ def test_an_os_error_while_staging_is_a_503_not_a_traceback(tmp_path, bundle, fo
                            str(tmp_path / "clip.m4a")], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ok, status, body, _ = json.loads(proc.stdout.strip().splitlines()[-1])
+    ok, status, body, retry_after = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (ok, status) == (200, 503), body
     assert body["error"]["code"] == "storage_unavailable" and "retry" in body["error"]["message"]
+    assert_documented(document(), "POST", "/predict", status, body,
+                      {} if retry_after is None else {"Retry-After": retry_after})
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

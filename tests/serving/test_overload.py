@@ -14,7 +14,9 @@ import requests
 from tests.support.bundles import long_recording, wav_bytes
 from tests.support.nginx import NginxProcess
 from tests.support.processes import ApiProcess
+from kws.serving.openapi import document
 from kws.serving.overload import RateLimitFilter
+from tests.support.openapi import assert_documented
 from tests.support.nginx import nginx_or_skip
 from tests.support.serving import assert_error, post_audio
 
@@ -59,6 +61,7 @@ def test_past_the_bound_503_at_once_and_health_stays_fast(tmp_path, bundle, clip
             body = assert_error(resp, 503, "overloaded")
             assert resp.headers["Retry-After"] == "3" and "retry in 3 s" in body["error"]["message"]
             assert body["request_id"] == resp.headers["X-Request-ID"]
+            assert_documented(document(), "POST", "/predict", resp.status_code, body, resp.headers)
             # answered without waiting for the busy worker (which needs slow_s for each slow request)
             assert seconds < min(0.25, slow_s / 4), (seconds, slow_s)
         assert health.status_code == 200 and health.json() == {"status": "ok"} and health_s < min(0.25, slow_s / 4)

@@ -125,7 +125,8 @@ def predict() -> Response:
     top_k = _top_k(cfg["top_k"])
     data, filename = _read_audio()
     pred = state.predictor()
-    audio = current_app.extensions["kws_decoder"].decode(data, pred.cfg.sample_rate, cfg["max_duration_s"])
+    audio = current_app.extensions["kws_decoder"].decode(data, pred.cfg.sample_rate, cfg["max_duration_s"],
+                                                         cfg["max_decoded_samples"])
     del data
     check_not_silent(audio.samples)
     t0 = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kws.serving import stream_openapi
+from kws.serving.openapi_errors import ERRORS, NO_MODEL, any_path, responses
 
 AUDIO_TYPES = (
     "audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac", "audio/ogg",
@@ -19,44 +20,6 @@ PUBLIC_ROUTES = ("/predict", "/health", "/ready", "/model", "/openapi.public.jso
 OPERATOR_ROUTES = ("/metrics", "/openapi.json", "/admin/reload")
 #: Live listening, public too, through nginx's own location: a session is pinned to one replica.
 STREAM_ROUTES = ("/stream", "/stream/<sid>")
-
-ERROR_CODES = {
-    400: ["missing_file", "invalid_parameter", "bad_request"],
-    401: ["unauthorized"],
-    403: ["forbidden"],
-    404: ["not_found"],
-    405: ["method_not_allowed"],
-    413: ["payload_too_large"],
-    415: ["unsupported_media_type"],
-    422: ["empty_audio", "silent_audio", "invalid_audio", "audio_too_long", "bad_audio"],
-    500: ["internal_error"],
-    503: ["model_not_found", "bad_bundle", "model_loading", "shutting_down", "overloaded"],
-}
-
-_DESCRIPTIONS = {
-    400: "Bad request: no audio (`missing_file`) or a bad `threshold`/`top_k` (`invalid_parameter`).",
-    401: "Missing or wrong admin token.",
-    403: "Not served here (admin endpoints without KWS_ADMIN_TOKEN, or private behind nginx).",
-    404: "No such endpoint.",
-    405: "Method not allowed for this endpoint.",
-    413: "The upload is larger than the limit (KWS_MAX_UPLOAD_MB), or a multipart body with too many parts.",
-    415: "Not audio in a format we can decode, or an unsupported Content-Type.",
-    422: "Decoded but unusable: empty, silent, NaN/Inf samples or longer than the maximum duration.",
-    500: "Unexpected server error (details are only in the server log).",
-    503: "The model bundle is not loaded (missing, invalid or still loading), the service is shutting down, or "
-         "it is overloaded (`overloaded`, with `Retry-After`: too many requests waiting; retry then).",
-}
-
-
-def _error(status: int) -> dict:
-    return {
-        "description": _DESCRIPTIONS[status],
-        "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Error"},
-            "example": {"error": {"code": ERROR_CODES[status][0], "message": "..."}},
-        }},
-    }
-
 
 def _json(ref: str, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
@@ -114,19 +77,24 @@ def _document(version: str) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json("Prediction", "The recognised keyword (and detections for audio longer than ~1.5 s)."),
-                        **{str(s): _error(s) for s in (400, 405, 413, 415, 422, 500, 503)},
+                        **responses("/predict", "missing_file", "invalid_parameter", "bad_request",
+                                    "payload_too_large", "audio_too_large", "unsupported_media_type", "empty_audio",
+                                    "silent_audio", "invalid_audio", "audio_too_long", "model_error", *NO_MODEL,
+                                    "busy", "storage_unavailable"),
                     },
                 },
             },
             "/health": {"get": {"summary": "Liveness: the process answers", "responses": {
-                "200": _json("Health", "Always 200 while the process runs.")}}},
+                "200": _json("Health", "Always 200 while the process runs."), **responses("/health")}}},
             "/ready": {"get": {"summary": "Readiness: the model is loaded", "responses": {
-                "200": _json("Ready", "Model loaded and warmed up."), "503": _error(503)}}},
+                "200": _json("Ready", "Model loaded and warmed up."),
+                **responses("/ready", "shutting_down", "model_loading", *NO_MODEL)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
                 "description": "Prometheus text exposition format.",
-                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+                "content": {"text/plain": {"schema": {"type": "string"}}}}, **responses("/metrics", "forbidden")}}},
             "/model": {"get": {"summary": "Metadata of the loaded bundle", "responses": {
-                "200": _json("ModelMeta", "Labels, feature parameters, metrics and model info."), "503": _error(503)}}},
+                "200": _json("ModelMeta", "Labels, feature parameters, metrics and model info."),
+                **responses("/model", *NO_MODEL)}}},
             "/admin/reload": {"post": {
                 "summary": "Swap in a new champion bundle now (also: SIGHUP, or polling every KWS_RELOAD_S)",
                 "description": "Needs `Authorization: Bearer <KWS_ADMIN_TOKEN>`; off (403) when KWS_ADMIN_TOKEN is "
@@ -134,22 +102,25 @@ def _document(version: str) -> dict[str, Any]:
                 "responses": {"200": {"description": "`reloaded` says whether a new bundle was swapped in; `model` "
                                       "is the one served now.",
                                       "content": {"application/json": {"schema": {"type": "object"}}}},
-                              "401": _error(401), "403": _error(403), "503": _error(503)}}},
+                              **responses("/admin/reload", "unauthorized", "forbidden", *NO_MODEL)}}},
             "/openapi.json": {"get": {"summary": "This document, the whole surface (private behind nginx)",
                                       "responses": {"200": {"description": "OpenAPI 3 document.", "content": {
-                                          "application/json": {"schema": {"type": "object"}}}}}}},
+                                          "application/json": {"schema": {"type": "object"}}}},
+                                          **responses("/openapi.json", "forbidden")}}},
             "/openapi.public.json": {"get": {"summary": "This document, the public routes only (served to anyone)",
                                              "responses": {"200": {"description": "OpenAPI 3 document.", "content": {
-                                                 "application/json": {"schema": {"type": "object"}}}}}}},
+                                                 "application/json": {"schema": {"type": "object"}}}},
+                                                 **responses("/openapi.public.json")}}},
         },
         "components": {
+            "responses": any_path(),
             "schemas": {
                 "Error": {
                     "type": "object", "required": ["error"],
                     "properties": {"error": {
                         "type": "object", "required": ["code", "message"],
                         "properties": {
-                            "code": {"type": "string", "enum": sorted({c for cs in ERROR_CODES.values() for c in cs})},
+                            "code": {"type": "string", "enum": sorted(ERRORS)},
                             "message": {"type": "string"},
                         },
                     }, "request_id": {"type": "string"}},

@@ -54,10 +54,10 @@ class BoundedDispatcher(ThreadedTaskDispatcher):
         for t in self._lane_threads:
             t.start()
 
-    def waiting(self) -> int:
-        """Requests queued that no idle worker is about to take."""
+    def waiting(self, extra: int = 0) -> int:
+        """Requests queued (plus ``extra`` about to be) that no idle worker is about to take."""
         idle = len(self.threads) - self.stop_count - self.active_count
-        return max(0, len(self.queue) - idle)
+        return max(0, len(self.queue) + extra - idle)
 
     def add_task(self, task) -> None:
         request = task.requests[0] if getattr(task, "requests", None) else None
@@ -66,7 +66,7 @@ class BoundedDispatcher(ThreadedTaskDispatcher):
             self._lane.put((task, False))
             return
         with self.lock:
-            full = self.waiting() >= self.max_queue
+            full = self.waiting(extra=1) > self.max_queue  # would this one wait past the bound?
         if full:
             self.shed_count += 1
             if self.on_shed is not None:

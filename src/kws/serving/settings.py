@@ -122,6 +122,10 @@ SETTINGS: tuple[Setting, ...] = (
     _S("max_upload_mb", "KWS_MAX_UPLOAD_MB", float, 10.0, "upload limit in MB (nginx reads the same variable)",
        _positive, "> 0"),
     _S("max_duration_s", "KWS_MAX_DURATION_S", float, 60.0, "longest audio accepted (seconds)", _positive, "> 0"),
+    # 12,000,000: a minute of stereo at 96 kHz, about 48 MB as float32 per request in flight
+    _S("max_decoded_samples", "KWS_MAX_DECODED_SAMPLES", int, 12_000_000,
+       "samples (all channels together) an upload may decode to in memory (more: 413 `audio_too_large`)",
+       _at_least_1, ">= 1"),
     _S("window_stride_s", "KWS_WINDOW_STRIDE_S", float, 0.25, "stride of the 1 s windows over long audio (s)",
        _positive, "> 0"),
     _S("long_audio_s", "KWS_LONG_AUDIO_S", float, 1.5, "longer audio is scanned for detections (s)", _positive, "> 0"),

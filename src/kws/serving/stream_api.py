@@ -12,7 +12,7 @@
 * ``DELETE /stream/<id>`` closes it.
 
 Every refusal is a JSON 4xx with its own code and never touches another session (see
-``stream_openapi.ERRORS``). Behind nginx the session id is the proxy's ``$request_id`` of the
+``openapi_errors.ERRORS``). Behind nginx the session id is the proxy's ``$request_id`` of the
 opening request (header ``X-KWS-Session``), and nginx routes ``/stream/<id>`` by a consistent
 hash of that id, so with ``--scale api=N`` every chunk of a session reaches the replica holding
 it. SIGTERM: no new session (503 ``shutting_down``); chunks already received are answered

@@ -4,37 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The error codes of the live-listening endpoints, by HTTP status.
-ERRORS = {
-    400: ["invalid_parameter"],
-    404: ["unknown_session"],
-    409: ["out_of_order", "session_busy", "session_model_changed"],
-    410: ["session_closed", "session_expired"],
-    413: ["chunk_too_large"],
-    415: ["unsupported_media_type"],
-    422: ["empty_chunk", "bad_chunk_length", "invalid_samples", "wrong_sample_rate", "bad_channels"],
-    429: ["too_many_sessions"],
-    503: ["model_not_found", "bad_bundle", "model_loading", "shutting_down"],
-}
-
-_DESCRIPTIONS = {
-    400: "A bad `threshold` or `seq`, or `application/octet-stream` without `?format=s16|f32`.",
-    404: "No such session on this server (never opened, or the server restarted): open a new one.",
-    409: "`out_of_order`: `seq` is not the next chunk's number; `session_busy`: an earlier chunk of the session "
-         "is still being scored; `session_model_changed`: the new model works at another sample rate.",
-    410: "The session was closed, or expired after KWS_STREAM_IDLE_S without a chunk: open a new one.",
-    413: "The chunk is larger than KWS_STREAM_MAX_CHUNK_BYTES (send ~200 ms per request).",
-    415: "Not a raw audio Content-Type: send `audio/L16;rate=16000` or `application/octet-stream`.",
-    422: "Empty, not a whole number of samples, NaN/Inf samples, another sample rate, or more than one channel.",
-    429: "KWS_STREAM_MAX_SESSIONS sessions are open on this server; close one or retry later.",
-    503: "The model is not loaded, or the service is shutting down (no new sessions).",
-}
-
-
-def _error(status: int) -> dict:
-    return {"description": _DESCRIPTIONS[status], "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Error"},
-        "example": {"error": {"code": ERRORS[status][0], "message": "..."}}}}}
+from kws.serving.openapi_errors import NO_MODEL, responses
 
 
 def _json(ref: str, description: str) -> dict:
@@ -54,7 +24,7 @@ PATHS: dict[str, Any] = {
                         "schema": {"type": "number", "minimum": 0, "maximum": 1},
                         "description": "The session's detection threshold (default: the model's operating point)."}],
         "responses": {"201": _json("StreamSession", "The session, its sample rate, chunk limits and detector."),
-                      **{str(s): _error(s) for s in (400, 429, 503)}},
+                      **responses("/stream", "invalid_parameter", "too_many_sessions", "shutting_down", *NO_MODEL)},
     }},
     "/stream/{session}": {
         "post": {
@@ -73,12 +43,16 @@ PATHS: dict[str, Any] = {
                                          "example": "16-bit big-endian samples (RFC 2586)"},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "responses": {"200": _json("StreamChunk", "What this chunk completed."),
-                          **{str(s): _error(s) for s in (400, 404, 409, 410, 413, 415, 422, 503)}},
+                          **responses("/stream/{session}", "invalid_parameter", "bad_request", "unknown_session",
+                                      "out_of_order", "session_busy", "session_model_changed", "session_closed",
+                                      "session_expired", "chunk_too_large", "payload_too_large",
+                                      "unsupported_media_type", "empty_chunk", "bad_chunk_length", "invalid_samples",
+                                      "wrong_sample_rate", "bad_channels", "bad_scores", *NO_MODEL)},
         },
         "delete": {"summary": "Close a session", "parameters": [_SESSION], "responses": {
             "200": {"description": "Closed: its chunk and detection counts.",
                     "content": {"application/json": {"schema": {"type": "object"}}}},
-            **{str(s): _error(s) for s in (404, 410)}}},
+            **responses("/stream/{session}", "unknown_session", "session_closed", "session_expired")}},
     },
 }
 
@@ -115,9 +89,8 @@ SCHEMAS: dict[str, Any] = {
 
 
 def extend(doc: dict[str, Any]) -> dict[str, Any]:
-    """Add the live-listening paths, schemas and error codes to the service's document."""
+    """Add the live-listening paths and schemas to the service's document (their error codes are
+    among :data:`kws.serving.openapi_errors.ERRORS`)."""
     doc["paths"].update(PATHS)
     doc["components"]["schemas"].update(SCHEMAS)
-    codes = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
-    codes["enum"] = sorted(set(codes["enum"]) | {c for cs in ERRORS.values() for c in cs})
     return doc
