@@ -207,3 +207,65 @@ def table_hostile_answers() -> str:
                          "–" if cpu is None else f"{cpu} s"])
     return md(["file", "phase", "hostile upload", "hostile answers", "hostile latency ms p50 / p90 / max",
                "the clip as WebM (ffmpeg)", "ffmpeg CPU per hostile upload"], rows)
+
+
+# --------------------------------------------------------------------------- issue 19: live listening
+def _ms3(s: dict) -> str:
+    return f"{s['p50_ms']:.0f} / {s['p90_ms']:.0f} / {s['p99_ms']:.0f} / {s['max_ms']:.0f}"
+
+
+def table_listen() -> str:
+    r = result("listen")
+    c, ch, words = r["config"], r["chunks"], r["words"]
+    rows = [["chunk answer (sent → answer)", _ms3(r["chunk_answer"])],
+            ["behind real time (answer − capture of the chunk's last sample)", _ms3(r["behind_real_time"])],
+            ["detection after the window that decided it", _ms3(r["detection_latency_after_deciding_window"])],
+            ["detection after the end of the placed 1 s utterance", _ms3(r["detection_latency_after_utterance_end"])]]
+    return md([f"{c['sessions']} sessions × {c['duration_s']:g} s, {c['chunk_ms']:g} ms chunks (ms)",
+               "p50 / p90 / p99 / max"], rows) + (
+        f"\n\nChunks: {ch['answered_200']:,} of {ch['expected']:,} answered 200, {ch['errors']} errors. Words: "
+        f"{words['hits']} of {words['placed']} placed keywords found, {words['misses']} missed, "
+        f"{words['wrong_or_extra']} wrong or extra. Waitress {c['waitress_threads']} threads; {c['clients']}; "
+        f"model {c['model']}; {when(r['machine'])}.")
+
+
+# --------------------------------------------------------------------------- the README's serving summary
+def _http_rows() -> list[list]:
+    rows = []
+    for path in sorted(RESULTS.glob("serving_threads*.json")):
+        h = result(path.stem)["http"]
+        ours = h["results"]["ours"]
+        rows.append([f"HTTP through nginx, wrk {h['connections']} connections, Waitress {h['waitress_threads']} threads",
+                     f"{ours['requests_per_s']:.0f} req/s, p50 {ours['latency_ms']['p50']:.0f} ms, "
+                     f"{ours['errors_total']} errors", f"`{path.name}`"])
+    return rows
+
+
+def table_serving_summary() -> str:
+    """One row per serving benchmark: its headline figure and the file it comes from."""
+    speed = result("speed")["latency"]["results"]
+    rows = [[f"in-process, 1 s clip, file bytes → answer ({name})", f"p50 {speed[key]['p50_ms']:.2f} ms",
+             "`speed.json`"] for key, name in (("one_pass_40ms_float32", "served rule, float32"),
+                                                 ("one_pass_40ms_int8", "served rule, int8"))
+            if key in speed]
+    rows += _http_rows()
+    k = result("speed")["kws_score"]
+    rows.append([f"`kws-score`, {k['clips']:,} real clips", f"{k['batched']['clips_per_s']:.0f} clips/s "
+                 f"({k['batched']['workers']} workers)", "`speed.json`"])
+    over = [run for run in result("overload")["runs"] if run.get("nginx_max_predicts")]
+    for run in over[:1]:
+        w = run["wrk"]
+        rows.append([f"overload: {result('overload')['connections']} connections, {_bound(run)}",
+                     f"max {w['latency_ms']['max']:.0f} ms, socket errors {sum(w['socket_errors'].values())}",
+                     "`overload.json`"])
+    hostile = result("hostile")["phases"]
+    if "burst_gzip_zeros" in hostile:
+        worst = max((p for n, p in hostile.items() if n.startswith("burst_")), key=lambda p: p["wav_p50_vs_idle"])
+        rows.append(["a WAV with 8 hostile uploads in flight", f"{worst['wav_p50_vs_idle']}× its idle p50 (worst kind)",
+                     "`hostile.json`"])
+    lis = result("listen")
+    rows.append([f"live listening: {lis['config']['sessions']} sessions in real time",
+                 f"{lis['chunks']['answered_200']:,}/{lis['chunks']['expected']:,} chunks answered, detection "
+                 f"p90 {lis['detection_latency_after_utterance_end']['p90_ms']:.0f} ms after the word",
+                 "`listen.json`"])
+    return md(["serving, 2 cores (each file states its date and load)", "figure", "from"], rows)
