@@ -230,15 +230,20 @@ def check_request(url: str, body: bytes, boundary: str) -> dict:
     return r.json()
 
 
-def bench_http(name: str, api, tmp: Path, args, script: Path, body: bytes, boundary: str, log=print) -> dict:
+def bench_http(name: str, apis: list, tmp: Path, args, script: Path, body: bytes, boundary: str, log=print) -> dict:
+    """wrk through one nginx in front of ``apis`` (api processes, nginx balancing over them)."""
+    import contextlib
+
     from tests.support.nginx import NginxProcess
 
-    with api:  # ApiProcess/NginxProcess stop themselves, also when start() fails
-        with NginxProcess(tmp / f"nginx-{name}", upstream=f"127.0.0.1:{api.port}",
-                          workers=args.nginx_workers) as nginx:
+    with contextlib.ExitStack() as stack:  # ApiProcess/NginxProcess stop themselves, also when start() fails
+        for api in apis:
+            stack.enter_context(api)
+        upstream = " ".join(f"127.0.0.1:{api.port}" for api in apis)
+        with NginxProcess(tmp / f"nginx-{name}", upstream=upstream, workers=args.nginx_workers) as nginx:
             url = f"{nginx.url}/predict"
             sample = check_request(url, body, boundary)
-            log(f"  {name}: {url} -> upstream {api.url}; one request answered {sample.get('keyword')!r}")
+            log(f"  {name}: {url} -> upstream {upstream}; one request answered {sample.get('keyword')!r}")
             if args.http_warmup > 0:
                 run_wrk(url, script, args.http_warmup, args.connections, args.wrk_threads, args.wrk_timeout)
             load_before = round(os.getloadavg()[0], 2)
@@ -248,7 +253,7 @@ def bench_http(name: str, api, tmp: Path, args, script: Path, body: bytes, bound
             log("    " + text.strip().replace("\n", "\n    "))
     if res["errors_total"]:
         log(f"  WARNING: {name}: {res['non_2xx_3xx']} non-2xx/3xx responses, socket errors {res['socket_errors']}; "
-            f"service log: {api.log}")
+            f"service logs: {', '.join(str(api.log) for api in apis)}")
     return res
 
 
@@ -265,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wrk-threads", type=int, default=2, help="HTTP: wrk threads")
     ap.add_argument("--wrk-timeout", default="30s", help="HTTP: wrk per-request timeout (slower = socket timeout error)")
     ap.add_argument("--threads", type=int, default=4, help="HTTP: Waitress worker threads (both services)")
+    ap.add_argument("--replicas", type=int, default=1,
+                    help="HTTP: kws-serve processes behind the one nginx (one Python process uses about one core)")
+    ap.add_argument("--skip-legacy", action="store_true", help="HTTP: measure our service only")
     ap.add_argument("--nginx-workers", type=int, default=1, help="HTTP: nginx worker processes")
     ap.add_argument("--legacy-epochs", type=int, default=3, help="brief training of the legacy model (0: random weights)")
     ap.add_argument("--skip-inprocess", action="store_true")
@@ -332,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("benchmark 2 needs nginx and wrk installed (or pass --skip-http)")
             clip = full_length_clip(clips)
             script, body, boundary = write_wrk_script(tmp, clip)
-            print(f"\n[2] HTTP through nginx ({args.nginx_workers} worker), Waitress {args.threads} threads, "
+            print(f"\n[2] HTTP through nginx ({args.nginx_workers} worker), {args.replicas} kws-serve x Waitress "
+                  f"{args.threads} threads, "
                   f"wrk -t{args.wrk_threads} -c{args.connections} -d{round(args.duration)}s "
                   f"(+{args.http_warmup:g} s untimed warm-up) POSTing {clip.parent.name}/{clip.name} "
                   f"({len(body)} B multipart); wrk shares the machine ...")
@@ -341,16 +350,19 @@ def main(argv: list[str] | None = None) -> int:
                     "nginx_workers": args.nginx_workers, "duration_s": args.duration,
                     "warmup_s": args.http_warmup, "results": {}}
             env = {"KWS_THREADS": str(args.threads), "KWS_RUNTIME": "tflite", "KWS_TFLITE_THREADS": "1"}
-            ours = ApiProcess(model_dir, tmp / "api-ours", env=env)
+            http["api_replicas"] = args.replicas
+            ours = [ApiProcess(model_dir, tmp / f"api-ours-{i}", env=env) for i in range(args.replicas)]
             http["results"]["ours"] = bench_http("ours", ours, tmp, args, script, body, boundary)
-            pythonpath = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p)
-            legacy = ApiProcess(legacy_dir, tmp / "api-legacy", module="legacy_serving",
-                                env={"KWS_THREADS": str(args.threads), "PYTHONPATH": pythonpath})
-            http["results"]["legacy"] = bench_http("legacy", legacy, tmp, args, script, body, boundary)
-            o, lg = http["results"]["ours"], http["results"]["legacy"]
-            http["throughput_ratio"] = round(o["requests_per_s"] / lg["requests_per_s"], 1) if lg["requests_per_s"] else None
-            http["p50_ratio"] = round(lg["latency_ms"]["p50"] / o["latency_ms"]["p50"], 1) if o["latency_ms"]["p50"] else None
-            http["errors_total"] = o["errors_total"] + lg["errors_total"]
+            o = http["results"]["ours"]
+            http["errors_total"] = o["errors_total"]
+            if not args.skip_legacy:
+                pythonpath = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p)
+                legacy = ApiProcess(legacy_dir, tmp / "api-legacy", module="legacy_serving",
+                                    env={"KWS_THREADS": str(args.threads), "PYTHONPATH": pythonpath})
+                lg = http["results"]["legacy"] = bench_http("legacy", [legacy], tmp, args, script, body, boundary)
+                http["throughput_ratio"] = round(o["requests_per_s"] / lg["requests_per_s"], 1) if lg["requests_per_s"] else None
+                http["p50_ratio"] = round(lg["latency_ms"]["p50"] / o["latency_ms"]["p50"], 1) if o["latency_ms"]["p50"] else None
+                http["errors_total"] += lg["errors_total"]
             payload["http"] = http
             rows = [[name, v["requests"], f"{v['requests_per_s']:.1f}",
                      *(f"{v['latency_ms'][k]:.1f}" for k in ("p50", "p90", "p99")),
@@ -358,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                     for name, v in http["results"].items()]
             print()
             print(table(rows, ["service", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx", "socket err"]))
-            print(f"throughput {http['throughput_ratio']}x, p50 latency {http['p50_ratio']}x lower; "
-                  f"errors: {http['errors_total']} ({'OK' if not http['errors_total'] else 'NOT 0 — see the logs'})")
+            if "throughput_ratio" in http:
+                print(f"throughput {http['throughput_ratio']}x, p50 latency {http['p50_ratio']}x lower")
+            print(f"errors: {http['errors_total']} ({'OK' if not http['errors_total'] else 'NOT 0 — see the logs'})")
 
         path = write_result(args.output or "serving.json", payload)
         print(f"\nwrote {path}")

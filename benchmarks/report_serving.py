@@ -232,10 +232,11 @@ def table_listen() -> str:
 # --------------------------------------------------------------------------- the README's serving summary
 def _http_rows() -> list[list]:
     rows = []
-    for path in sorted(RESULTS.glob("serving_threads*.json")):
+    for path in sorted(RESULTS.glob("serving_*.json")):
         h = result(path.stem)["http"]
         ours = h["results"]["ours"]
-        rows.append([f"HTTP through nginx, wrk {h['connections']} connections, Waitress {h['waitress_threads']} threads",
+        rows.append([f"HTTP through nginx, wrk {h['connections']} connections, {h.get('api_replicas', 1)} api "
+                     f"process(es) × Waitress {h['waitress_threads']} threads",
                      f"{ours['requests_per_s']:.0f} req/s, p50 {ours['latency_ms']['p50']:.0f} ms, "
                      f"{ours['errors_total']} errors", f"`{path.name}`"])
     return rows

@@ -244,7 +244,8 @@ def test_admin_allow_list_is_rendered_like_the_image_does():
     """The image's .envsh and render_nginx turn the KWS_ADMIN_ALLOW list into the same allow rules."""
     script = REPO / "nginx" / "templates" / "15-kws-admin-allow.envsh"
     instr = dockerfile_instructions(NGINX_DOCKERFILE)
-    assert ("COPY", f"{script.relative_to(REPO)} /docker-entrypoint.d/") in instr
+    assert any(w == "COPY" and str(script.relative_to(REPO)) in r.split() and r.endswith(" /docker-entrypoint.d/")
+               for w, r in instr)
     # sourced by the image's entrypoint (executable .envsh), before 20-envsubst-on-templates.sh
     assert any(w == "RUN" and "chmod" in r and "/docker-entrypoint.d/15-kws-admin-allow.envsh" in r for w, r in instr)
     assert sorted([script.name, "20-envsubst-on-templates.sh"])[0] == script.name
@@ -258,6 +259,33 @@ def test_admin_allow_list_is_rendered_like_the_image_does():
                              capture_output=True, text=True, timeout=30, env=env, cwd="/")
         assert res.returncode == 0 and res.stdout.split("|")[0] == rules, (value, res.stdout, res.stderr)
         assert "f" not in res.stdout.split("|")[1]  # globbing restored for the scripts after it
+
+
+def test_api_upstream_list_is_rendered_like_the_image_does(tmp_path):
+    """The image's .envsh and render_nginx turn a KWS_API_UPSTREAM list into the same servers, and
+    nginx accepts the result (one api process per core behind one nginx)."""
+    script = REPO / "nginx" / "templates" / "16-kws-api-upstream.envsh"
+    instr = dockerfile_instructions(NGINX_DOCKERFILE)
+    assert any(w == "COPY" and str(script.relative_to(REPO)) in r.split() and r.endswith(" /docker-entrypoint.d/")
+               for w, r in instr)
+    assert any(w == "RUN" and "chmod" in r and "/docker-entrypoint.d/16-kws-api-upstream.envsh" in r for w, r in instr)
+    assert sorted([script.name, "20-envsubst-on-templates.sh"])[0] == script.name
+    sh = shutil.which("sh")
+    two = "127.0.0.1:8001 max_fails=3 fail_timeout=10s; server 127.0.0.1:8002"
+    for value, resolve, servers in (("api:8000", "resolve", "api:8000"), ("", "", "api:8000"),
+                                    ("127.0.0.1:8001, 127.0.0.1:8002", "", two),
+                                    ("a:1 b:2", "resolve", "a:1 resolve max_fails=3 fail_timeout=10s; server b:2")):
+        assert kt.api_upstream_servers(value, resolve) == servers
+        env = {"PATH": os.environ["PATH"], "KWS_API_UPSTREAM": value, "KWS_UPSTREAM_RESOLVE": resolve}
+        res = subprocess.run([sh, "-c", f'. "{script}"; printf "%s|%s" "$KWS_API_UPSTREAM" "$-"'],
+                             capture_output=True, text=True, timeout=30, env=env, cwd="/")
+        assert res.returncode == 0 and res.stdout.split("|")[0] == servers, (value, res.stdout, res.stderr)
+        assert "f" not in res.stdout.split("|")[1]
+    ngx = kt.NginxProcess(tmp_path, upstream="127.0.0.1:8001 127.0.0.1:8002")
+    res = ngx.test_config()
+    assert res.returncode == 0, res.stderr
+    conf = (tmp_path / "default.conf").read_text()
+    assert conf.count("server 127.0.0.1:8001 ") == conf.count("server 127.0.0.1:8002 ") == 2  # both upstreams
 
 
 # --------------------------------------------------------------------------- nginx -t

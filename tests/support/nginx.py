@@ -99,10 +99,19 @@ def admin_allow_rules(value: str) -> str:
     return "; allow ".join(items) or "127.0.0.1"
 
 
+def api_upstream_servers(value: str, resolve: str = "") -> str:
+    """``"a:1 b:2"`` -> ``"a:1 max_fails=3 fail_timeout=10s; server b:2"`` for the template's
+    ``server ${KWS_API_UPSTREAM} ${KWS_UPSTREAM_RESOLVE} max_fails=3 fail_timeout=10s;`` -- what
+    ``nginx/templates/16-kws-api-upstream.envsh`` does in the image."""
+    params = " ".join([*resolve.split(), "max_fails=3", "fail_timeout=10s"])
+    items = [a for a in re.split(r"[\s,;]+", str(value)) if a]
+    return f" {params}; server ".join(items) or "api:8000"
+
+
 def image_render_steps(variables: Mapping[str, str], version: tuple[int, ...] | None) -> dict[str, str]:
     """The values as the template gets them at render time: the list of KWS_ADMIN_ALLOW made
-    into ``allow`` rules (the image's .envsh), and "resolve" dropped from KWS_UPSTREAM_RESOLVE
-    for an nginx older than 1.27.3 (which rejects it) -- logged, the upstream then stays the
+    into ``allow`` rules and the KWS_API_UPSTREAM list into servers (the image's .envsh files),
+    and "resolve" dropped from KWS_UPSTREAM_RESOLVE for an nginx older than 1.27.3 (which rejects it) -- logged, the upstream then stays the
     address resolved at start, which is all a loopback test needs."""
     out = dict(variables)
     if "KWS_ADMIN_ALLOW" in out:
@@ -113,6 +122,8 @@ def image_render_steps(variables: Mapping[str, str], version: tuple[int, ...] | 
         log.warning("nginx %s is older than %s: dropping the upstream parameter 'resolve' "
                     "(the api address is resolved once, at start; the zone stays, harmless)",
                     ".".join(map(str, version)), ".".join(map(str, RESOLVE_MIN_NGINX)))
+    if "KWS_API_UPSTREAM" in out:
+        out["KWS_API_UPSTREAM"] = api_upstream_servers(out["KWS_API_UPSTREAM"], out.get("KWS_UPSTREAM_RESOLVE", ""))
     return out
 
 
