@@ -209,6 +209,19 @@ def test_the_stage_chooses_on_validation_and_reports_on_test(stage_run):
     assert (reports / "det.png").stat().st_size > 5000
 
 
+def test_the_stage_measures_with_the_runtime_the_service_serves(stage_run):
+    """The operating point is chosen on the scores of the runtime ``KWS_RUNTIME=auto`` loads for
+    this bundle, and the test figures are filed under that runtime (float32 beside it for int8)."""
+    from kws.bundle import read_meta
+    from kws.serving.runtimes import load_runtime
+
+    _, model, metrics, _ = stage_run
+    served = load_runtime(read_meta(model), "auto").name
+    assert metrics["runtime"] == served
+    assert metrics["test_by_runtime"][served]["recall"] == metrics["test"]["recall"]
+    assert set(metrics["test_by_runtime"]) == {served} | {"tflite"}
+
+
 def test_the_operating_point_goes_to_mlflow_and_into_the_bundle_the_service_uses(stage_run, tmp_path):
     import shutil
 

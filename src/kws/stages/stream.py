@@ -70,7 +70,9 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     from kws.artifacts import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
 
     t0 = time.perf_counter()
-    predictor = Predictor(model_dir, runtime="tflite", warmup=False)
+    # the runtime the service picks by default (int8 where the bundle's export check chose it), so
+    # the operating point is chosen on the scores it will be applied to
+    predictor = Predictor(model_dir, runtime=str(sc.get("runtime", "auto")), warmup=False)
     rate, stride, tol, target = predictor.cfg.sample_rate, float(sc.stride_s), float(sc.tolerance_s), float(sc.target_fa_per_hour)
     val, val_info = _streams(features_dir / VALIDATION_EXAMPLES_FILE, sc, int(sc.seed), rate)
     test, test_info = _streams(features_dir / TEST_EXAMPLES_FILE, sc, int(sc.seed) + TEST_SEED_OFFSET, rate)
@@ -84,6 +86,11 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     at_val = bm.outcome(predictor, val_scored, settings, tol).summary()
     at_test = bm.outcome(predictor, test_scored, settings, tol).summary()
     curves = {"validation": chosen["curve"], "test": bm.curve(predictor, test_scored, settings, sweep, tol)}
+    by_runtime = {predictor.runtime.name: {k: at_test[k] for k in ("recall", "false_accepts_per_hour", "wrong_words")}}
+    if predictor.runtime.name != "tflite":  # the float32 model on the same test streams, same settings, beside it
+        f32 = Predictor(model_dir, runtime="tflite", warmup=False)
+        f32_test = bm.outcome(f32, bm.score_streams(f32, test, stride), settings, tol).summary()
+        by_runtime["tflite"] = {k: f32_test[k] for k in ("recall", "false_accepts_per_hour", "wrong_words")}
     t_sweep = time.perf_counter()
 
     point = {"target_fa_per_hour": target, "target_met_on_validation": chosen["target_met"], "chosen_on": "validation",
@@ -92,6 +99,7 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
              "test": {k: at_test[k] for k in ("recall", "false_accepts_per_hour", "wrong_words")}}
     operating_point = {"settings": settings.to_dict(), "operating_point": point}
     metrics = {"test": at_test, "validation": at_val, "operating_point": {**settings.to_dict(), **point},
+               "runtime": predictor.runtime.name, "test_by_runtime": by_runtime,
                "recipe": {**recipe(sc, int(sc.seed)).to_dict(), "streams_per_split": int(sc.streams),
                           "test_seed_offset": TEST_SEED_OFFSET},
                "streams": {"validation": val_info, "test": test_info},
