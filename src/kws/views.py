@@ -4,7 +4,7 @@ The service scores a short clip as it is and moved by a few feature hops (``tta_
 averaging the class scores. The views are windows of one feature pass over the clip zero-padded
 by the largest shift (:meth:`kws.serving.predictor.Predictor.clip_scores`); given to the model
 as a batch, the model's trunk runs once per view. In a trunk that is a chain of
-time-translation-equivariant layers (``same``-padded convolutions and pools, per-frame
+time-translation-equivariant layers (convolutions and pools, per-frame
 normalisation and activations) whose time strides multiply to ``S``, a view that starts ``k``
 frames later, ``k`` a multiple of ``S``, has (away from the edges) the trunk output of the padded
 clip moved by ``k / S`` steps. So the views model (``model_views.tflite``) takes the PADDED
@@ -106,12 +106,14 @@ def _chain(model) -> list | None:
 
 
 def _time_stride(layer) -> int | None:
-    """The layer's stride in time (axis 1) if it keeps time-translation equivariance, else None."""
+    """The layer's stride in time (axis 1) if it keeps time-translation equivariance, else None.
+    Convolutions and pools of either padding (``valid`` has no edge effect at all; where a stride
+    meets ``same`` padding, :func:`views_model` checks the alignment)."""
     import keras
 
     L = keras.layers
     if isinstance(layer, (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, L.MaxPooling2D, L.AveragePooling2D)):
-        return int(layer.strides[0]) if layer.padding == "same" else None
+        return int(layer.strides[0]) if layer.padding in ("same", "valid") else None
     if isinstance(layer, L.Normalization):
         axes = layer.axis if isinstance(layer.axis, (tuple, list)) else (layer.axis,)
         return None if 1 in axes else 1
@@ -163,7 +165,7 @@ def views_model(model, frames: Sequence[int], rows: np.ndarray | None = None):
     starts = [(pad - int(k)) // stride for k in frames]
     if max(starts) + view_steps > steps:
         raise BundleError(f"{model.name}'s trunk gives {steps} steps for the padded clip, too few for the views")
-    _check_alignment(keras.Model(inp, x), keras.Model(model.inputs, trunk[-1].output), pad, frames, starts, rows)
+    _check_alignment(keras.Model(inp, x), keras.Model(model.inputs[0], trunk[-1].output), pad, frames, starts, rows)
     scores = []
     for i, start in enumerate(starts):
         y = keras.layers.Cropping2D(((start, steps - start - view_steps), (0, 0)), name=f"view_{i}")(x)
