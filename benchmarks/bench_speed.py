@@ -214,7 +214,7 @@ def bench_accuracy(bundle: Path, features: Path, root: Path, views: bool = False
     rules = {"clip_alone": (0,), "three_pass_50ms": None, "one_pass_40ms": (0, -40, 40), "one_pass_60ms": (0, -60, 60)}
     if views:
         rules = {"views_40ms": (0, -40, 40), "one_pass_40ms": (0, -40, 40), "clip_alone": (0,)}
-    rows = {}
+    rows, right = {}, {}
     for runtime in ("tflite", "tflite_int8"):
         for rule, shifts in rules.items():
             pred = Predictor(bundle, runtime=runtime, warmup=False, tta_shifts_ms=shifts or (0,),
@@ -224,11 +224,17 @@ def bench_accuracy(bundle: Path, features: Path, root: Path, views: bool = False
             scores = np.concatenate([(three_pass_scores(pred, waves[i:i + 128]) if shifts is None
                                       else pred.clip_scores(waves[i:i + 128])) for i in range(0, len(waves), 128)])
             correct = int(np.sum(scores.argmax(1) == truth))
-            rows[f"{rule}_{'int8' if runtime == 'tflite_int8' else 'float32'}"] = {
-                "accuracy": round(correct / len(truth), 4), "correct": correct, "n": int(len(truth))}
-    return {"test_npz_clip_alone": {k: round(v, 4) for k, v in plain.items()},
-            "test_npz_loss_points": round(100 * (plain["float32"] - plain["int8"]), 2),
-            "rendered_test_split": rows, "n_test": int(len(y))}
+            name = f"{rule}_{'int8' if runtime == 'tflite_int8' else 'float32'}"
+            right[name] = scores.argmax(1) == truth
+            rows[name] = {"accuracy": round(correct / len(truth), 4), "correct": correct, "n": int(len(truth))}
+    out = {"test_npz_clip_alone": {k: round(v, 4) for k, v in plain.items()},
+           "test_npz_loss_points": round(100 * (plain["float32"] - plain["int8"]), 2),
+           "rendered_test_split": rows, "n_test": int(len(y))}
+    if views:  # paired: the clips one rule gets right and the other wrong
+        out["views_vs_one_pass"] = {rt: {"only_views_right": int(np.sum(right[f"views_40ms_{rt}"] & ~right[f"one_pass_40ms_{rt}"])),
+                                         "only_one_pass_right": int(np.sum(~right[f"views_40ms_{rt}"] & right[f"one_pass_40ms_{rt}"]))}
+                                    for rt in ("float32", "int8")}
+    return out
 
 
 def bench_pool(bundle: Path, pool: Path, workers: int, batch: int, limit: int | None) -> dict:
