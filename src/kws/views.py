@@ -16,12 +16,14 @@ scores: about the cost of one view instead of one per shift.
 Not identical to the batch of views: a view's edge steps see the real neighbouring frames
 where the separate view saw its convolutions' zero padding. The export records how close they
 are on held-out features (``views.json`` ``check``); the real-speech comparison is
-``benchmarks/bench_speed.py`` (results/speed_views.json).
+``benchmarks/bench_speed.py --views`` (results/speed_views.json), where it scored a little below
+the batch of views: so the export leaves it out unless asked
+(:data:`kws.training.export.WRITE_VIEWS`).
 
 :func:`write_views` writes it (and its int8 variant when the bundle has int8) with
-``views.json`` (the shifts it was built for), at export (:func:`kws.bundle.write_bundle`) or
-into an existing bundle (``python -m kws.views BUNDLE``); :func:`views_file` is the predictor's
-choice.
+``views.json`` (the shifts it was built for), at export (:func:`kws.bundle.write_bundle`
+``views_shifts_ms``) or into an existing bundle (``python -m kws.views BUNDLE``);
+:func:`views_file` is the predictor's choice: a bundle's views model is used wherever it matches.
 """
 
 from __future__ import annotations
