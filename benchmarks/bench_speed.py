@@ -9,6 +9,10 @@ beside what it replaces, in the same run.
    one feature pass, the ±40 ms views sliced from it, one runtime call, with the service's
    single BLAS thread, :func:`kws.serving.runtimes.single_threaded_blas`) with float32 and with
    int8, and the clip alone.
+   With ``--views`` (the bundle has a views model, :mod:`kws.views`; ``python -m kws.views
+   BUNDLE --features DIR`` adds one): the views model (one invoke of the padded clip), the
+   one-pass batch of views and the clip alone, each with float32 and int8, instead (no
+   three-pass rule), and the parts of one answer (features, invokes) timed on their own.
 2. **Accuracy** on the bundle's held-out test split (``--features``: ``test_examples.json``, every
    example rendered from the clips again as ``kws.stages.evaluate.bundle_accuracy`` does), for
    the rules and runtimes above and the ±60 ms shifts; plus float32 vs int8 on the precomputed
@@ -21,6 +25,8 @@ beside what it replaces, in the same run.
 
     .venv/bin/python benchmarks/bench_speed.py --bundle /tmp/base-model --features /tmp/base-features
     .venv/bin/python benchmarks/bench_speed.py --bundle DIR --features DIR --sections latency   # only that one
+    .venv/bin/python benchmarks/bench_speed.py --bundle /tmp/views/base-model --features /tmp/base-features \
+        --views --sections latency,accuracy --output benchmarks/results/speed_views.json
 
 Writes ``benchmarks/results/speed.json`` (``--output``).
 """
@@ -93,12 +99,23 @@ def with_int8(bundle: Path, features: Path, tmp: Path) -> tuple[Path, str]:
                  f"export check: {info['int8']}")
 
 
-def bench_latency(bundle: Path, clips: list[Path], n_requests: int) -> dict:
+def views_predictors(bundle: Path) -> dict:
+    """The predictors that score with the bundle's views model, float32 and int8."""
+    from kws.serving.predictor import Predictor
+
+    preds = {rt: Predictor(bundle, runtime=rt) for rt in ("tflite", "tflite_int8")}
+    for rt, pred in preds.items():
+        if pred.clip_path["rule"] != "views_model":
+            raise SystemExit(f"--views: the {rt} predictor does not use a views model: {pred.clip_path}")
+    return preds
+
+
+def bench_latency(bundle: Path, clips: list[Path], n_requests: int, views: bool = False) -> dict:
     from kws.audio import check_not_silent, decode
     from kws.serving.predictor import Predictor
 
-    f32 = Predictor(bundle, runtime="tflite")
-    i8 = Predictor(bundle, runtime="tflite_int8")
+    f32 = Predictor(bundle, runtime="tflite", use_views=False)  # the batch of views
+    i8 = Predictor(bundle, runtime="tflite_int8", use_views=False)
     old = Predictor(bundle, runtime="tflite", tta_shifts_ms=OLD_SHIFTS_MS[:1])  # runtime + features; rule below
     old.runtime = f32.runtime.__class__(bundle / "model.tflite", buckets=(1, 8, 32))  # the previous buckets
 
@@ -117,6 +134,13 @@ def bench_latency(bundle: Path, clips: list[Path], n_requests: int) -> dict:
                 "one_pass_40ms_float32": lambda d: answer(f32, d, "new"),
                 "one_pass_40ms_int8": lambda d: answer(i8, d, "new"),
                 "clip_alone_float32": lambda d: answer(plain, d, "new")}
+    if views:
+        v = views_predictors(bundle)
+        plain8 = Predictor(bundle, runtime="tflite_int8", tta_shifts_ms=(0,))
+        del variants["three_pass_50ms_float32"]
+        variants = {"views_40ms_float32": lambda d: answer(v["tflite"], d, "new"),
+                    "views_40ms_int8": lambda d: answer(v["tflite_int8"], d, "new"),
+                    **variants, "clip_alone_int8": lambda d: answer(plain8, d, "new")}
     datas = [c.read_bytes() for c in clips]
     names = list(variants)
     for i in range(20):
@@ -135,11 +159,41 @@ def bench_latency(bundle: Path, clips: list[Path], n_requests: int) -> dict:
                 variants[name](datas[i % len(datas)])
                 times[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.thread_time() - c0)
-    return {"requests": n_requests, "distinct_clips": len(clips), "loadavg_1min": round(os.getloadavg()[0], 2),
-            "results": {name: stats_ms(times[name], cpu[name]) for name in names}}
+    out = {"requests": n_requests, "distinct_clips": len(clips), "loadavg_1min": round(os.getloadavg()[0], 2),
+           "results": {name: stats_ms(times[name], cpu[name]) for name in names}}
+    if views:
+        out["parts"] = bench_parts(v["tflite"], f32, datas, n_requests)
+    return out
 
 
-def bench_accuracy(bundle: Path, features: Path, root: Path) -> dict:
+def bench_parts(views, batch, datas: list[bytes], n: int) -> dict:
+    """The parts of one float32 answer timed on their own, in turns: the decode, the padded clip's
+    features, one invoke of the views model, of one view and of the batch of three views."""
+    from kws.audio import decode, fix_length
+    from kws.features import extract
+
+    cfg, pad = views.cfg, max(abs(k) for k in views._tta_frames)
+    edge = pad * cfg.hop_length
+    waves = [fix_length(decode(d, cfg.sample_rate, 60.0).samples, cfg.clip_samples) for d in datas]
+    feats = [extract(np.pad(w[None], ((0, 0), (edge, edge))), cfg, any_length=True)[..., None] for w in waves]
+    steps = {"decode": lambda i: decode(datas[i], cfg.sample_rate, 60.0),
+             "features_padded": lambda i: extract(np.pad(waves[i][None], ((0, 0), (edge, edge))), cfg, any_length=True),
+             "invoke_views_model": lambda i: views._views.infer(feats[i]),
+             "invoke_one_view": lambda i: batch.runtime.infer(feats[i][:, pad:pad + cfg.n_frames]),
+             "invoke_three_views": lambda i: batch.runtime.infer(np.concatenate(
+                 [feats[i][:, pad - k:pad - k + cfg.n_frames] for k in batch._tta_frames]))}
+    times = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    for r in range(n):
+        for name, step in steps.items():
+            t0, c0 = time.perf_counter(), time.thread_time()
+            step(r % len(datas))
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.thread_time() - c0)
+    return {name: stats_ms(times[name], cpu[name]) for name in steps}
+
+
+def bench_accuracy(bundle: Path, features: Path, root: Path, views: bool = False) -> dict:
     from kws.audio import load_file
     from kws.bundle import tflite_scores
     from kws.dataset import Example, render
@@ -158,18 +212,29 @@ def bench_accuracy(bundle: Path, features: Path, root: Path) -> dict:
     waves = np.stack([render(e, [root / test_set["root"]], noise, cfg.clip_samples, cfg.sample_rate) for e in examples])
     truth = np.asarray([e.label for e in examples])
     rules = {"clip_alone": (0,), "three_pass_50ms": None, "one_pass_40ms": (0, -40, 40), "one_pass_60ms": (0, -60, 60)}
-    rows = {}
+    if views:
+        rules = {"views_40ms": (0, -40, 40), "one_pass_40ms": (0, -40, 40), "clip_alone": (0,)}
+    rows, right = {}, {}
     for runtime in ("tflite", "tflite_int8"):
         for rule, shifts in rules.items():
-            pred = Predictor(bundle, runtime=runtime, warmup=False, tta_shifts_ms=shifts or (0,))
+            pred = Predictor(bundle, runtime=runtime, warmup=False, tta_shifts_ms=shifts or (0,),
+                             use_views=rule.startswith("views"))
+            if rule.startswith("views") and pred.clip_path["rule"] != "views_model":
+                raise SystemExit(f"--views: the {runtime} predictor does not use a views model: {pred.clip_path}")
             scores = np.concatenate([(three_pass_scores(pred, waves[i:i + 128]) if shifts is None
                                       else pred.clip_scores(waves[i:i + 128])) for i in range(0, len(waves), 128)])
             correct = int(np.sum(scores.argmax(1) == truth))
-            rows[f"{rule}_{'int8' if runtime == 'tflite_int8' else 'float32'}"] = {
-                "accuracy": round(correct / len(truth), 4), "correct": correct, "n": int(len(truth))}
-    return {"test_npz_clip_alone": {k: round(v, 4) for k, v in plain.items()},
-            "test_npz_loss_points": round(100 * (plain["float32"] - plain["int8"]), 2),
-            "rendered_test_split": rows, "n_test": int(len(y))}
+            name = f"{rule}_{'int8' if runtime == 'tflite_int8' else 'float32'}"
+            right[name] = scores.argmax(1) == truth
+            rows[name] = {"accuracy": round(correct / len(truth), 4), "correct": correct, "n": int(len(truth))}
+    out = {"test_npz_clip_alone": {k: round(v, 4) for k, v in plain.items()},
+           "test_npz_loss_points": round(100 * (plain["float32"] - plain["int8"]), 2),
+           "rendered_test_split": rows, "n_test": int(len(y))}
+    if views:  # paired: the clips one rule gets right and the other wrong
+        out["views_vs_one_pass"] = {rt: {"only_views_right": int(np.sum(right[f"views_40ms_{rt}"] & ~right[f"one_pass_40ms_{rt}"])),
+                                         "only_one_pass_right": int(np.sum(~right[f"views_40ms_{rt}"] & right[f"one_pass_40ms_{rt}"]))}
+                                    for rt in ("float32", "int8")}
+    return out
 
 
 def bench_pool(bundle: Path, pool: Path, workers: int, batch: int, limit: int | None) -> dict:
@@ -207,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="latency,accuracy,pool",
                    help="which to run; the others are kept from an existing --output")
     p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "speed.json")
+    p.add_argument("--views", action="store_true",
+                   help="the views model (the bundle must have one) beside the batch of views and the clip alone")
     args = p.parse_args(argv)
 
     from kws.logs import setup_logging
@@ -217,13 +284,17 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {"float32_bytes": (bundle / "model.tflite").stat().st_size,
                  "int8_bytes": (bundle / "model_int8.tflite").stat().st_size}
         sizes["ratio"] = round(sizes["float32_bytes"] / sizes["int8_bytes"], 2)
+        sizes.update({f"{name}_bytes": (bundle / f"model_{name}.tflite").stat().st_size
+                      for name in ("views", "views_int8") if (bundle / f"model_{name}.tflite").is_file()})
         print("sizes", sizes, flush=True)
         clips = sorted(p for p in args.pool.glob("*/*.wav"))[::97]
         sections = set(args.sections.split(","))
         old = json.loads(args.output.read_text()) if args.output.is_file() and sections != ALL else {}
-        latency = bench_latency(bundle, clips, args.requests) if "latency" in sections else old.get("latency")
+        latency = (bench_latency(bundle, clips, args.requests, args.views) if "latency" in sections
+                   else old.get("latency"))
         print(json.dumps(latency, indent=1), flush=True)
-        accuracy = bench_accuracy(bundle, args.features, args.root) if "accuracy" in sections else old.get("accuracy")
+        accuracy = (bench_accuracy(bundle, args.features, args.root, args.views) if "accuracy" in sections
+                    else old.get("accuracy"))
         print(json.dumps(accuracy, indent=1), flush=True)
         pool = (bench_pool(bundle, args.pool, args.workers, args.batch, args.pool_limit) if "pool" in sections
                 else old.get("kws_score"))
@@ -232,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(args.output, {
         "benchmark": "speed", "machine": machine_info(), "bundle": str(args.bundle),
         "architecture": info.get("architecture"), "int8_model": int8_source, "sizes": sizes,
+        **({"views_model": json.loads((bundle / "views.json").read_text())} if args.views else {}),
         "latency": latency, "accuracy": accuracy, "kws_score": pool,
     })
     print(f"written to {args.output}")

@@ -13,6 +13,9 @@ Layout of a bundle directory (``serving/model/`` by default)::
     model_info.json   {"name", "version", "alias", "run_id", "architecture", "created_at", ...}
     detector.json     optional: the streaming detector's operating point (kws.streaming.detector
                       DetectorSettings under "settings", chosen on validation streams by the `stream` stage)
+    model_views.tflite, model_views_int8.tflite, views.json
+                      optional: the shared-trunk multi-view model (kws.views): a short clip's test-time
+                      shifts in one invoke; views.json holds the shifts it was built for and its check
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -55,6 +58,7 @@ class BundleMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     detector: dict[str, Any] = field(default_factory=dict)  # detector.json ({} when absent)
+    views: dict[str, Any] = field(default_factory=dict)  # views.json ({} when absent, {"error": ...} when bad)
 
 
 def _read_json(path: Path) -> Any:
@@ -87,7 +91,22 @@ def read_meta(path: str | Path) -> BundleMeta:
     detector = _read_json(path / DETECTOR_FILE) if (path / DETECTOR_FILE).is_file() else {}
     if not isinstance(detector, dict):
         raise BundleError(f"{path / DETECTOR_FILE} must hold a JSON object")
-    return BundleMeta(path=path, labels=labels, features=features, metrics=metrics, info=info, detector=detector)
+    return BundleMeta(path=path, labels=labels, features=features, metrics=metrics, info=info, detector=detector,
+                      views=_read_views(path))
+
+
+def _read_views(path: Path) -> dict[str, Any]:
+    """``views.json``, ``{}`` when absent; unreadable, ``{"error": why}``: the views model is an
+    optional speed-up, so a bad one leaves the bundle served without it."""
+    from kws.views import VIEWS_INFO_FILE
+
+    if not (path / VIEWS_INFO_FILE).is_file():
+        return {}
+    try:
+        views = _read_json(path / VIEWS_INFO_FILE)
+    except BundleError as err:
+        return {"error": err.message}
+    return views if isinstance(views, dict) else {"error": f"{path / VIEWS_INFO_FILE} must hold a JSON object"}
 
 
 def to_tflite(model) -> bytes:
@@ -192,12 +211,15 @@ def write_bundle(
     detector: dict[str, Any] | None = None,
     representative: np.ndarray | None = None,
     check: tuple[np.ndarray, np.ndarray] | None = None,
+    views_shifts_ms: Sequence[float] | None = None,
 ) -> Path:
     """Write a complete bundle atomically (see :func:`kws.atomic.staged_dir`).
 
     With ``representative`` (training feature rows) the bundle also gets ``model_int8.tflite``;
     with ``check`` (held-out ``(x, y)``) both TFLite models are scored and the result is
     ``model_info.json``'s ``int8`` (:func:`int8_check`), which decides the ``auto`` runtime.
+    With ``views_shifts_ms`` (the service's test-time shifts) also the views model where the
+    architecture allows it (:func:`kws.views.write_views`; int8 too when int8 is written).
     """
     info = dict(info or {})
     with staged_dir(out_dir) as tmp:
@@ -210,6 +232,10 @@ def write_bundle(
             info["int8"] = (int8_check(float_model, int8_model, *check) if check is not None else
                             {"default": False, "float32_bytes": len(float_model), "int8_bytes": len(int8_model)})
             log.info("int8 model: %s", info["int8"])
+        if views_shifts_ms:
+            from kws.views import write_views
+
+            write_views(tmp, model, features, views_shifts_ms, representative, check)
         _write_json(tmp / LABELS_FILE, {"labels": list(labels)})
         _write_json(tmp / FEATURES_FILE, features.to_dict())
         _write_json(tmp / METRICS_FILE, metrics or {})

@@ -111,9 +111,12 @@ def build_tiny_bundle(
     seed: int = 0,
     architecture: str = "cnn_seed",
     int8: bool = False,
+    views: bool = False,
 ) -> Path:
     """Train a tiny real model on the real clips and write a complete serving bundle to ``out_dir``
-    (with ``int8``: also ``model_int8.tflite``, calibrated and checked on the training clips)."""
+    (with ``int8``: also ``model_int8.tflite``, calibrated and checked on the training clips; with
+    ``views``: the views model of :mod:`kws.views` for the service's default shifts, where the
+    architecture allows it)."""
     import keras
 
     from kws.bundle import write_bundle
@@ -140,6 +143,10 @@ def build_tiny_bundle(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     extra = {"representative": x, "check": (x, y)} if int8 else {}
+    if views:
+        from kws.views import DEFAULT_TTA_SHIFTS_MS
+
+        extra["views_shifts_ms"] = DEFAULT_TTA_SHIFTS_MS
     return Path(write_bundle(out_dir, model, labels, cfg, metrics=metrics, info=info, **extra))
 
 

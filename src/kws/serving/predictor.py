@@ -11,6 +11,11 @@
   (every frame depends on its own window only), and the views go to the runtime as one batch.
   Shifts are therefore whole feature hops; a setting that is not is rounded to the nearest hop
   (half a hop away from zero), logged, and ``describe()`` shows the shifts in use.
+  Where the bundle has a views model for these shifts and this TFLite runtime
+  (:mod:`kws.views`: the trunk run once over the padded clip, each view's crop through the
+  head, the scores averaged), that one invoke of one padded clip replaces the batch of views;
+  a views model that does not load or answer sanely is left out (logged) and the batch serves.
+  ``describe()`` ``clip_path`` says which.
 * Long audio is scanned with 1 s windows every ``stride_s`` seconds, all windows batched into
   as few runtime calls as possible, and the window scores are fed in time order to the
   streaming detector (:class:`kws.streaming.detector.StreamDetector`: smoothing, minimum count,
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,29 +40,11 @@ from kws.bundle import TFLITE_FILE, BundleMeta, read_meta
 from kws.errors import BundleError, ConfigError, KWSError
 from kws.features import clip_features, extract
 from kws.labels import SILENCE, UNKNOWN
-from kws.serving.runtimes import load_runtime, single_threaded_blas
+from kws.serving.runtimes import TFLiteRuntime, load_runtime, single_threaded_blas
 from kws.streaming.detector import DetectorSettings, StreamDetector
+from kws.views import DEFAULT_TTA_SHIFTS_MS, RUNTIME_FILES, VIEWS_INFO_FILE, shift_frames, views_file  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-#: Test-time shifts of a short clip (ms): the clip is scored as it is and moved two 20 ms feature
-#: hops earlier and later (zero-filled, like the training time shift); the class scores are
-#: averaged. Whole hops, so that one feature pass serves all three views (the module's doc);
-#: ±40 vs ±60 ms were measured on real speech (benchmarks/bench_speed.py, results/speed.json).
-#: ``KWS_TTA_SHIFTS_MS=0`` turns it off.
-DEFAULT_TTA_SHIFTS_MS = (0, -40, 40)
-
-
-def shift_frames(shifts_ms: Sequence[float], cfg) -> tuple[int, ...]:
-    """Test-time shifts (ms, positive: later) as whole feature hops, rounded to the nearest
-    (half a hop away from zero); a rounded value is logged."""
-    hop_ms = 1000.0 * cfg.hop_length / cfg.sample_rate
-    frames = tuple(int(math.copysign(math.floor(abs(float(ms)) / hop_ms + 0.5), float(ms))) for ms in shifts_ms)
-    moved = [f"{float(ms):g}->{k * hop_ms:g}" for ms, k in zip(shifts_ms, frames) if abs(k * hop_ms - float(ms)) > 1e-6]
-    if moved:
-        log.warning("test-time shifts must be whole feature hops (%g ms): rounded %s ms", hop_ms, ", ".join(moved))
-    return frames or (0,)
-
 
 # --------------------------------------------------------------------------- results
 @dataclass(frozen=True)
@@ -94,11 +80,13 @@ def top_scores(scores: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
 
 # --------------------------------------------------------------------------- predictor
 class Predictor:
-    """A loaded bundle + runtime; all methods are thread-safe."""
+    """A loaded bundle + runtime; all methods are thread-safe. ``use_views``: score short clips
+    with the bundle's views model where it matches (the module's doc); off: the batch of views."""
 
     def __init__(self, model_dir: str | Path, runtime: str = "tflite", threads: int = 1,
                  long_audio_s: float = 1.5, stride_s: float = 0.25, detection_threshold: float = 0.6,
-                 warmup: bool = True, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS, fallback: bool = True):
+                 warmup: bool = True, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS, fallback: bool = True,
+                 use_views: bool = True):
         t0 = time.perf_counter()
         single_threaded_blas()
         self.fingerprint = bundle_fingerprint(model_dir)  # before reading: a swap during the load shows up later
@@ -123,6 +111,7 @@ class Predictor:
         self.window_s = self.cfg.clip_samples / self.cfg.sample_rate
         hop_ms = 1000.0 * self.cfg.hop_length / self.cfg.sample_rate
         self.tta_shifts_ms = tuple(k * hop_ms for k in self._tta_frames)  # as used (whole hops)
+        self._views, self.clip_path = self._load_views(threads, use_views)
         self.loaded_at = time.time()
         if warmup:
             self.warmup()
@@ -150,17 +139,51 @@ class Predictor:
                          **({"operating_point": self.meta.detector.get("operating_point")}
                             if self.meta.detector.get("operating_point") else {})},
             "tta_shifts_ms": list(self.tta_shifts_ms),
+            "clip_path": dict(self.clip_path),
         }
+
+    def _load_views(self, threads: int, use_views: bool) -> tuple[TFLiteRuntime | None, dict[str, Any]]:
+        """The bundle's views model for these shifts and this runtime (:func:`kws.views.views_file`),
+        loaded, and ``clip_path`` (which rule scores a short clip, and why)."""
+        pad = max(abs(k) for k in self._tta_frames)
+        if pad == 0:
+            return None, {"rule": "clip_alone"}
+        if not use_views:
+            return None, self._batch_path("use_views is off")
+        path, why = views_file(self.meta, self.runtime.name, self._tta_frames)
+        if path is None:
+            return None, self._batch_path(why)
+        try:
+            views = TFLiteRuntime(path, num_threads=threads, name=self.runtime.name)
+            want = (self.cfg.n_frames + 2 * pad, self.cfg.n_coeffs, 1)
+            if tuple(views.input_shape) != want or views.n_outputs != len(self.labels):
+                raise BundleError(f"{path.name} takes {tuple(views.input_shape)} and gives {views.n_outputs} "
+                                  f"scores, expected {want} and {len(self.labels)}")
+        except BundleError as err:
+            return None, self._batch_path(f"{path.name} not used: {err.message}", warn=True)
+        return views, {"rule": "views_model", "file": path.name, "why": why}
+
+    def _batch_path(self, why: str, warn: bool = False) -> dict[str, Any]:
+        if warn:
+            log.warning("views model left out, the batch of views serves: %s", why)
+        return {"rule": "batch_of_views", "views": len(self._tta_frames), "why": why}
 
     def warmup(self) -> None:
         """One full pass (features + inference, all batch sizes) so the first request is not slow."""
         rng = np.random.default_rng(0)
         wave = (rng.standard_normal(int(self.cfg.sample_rate * 3)) * 0.01).astype(np.float32)
+        if self._views is not None:  # its own check first: a bad views model is left out, not the bundle
+            try:
+                self.check_answer(self.clip_scores(wave[None, : self.cfg.clip_samples]), "a clip (views model)")
+            except BundleError as err:
+                self._views = None
+                self.clip_path = self._batch_path(f"{self.clip_path['file']} not used: {err.message}", warn=True)
         self.check_answer(self.scores_clip(wave[: self.cfg.clip_samples])[None], "a clip")
         self.check_answer(self.scan(wave, self.stride_s)[1], "a scan")
-        warm = getattr(self.runtime, "warm", None)
-        if warm:
-            warm()
+        for runtime in (self.runtime, self._views):
+            warm = getattr(runtime, "warm", None)
+            if warm:
+                warm()
 
     def check_answer(self, scores: np.ndarray, what: str) -> None:
         """Raise :class:`BundleError` unless ``scores`` are rows of one finite probability per label
@@ -197,13 +220,16 @@ class Predictor:
 
         One feature pass over the clips zero-padded by the largest shift, the shifted views sliced
         from it (a view starting ``k`` frames earlier is the clip moved ``k`` hops later), and one
-        runtime call for all ``n * shifts`` views (the module's doc)."""
+        runtime call for all ``n * shifts`` views, or one row per clip through the views model
+        (the module's doc)."""
         waves = np.asarray(waves, np.float32)
         frames, pad = self.cfg.n_frames, max(abs(k) for k in self._tta_frames)
         if pad == 0:  # every view is the clip itself
             return self.runtime.infer(self.features(waves))
         edge = pad * self.cfg.hop_length
         feats = extract(np.pad(waves, ((0, 0), (edge, edge))), self.cfg, any_length=True)
+        if self._views is not None:  # the views model: the padded clips' features, one row each
+            return self._views.infer(feats[..., None])
         views = np.stack([feats[:, pad - k:pad - k + frames] for k in self._tta_frames], axis=1)
         scores = self.runtime.infer(views.reshape(-1, frames, feats.shape[-1], 1))
         return scores.reshape(len(waves), len(self._tta_frames), -1).mean(axis=1)
@@ -319,15 +345,20 @@ def bundle_fingerprint(model_dir: str | Path) -> str | None:
     """Identity of the bundle now at ``model_dir`` (``None`` if absent or incomplete).
 
     Cheap enough to poll every second: the folder's inode and mtime (``promote`` swaps the
-    whole folder by rename), the model file's size and mtime, and ``model_info.json``'s bytes.
+    whole folder by rename), the model files' sizes and mtimes (the views models' too, where
+    present), and the bytes of ``model_info.json`` and ``views.json``.
     """
     path = Path(model_dir)
     try:
         folder = path.stat()
-        model = (path / TFLITE_FILE).stat()
-        info = (path / "model_info.json").read_bytes() if (path / "model_info.json").is_file() else b""
+        models = [(path / TFLITE_FILE).stat()] + [(path / f).stat() for f in RUNTIME_FILES.values()
+                                                   if (path / f).is_file()]
+        digest = hashlib.sha256()
+        for name in ("model_info.json", VIEWS_INFO_FILE):
+            digest.update((path / name).read_bytes() if (path / name).is_file() else b"-")
     except OSError:
         return None
-    digest = hashlib.sha256(info)
-    digest.update(f"{folder.st_ino}:{folder.st_mtime_ns}:{model.st_ino}:{model.st_size}:{model.st_mtime_ns}".encode())
+    digest.update(f"{folder.st_ino}:{folder.st_mtime_ns}".encode())
+    for m in models:
+        digest.update(f":{m.st_ino}:{m.st_size}:{m.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]

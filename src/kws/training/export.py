@@ -1,6 +1,7 @@
 """What a run leaves: its MLflow run (parameters, tags, label map, feature config, devices, the
 model with signature and input example, the training-curves plot), ``history.csv`` and the
-figure in the reports folder, the bundle (Keras, TFLite, labels, features, ``model_info.json``)
+figure in the reports folder, the bundle (Keras, TFLite, labels, features, ``model_info.json``,
+with :data:`WRITE_VIEWS` the views model of :mod:`kws.views`)
 and ``run.json`` in the model folder. Only the chief writes; another worker of a multi-worker
 cluster runs the same steps into a scratch folder, deleted at the end."""
 
@@ -19,8 +20,15 @@ import numpy as np
 from kws.config import flatten
 from kws.training.callbacks import killed_on_interrupt
 from kws.training.heads import fold_head, shift_logits
+from kws.views import DEFAULT_TTA_SHIFTS_MS
 
 log = logging.getLogger(__name__)
+
+#: Whether the bundle gets the views model of :mod:`kws.views` (the service's short-clip shifts in
+#: one invoke, where the architecture allows it). Off: on real speech it scored a little below the
+#: batch of views it approximates (benchmarks/results/speed_views.json), and the service uses a
+#: bundle's views model wherever there is one; ``python -m kws.views BUNDLE`` adds it to a bundle.
+WRITE_VIEWS = False
 
 
 @contextlib.contextmanager
@@ -143,6 +151,7 @@ def write_model(cfg, run, export, example: np.ndarray, curves: Path, model_dir: 
                        "logit_offsets": offsets},
                  # int8 beside float32: calibrated on training features, checked against float32 on the
                  # validation split (scored by the task's labels, as the service answers)
-                 representative=splits.x_train, check=(splits.x_val, _task_targets(splits)))
+                 representative=splits.x_train, check=(splits.x_val, _task_targets(splits)),
+                 views_shifts_ms=DEFAULT_TTA_SHIFTS_MS if WRITE_VIEWS else None)
     (model_dir / tracking.RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     return run_info
