@@ -117,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
     _S("max_upload_mb", "KWS_MAX_UPLOAD_MB", float, 10.0, "upload limit in MB (nginx reads the same variable)",
        _positive, "> 0"),
     _S("max_duration_s", "KWS_MAX_DURATION_S", float, 60.0, "longest audio accepted (seconds)", _positive, "> 0"),
-    _S("window_stride_s", "KWS_WINDOW_STRIDE_S", float, 0.25, "stride of the 1 s windows over long audio (s)",
+    _S("window_stride_s", "KWS_WINDOW_STRIDE_S", float, 0.125, "stride of the 1 s windows over long audio (s)",
        _positive, "> 0"),
     _S("long_audio_s", "KWS_LONG_AUDIO_S", float, 1.5, "longer audio is scanned for detections (s)", _positive, "> 0"),
     _S("top_k", "KWS_TOP_K", int, 3, "scores in an answer by default", _at_least_1, ">= 1"),

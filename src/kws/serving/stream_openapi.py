@@ -23,7 +23,7 @@ _DESCRIPTIONS = {
     409: "`out_of_order`: `seq` is not the next chunk's number; `session_busy`: an earlier chunk of the session "
          "is still being scored; `session_model_changed`: the new model works at another sample rate.",
     410: "The session was closed, or expired after KWS_STREAM_IDLE_S without a chunk: open a new one.",
-    413: "The chunk is larger than KWS_STREAM_MAX_CHUNK_BYTES (send ~200 ms per request).",
+    413: "The chunk is larger than KWS_STREAM_MAX_CHUNK_BYTES (send ~100 ms per request).",
     415: "Not a raw audio Content-Type: send `audio/L16;rate=16000` or `application/octet-stream`.",
     422: "Empty, not a whole number of samples, NaN/Inf samples, another sample rate, or more than one channel.",
     429: "KWS_STREAM_MAX_SESSIONS sessions are open on this server; close one or retry later.",
