@@ -45,7 +45,7 @@ class DetectorSettings:
     """How the detector decides; the operating point of a model (``detector.json`` in a bundle)."""
 
     threshold: float = 0.6         # averaged score of the keyword needed to detect it
-    average_window_s: float = 0.25  # the windows of the last this-many seconds are averaged (short: it delays)
+    average_window_s: float = 0.5  # the windows of the last this-many seconds are averaged
     suppression_s: float = 1.0     # no detection within this many seconds of the previous one
     min_count: int = 2             # windows needed in the average
 
