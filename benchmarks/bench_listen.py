@@ -13,7 +13,10 @@ Measured:
 * every chunk answered (HTTP 200) or not, the answer time of a chunk (sent -> answer);
 * lateness: how far behind real time a session fell (answer time - capture time of the chunk);
 * detection latency: from the capture of the end of the window that completed the detection
-  (``fired_s + window_s / 2``) to its answer, and from the end of the placed 1 s utterance;
+  (``fired_s + window_s / 2``) to its answer, from the end of the word's speech (the clip's last
+  loud 10 ms frame, ``tests.support.listen.word_end_s``: what a listener calls the word's end)
+  and from the end of the placed 1 s utterance (the clip's end, its trailing silence included);
+  the detections answered more than ``--max-latency-ms`` after the word's speech ended are counted;
 * the words found (keyword and place) against the words placed.
 
 The model: ``--model-dir`` (default ``serving/model``); without one a tiny bundle is trained on
@@ -64,8 +67,9 @@ def keyword_clips(labels: list[str]) -> dict[str, list[Path]]:
 
 
 def session_audio(clips: dict[str, list[Path]], duration_s: float, gap_s: float, seed: int):
-    """One session's recording and its words ``(start_s, word)``."""
+    """One session's recording and its words ``(start_s, word, end of its speech s)``."""
     from tests.support.bundles import long_recording
+    from tests.support.listen import word_end_s
 
     rng = np.random.default_rng(seed)
     words = sorted(clips)
@@ -76,7 +80,7 @@ def session_audio(clips: dict[str, list[Path]], duration_s: float, gap_s: float,
         placed.append((round(t, 3), word, paths[int(rng.integers(len(paths)))]))
         t += gap_s
     audio = long_recording([(s, p) for s, _, p in placed], duration_s=duration_s, sample_dir=SAMPLE_DIR, seed=seed)
-    return audio, [(s, w) for s, w, _ in placed]
+    return audio, [(s, w, word_end_s(p, s)) for s, w, p in placed]
 
 
 def run_session(url: str, audio: np.ndarray, chunk_ms: float, start_at: float, out: dict) -> None:
@@ -119,25 +123,28 @@ def run_session(url: str, audio: np.ndarray, chunk_ms: float, start_at: float, o
         http.delete(f"{url}/stream/{sid}", timeout=30)
 
 
-def match(placed: list[tuple[float, str]], found: list[dict]) -> tuple[int, int, int, list[float]]:
+def match(placed: list[tuple[float, str, float]], found: list[dict]) -> tuple[int, int, int, list[float], list[float]]:
     """Hits (right keyword within its 1 s utterance +- 0.5 s), wrong or extra detections, misses,
-    and for each hit the latency after the utterance's end."""
-    used, hits, after_utt = set(), 0, []
-    for start, word in placed:
+    and for each hit the latency after the end of its speech and after the utterance's end."""
+    used, hits, after_speech, after_utt = set(), 0, [], []
+    for start, word, speech_end in placed:
         for k, d in enumerate(found):
             if k not in used and d["keyword"] == word and start - 0.5 <= d["time_s"] <= start + 1.5:
                 used.add(k)
                 hits += 1
+                after_speech.append(d["answered_at_s"] - speech_end)
                 after_utt.append(d["answered_at_s"] - (start + 1.0))
                 break
-    return hits, len(found) - len(used), len(placed) - hits, after_utt
+    return hits, len(found) - len(used), len(placed) - hits, after_speech, after_utt
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=20, help=f"simultaneous sessions (1..{MAX_SESSIONS})")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds each session streams (5..600)")
-    ap.add_argument("--chunk-ms", type=float, default=200.0, help="audio per request")
+    ap.add_argument("--chunk-ms", type=float, default=100.0, help="audio per request (the page sends 100 ms)")
+    ap.add_argument("--max-latency-ms", type=float, default=500.0,
+                    help="target: no detection answered later than this after its word's speech ended")
     ap.add_argument("--gap", type=float, default=2.5, help="seconds between the words of a session")
     ap.add_argument("--threads", type=int, default=8, help="Waitress worker threads")
     ap.add_argument("--blas-threads", default="",
@@ -189,11 +196,14 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = sum(int(np.ceil(len(a) / int(round(args.chunk_ms * SR / 1000)))) for a, _ in audios)
     hits = extra = misses = 0
+    after_speech: list[float] = []
     after_utt: list[float] = []
     for (_, placed), out in zip(audios, outs):
-        h, e, m, lat = match(placed, out["detections"])
+        h, e, m, speech, utt = match(placed, out["detections"])
         hits, extra, misses = hits + h, extra + e, misses + m
-        after_utt += lat
+        after_speech += speech
+        after_utt += utt
+    late = sum(x * 1000 > args.max_latency_ms for x in after_speech)
     after_window = [d["after_window_s"] for o in outs for d in o["detections"]]
     server = [line for line in metrics_text.splitlines() if line.startswith("kws_stream_chunk_duration_seconds_")
               and ("_sum" in line or "_count" in line)]
@@ -210,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_answer": stats_ms([x for o in outs for x in o["answer_s"]]),
         "behind_real_time": stats_ms([x for o in outs for x in o["late_s"]]),
         "detection_latency_after_deciding_window": stats_ms(after_window),
+        "detection_latency_after_speech_end": stats_ms(after_speech),
         "detection_latency_after_utterance_end": stats_ms(after_utt),
+        "detections_later_than_target": {"target_ms": args.max_latency_ms, "count": int(late),
+                                         "of": len(after_speech)},
         "words": {"placed": hits + misses, "hits": hits, "misses": misses, "wrong_or_extra": extra},
         "server_metrics": server,
     }
@@ -218,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chunks answered {result['chunks']['answered_200']}/{expected}, errors {result['chunks']['errors']}")
     print("chunk answer", result["chunk_answer"])
     print("detection after deciding window", result["detection_latency_after_deciding_window"])
+    print("detection after speech end", result["detection_latency_after_speech_end"])
     print("detection after utterance end", result["detection_latency_after_utterance_end"])
+    print(f"detections later than {args.max_latency_ms:g} ms after the speech's end: {late} of {len(after_speech)}")
     print("words", result["words"], "->", path)
     return 0 if result["chunks"]["answered_200"] == expected else 1
 

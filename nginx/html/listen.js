@@ -1,5 +1,5 @@
 // kws web page, live listening: the "Listen" toggle. The microphone is captured by an AudioWorklet
-// (listen-worklet.js) at 16 kHz, ~200 ms chunks are POSTed IN ORDER to the session API
+// (listen-worklet.js) at 16 kHz, 100 ms chunks are POSTed IN ORDER to the session API
 // (api/stream, see kws/serving/stream_api.py) and every answer updates the running list of
 // detections, the level meter and the strip of class scores of the latest window.
 // The microphone is released on Stop, when the page is hidden or left, and on any error.
@@ -8,8 +8,10 @@
 (function () {
   const API = "api/";
   const RATE = 16000;
-  const CHUNK_MS = 200;
-  const MAX_QUEUE = 25; // chunks waiting for the network (5 s) before the stream is stopped
+  // A window is scored once the chunk holding its last sample arrives: the chunk length adds up
+  // to one chunk to every detection's latency, so chunks are short (the API takes 100–250 ms).
+  const CHUNK_MS = 100;
+  const MAX_QUEUE = Math.round(5000 / CHUNK_MS); // chunks waiting for the network (5 s) before the stream is stopped
   const MAX_ITEMS = 100; // detections kept on screen
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -21,8 +23,10 @@
 
   let run = null; // the running capture: {stream, ctx, source, node, session, seq, offset, queue, ...}
   let starting = false;
-  // What the page did when (performance.now() ms): for diagnostics and the page test.
-  const trace = { chunks: [], detections: [], sessions: 0, micAt: null, micLive: false };
+  // What the page did when (performance.now() ms): for diagnostics and the page test. micAskedAt:
+  // getUserMedia called (the microphone cannot deliver audio before), micAt: it resolved; per
+  // detection shownAt: its line added, paintedAt: the animation frame that draws it.
+  const trace = { chunks: [], detections: [], sessions: 0, micAskedAt: null, micAt: null, micLive: false };
   window.kwsListen = trace;
 
   function setStatus(text) { els.status.textContent = text || ""; }
@@ -127,8 +131,10 @@
     li.append(d.time_s.toFixed(2) + " s  ", kw, "  " + (100 * d.confidence).toFixed(1) + "%");
     els.list.appendChild(li);
     while (els.list.children.length > MAX_ITEMS) els.list.removeChild(els.list.firstChild);
-    trace.detections.push({ keyword: d.keyword, time_s: d.time_s, fired_s: d.fired_s, confidence: d.confidence,
-      shownAt: performance.now() });
+    const shown = { keyword: d.keyword, time_s: d.time_s, fired_s: d.fired_s, confidence: d.confidence,
+      shownAt: performance.now(), paintedAt: null };
+    trace.detections.push(shown);
+    requestAnimationFrame((frameAt) => { shown.paintedAt = frameAt; });
   }
 
   // --- the session --------------------------------------------------------------------------
@@ -222,6 +228,7 @@
       return;
     }
     let stream;
+    trace.micAskedAt = performance.now();
     try {
       stream = await navigator.mediaDevices.getUserMedia({
         audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },

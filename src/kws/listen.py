@@ -2,7 +2,7 @@
 
     kws-listen [--url http://localhost/]                 the default microphone, until Ctrl-C
     kws-listen --file talk.wav [--fast]                  a recording played in real time (--fast: no waiting)
-    kws-listen --list-devices | --device N | --json | --threshold 0.7 | --chunk-ms 200
+    kws-listen --list-devices | --device N | --json | --threshold 0.7 | --chunk-ms 100
 
 Audio goes to ``POST <url>stream`` (a session) and then ``POST <url>stream/<id>`` in chunks of
 ``--chunk-ms`` (32-bit float, 16 kHz mono); each detection is printed as it comes back:
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fast", action="store_true", help="with --file: send the chunks without real-time waiting")
     p.add_argument("--device", default=None, help="input device (number or name; see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
-    p.add_argument("--chunk-ms", type=float, default=200.0, help="audio per request, 50..1000 ms (default 200)")
+    p.add_argument("--chunk-ms", type=float, default=100.0, help="audio per request, 50..1000 ms (default 100)")
     p.add_argument("--threshold", type=float, default=None, help="detection threshold 0..1 (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object per detection")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")

@@ -48,7 +48,7 @@ def _send(c, sid, chunk, kind="l16", seq=None, prefix=""):
 
 @pytest.fixture(scope="module")
 def recording(clips):
-    """9 s of a noise bed with one, two, three: (9 - 1) / 0.25 windows exactly, as /predict scans them."""
+    """9 s of a noise bed with one, two, three: (9 - 1) / 0.125 windows exactly, as /predict scans them."""
     return quantized(long_recording([(t, clips[w][0]) for t, w in PLACED], duration_s=9.0))
 
 
@@ -56,7 +56,7 @@ def test_chunks_in_every_format_give_the_long_audio_scan(bundle, recording):
     app = _app(bundle)
     c = app.test_client()
     opened = _open(c)
-    assert opened["sample_rate"] == 16000 and opened["stride_s"] == 0.25 and opened["window_s"] == 1.0
+    assert opened["sample_rate"] == 16000 and opened["stride_s"] == 0.125 and opened["window_s"] == 1.0
     assert opened["chunk"]["max_bytes"] == 32000 and opened["labels"][2:] == ["one", "two", "three"]
     assert opened["detector"]["threshold"] == 0.6 and len(opened["session"]) == 32
     found, times = [], []

@@ -35,7 +35,7 @@ def test_config_from_environment_and_overrides():
            "KWS_PRELOAD": "no", "KWS_WINDOW_STRIDE_S": ""}
     cfg = load_config({"top_k": 2}, environ=env)
     assert cfg["model_dir"] == "/m" and cfg["max_upload_mb"] == 2.5 and cfg["runtime"] == "keras"
-    assert cfg["top_k"] == 2 and cfg["preload"] is False and cfg["window_stride_s"] == 0.25
+    assert cfg["top_k"] == 2 and cfg["preload"] is False and cfg["window_stride_s"] == 0.125
     assert cfg["tta_shifts_ms"] == (0, -40, 40) and cfg["runtime"] == "keras"
     assert load_config(environ={"KWS_TTA_SHIFTS_MS": "0, -30,30"})["tta_shifts_ms"] == (0.0, -30.0, 30.0)
     assert load_config(environ={"KWS_TTA_SHIFTS_MS": "0"})["tta_shifts_ms"] == (0.0,)

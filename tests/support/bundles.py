@@ -58,11 +58,15 @@ def tiny_dataset(
     labels: Sequence[str] = TINY_LABELS,
     copies: int = 24,
     seed: int = 0,
+    clip_dirs: Sequence[Path] | None = None,
+    max_unknown_per_word: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Waveforms ``(n, 16000)`` and label ids from the real clips, with shift/gain/noise copies.
 
-    ``_silence_`` = background-noise segments at random (mostly low) levels; ``_unknown_`` =
-    the digits that are not in ``labels``; every keyword clip gets ``copies`` augmented copies.
+    The clips are the word folders of ``clip_dirs`` (default: ``sample_dir`` alone); the noise is
+    ``sample_dir``'s. ``_silence_`` = background-noise segments at random (mostly low) levels;
+    ``_unknown_`` = the words that are not in ``labels`` (at most ``max_unknown_per_word`` clips
+    of each, the first by name); every keyword clip gets ``copies`` augmented copies.
     """
     from kws.audio import fix_length
     from kws.labels import BACKGROUND_NOISE_DIR, SILENCE, UNKNOWN
@@ -72,21 +76,29 @@ def tiny_dataset(
     noises = [_load(p) for p in sorted((sample_dir / BACKGROUND_NOISE_DIR).glob("*.wav"))]
     if not noises:
         raise FileNotFoundError(f"no background noise recordings under {sample_dir / BACKGROUND_NOISE_DIR}")
-    words = sorted(d.name for d in sample_dir.iterdir() if d.is_dir() and not d.name.startswith("_"))
+    dirs = [Path(d) for d in clip_dirs] if clip_dirs is not None else [sample_dir]
+    clips: dict[str, list[Path]] = {}
+    for folder in dirs:
+        for d in sorted(folder.iterdir()):
+            if d.is_dir() and not d.name.startswith("_"):
+                clips.setdefault(d.name, []).extend(sorted(d.glob("*.wav")))
+    words = sorted(clips)
     keywords = [w for w in labels if w not in (SILENCE, UNKNOWN)]
     missing = [w for w in keywords if w not in words]
     if missing:
-        raise FileNotFoundError(f"no clips for {missing} under {sample_dir}")
+        raise FileNotFoundError(f"no clips for {missing} under {', '.join(map(str, dirs))}")
     waves, ys = [], []
     max_shift = SR // 5
     for word in words:
+        paths = clips[word]
         if word in keywords:
             y, n_copies = labels.index(word), copies
         elif UNKNOWN in labels:
             y, n_copies = labels.index(UNKNOWN), max(2, copies // 4)
+            paths = paths[:max_unknown_per_word]
         else:
             continue
-        for path in sorted((sample_dir / word).glob("*.wav")):
+        for path in paths:
             clip = fix_length(_load(path), SR)
             waves.append(clip)
             ys.append(y)
@@ -112,11 +124,13 @@ def build_tiny_bundle(
     architecture: str = "cnn_seed",
     int8: bool = False,
     views: bool = False,
+    clip_dirs: Sequence[Path] | None = None,
+    max_unknown_per_word: int | None = None,
 ) -> Path:
     """Train a tiny real model on the real clips and write a complete serving bundle to ``out_dir``
     (with ``int8``: also ``model_int8.tflite``, calibrated and checked on the training clips; with
     ``views``: the views model of :mod:`kws.views` for the service's default shifts, where the
-    architecture allows it)."""
+    architecture allows it); ``clip_dirs``/``max_unknown_per_word``: see :func:`tiny_dataset`."""
     import keras
 
     from kws.bundle import write_bundle
@@ -125,7 +139,8 @@ def build_tiny_bundle(
 
     labels = list(labels)
     cfg = FeatureConfig()
-    waves, y = tiny_dataset(Path(sample_dir), labels, copies=copies, seed=seed)
+    waves, y = tiny_dataset(Path(sample_dir), labels, copies=copies, seed=seed, clip_dirs=clip_dirs,
+                            max_unknown_per_word=max_unknown_per_word)
     x = extract(waves, cfg)
     keras.utils.set_random_seed(seed)
     model = build_model({"name": architecture, "dropout": 0.2, "l2": 1e-4}, cfg.shape, len(labels), x)
@@ -139,7 +154,8 @@ def build_tiny_bundle(
     metrics = {"train_accuracy": float(hist.history["accuracy"][-1]), "train_examples": int(len(y))}
     info = {
         "name": "kws-tiny", "version": "test-1", "alias": "test", "run_id": None,
-        "architecture": architecture, "dataset": "speech_commands_sample", "train_seconds": round(seconds, 2),
+        "architecture": architecture, "dataset": "+".join(Path(d).name for d in (clip_dirs or [sample_dir])),
+        "train_seconds": round(seconds, 2),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     extra = {"representative": x, "check": (x, y)} if int8 else {}

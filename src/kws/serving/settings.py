@@ -126,7 +126,7 @@ SETTINGS: tuple[Setting, ...] = (
     _S("max_decoded_samples", "KWS_MAX_DECODED_SAMPLES", int, 12_000_000,
        "samples (all channels together) an upload may decode to in memory (more: 413 `audio_too_large`)",
        _at_least_1, ">= 1"),
-    _S("window_stride_s", "KWS_WINDOW_STRIDE_S", float, 0.25, "stride of the 1 s windows over long audio (s)",
+    _S("window_stride_s", "KWS_WINDOW_STRIDE_S", float, 0.125, "stride of the 1 s windows over long audio (s)",
        _positive, "> 0"),
     _S("long_audio_s", "KWS_LONG_AUDIO_S", float, 1.5, "longer audio is scanned for detections (s)", _positive, "> 0"),
     _S("top_k", "KWS_TOP_K", int, 3, "scores in an answer by default", _at_least_1, ">= 1"),

@@ -41,7 +41,7 @@ SESSION_HEADER = "X-KWS-Session"
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 L16 = "audio/l16"
 FORMATS = {"s16": np.dtype("<i2"), "f32": np.dtype("<f4")}
-RECOMMENDED_CHUNK_MS = 200
+RECOMMENDED_CHUNK_MS = 100  # a window is scored when its last sample arrives: a chunk adds its length to latency
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 
 
