@@ -16,7 +16,7 @@ beside what it replaces, in the same run.
    bundle's Keras model (calibrated on ``train.npz``) when the bundle has none.
 3. **Size** of both TFLite files.
 4. **kws-score throughput** on ``--pool`` (default the real pool): clip by clip in this process
-   (as before) vs ``--workers`` processes scoring batches (``kws.score.score_bundle``); the
+   (as before) vs ``--workers`` processes scoring batches (``kws.scoring.batch.score_bundle``); the
    predictions must be identical.
 
     .venv/bin/python benchmarks/bench_speed.py --bundle /tmp/base-model --features /tmp/base-features
@@ -174,7 +174,9 @@ def bench_accuracy(bundle: Path, features: Path, root: Path) -> dict:
 
 def bench_pool(bundle: Path, pool: Path, workers: int, batch: int, limit: int | None) -> dict:
     from kws.bundle import read_meta
-    from kws.score import bundle_classifier, collect, score, score_bundle
+    from kws.scoring.batch import score_bundle
+    from kws.scoring.classifier import bundle_classifier, score
+    from kws.scoring.folders import collect
 
     labels = read_meta(bundle).labels
     items, layout = collect(pool, labels)

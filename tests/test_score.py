@@ -20,7 +20,10 @@ import pytest
 
 from kws.errors import ConfigError, DatasetError, EmptyAudioError
 from kws.labels import SILENCE, UNKNOWN
-from kws.score import bundle_classifier, collect, format_report, score, wilson
+from kws.scoring.classifier import bundle_classifier, score
+from kws.scoring.folders import collect
+from kws.scoring.report import format_report
+from kws.scoring.summary import wilson
 from tests.support.paths import DATA
 
 REAL = DATA / "speech_commands_real"
@@ -277,7 +280,7 @@ def test_promotions_rescoring_agrees_with_kws_score_and_refuses_other_labels(bun
     from kws.dataset import Example
     from kws.errors import NotComparableError
     from kws.labels import task_labels
-    from kws.score import bundle_accuracy
+    from kws.scoring.split_accuracy import bundle_accuracy
 
     files = [p for w in (*KEYWORDS, "dog", "yes") for p in _some(REAL / w, 6)]
     items = [(p, p.parent.name if p.parent.name in labels else UNKNOWN) for p in files]
@@ -291,7 +294,7 @@ def test_promotions_rescoring_agrees_with_kws_score_and_refuses_other_labels(bun
 # --------------------------------------------------------------------------- batches and processes
 @pytest.mark.parametrize("workers,batch", [(1, 7), (2, 16)])
 def test_batched_scoring_gives_the_clip_by_clip_answers(bundle, layouts, labels, archive_result, workers, batch):
-    from kws.score import score_bundle
+    from kws.scoring.batch import score_bundle
 
     items, _, clip_by_clip = archive_result
     items = items[::4]  # every word, fewer clips
@@ -304,7 +307,7 @@ def test_batched_scoring_gives_the_clip_by_clip_answers(bundle, layouts, labels,
 
 
 def test_batched_scoring_keeps_bad_clips_as_errors(bundle, tmp_path):
-    from kws.score import score_bundle
+    from kws.scoring.batch import score_bundle
 
     good = _some(REAL / "one", 5)
     (tmp_path / "corrupt.wav").write_bytes(os.urandom(3000))
