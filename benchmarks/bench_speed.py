@@ -185,12 +185,12 @@ def bench_pool(bundle: Path, pool: Path, workers: int, batch: int, limit: int | 
     t0 = time.perf_counter()
     before = score(items, bundle_classifier(bundle), labels, progress=False)
     before_s = time.perf_counter() - t0
-    after = score_bundle(items, bundle, workers=workers, batch=batch, progress=False)
+    after = score_bundle(items, bundle, workers=workers, progress=False, **({'batch': batch} if batch else {}))
     same = [p["predicted"] for p in before["predictions"]] == [p["predicted"] for p in after["predictions"]]
     return {"pool": str(pool), "clips": len(items), "layout": layout,
             "clip_by_clip": {"seconds": round(before_s, 2), "clips_per_s": round(len(items) / before_s, 1),
                              "accuracy": round(before["accuracy"], 4)},
-            "batched": {"workers": after["workers"], "batch": batch, "clips_per_s": after["clips_per_s"],
+            "batched": {"workers": after["workers"], "batch": after["batch"], "clips_per_s": after["clips_per_s"],
                         "accuracy": round(after["accuracy"], 4)},
             "identical_predictions": same}
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=Path, default=REAL_POOL)
     p.add_argument("--pool-limit", type=int, default=None)
     p.add_argument("--workers", type=int, default=os.cpu_count())
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None, help="default: kws-score's (kws.scoring.batch.DEFAULT_BATCH)")
     p.add_argument("--sections", default="latency,accuracy,pool",
                    help="which to run; the others are kept from an existing --output")
     p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "speed.json")
