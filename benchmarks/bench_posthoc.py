@@ -109,7 +109,7 @@ def fit_offsets(logp: np.ndarray, y: np.ndarray, classes: list[int], rounds: int
 
 
 def summary(labels: list[str], y: np.ndarray, pred: np.ndarray) -> dict:
-    from kws.score import wilson
+    from kws.scoring.summary import wilson
 
     per = {labels[c]: float(np.mean(pred[y == c] == c)) for c in range(len(labels)) if np.any(y == c)}
     k = int(np.sum(pred == y))

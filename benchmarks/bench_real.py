@@ -6,7 +6,7 @@ dataset's background noise): ``data=speech_commands_real``. Its 172 speakers are
 5 seeded folds (``data.split``); for every fold, every candidate runs the pipeline's own
 ``prepare`` and ``train`` (test fold = that fold, validation = 10 % of the other speakers),
 then the test fold's clips are scored FILE BY FILE through the service's decoder and TFLite
-predictor (:mod:`kws.score`). The original model (``../shared/baselines/original_cnn``,
+predictor (:mod:`kws.scoring.classifier`). The original model (``../shared/baselines/original_cnn``,
 30 words, no ``_silence_`` class) is scored on exactly the same files. Pooled over the folds
 every clip of the pool is a test clip exactly once.
 
@@ -126,7 +126,7 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
 def run_fold(cfg, original: OriginalModel | None) -> dict:
     import keras
 
-    from kws.score import bundle_classifier, score
+    from kws.scoring.classifier import bundle_classifier, score
     from kws.stages.prepare import prepare
     from kws.stages.train import train
 
@@ -186,7 +186,7 @@ def write_clips(out_path: Path, name: str, folds: list[dict]) -> None:
 def pooled(folds: list[dict], who: str) -> dict:
     """The folds' test clips as one pool, from each fold's per-class counts (``n``, ``correct``)."""
     from kws.labels import SILENCE
-    from kws.score import wilson
+    from kws.scoring.summary import wilson
 
     counts = {}  # label -> [clips, correct] over the folds
     for f in folds:

@@ -20,7 +20,7 @@ beside what it replaces, in the same run.
    bundle's Keras model (calibrated on ``train.npz``) when the bundle has none.
 3. **Size** of both TFLite files.
 4. **kws-score throughput** on ``--pool`` (default the real pool): clip by clip in this process
-   (as before) vs ``--workers`` processes scoring batches (``kws.score.score_bundle``); the
+   (as before) vs ``--workers`` processes scoring batches (``kws.scoring.batch.score_bundle``); the
    predictions must be identical.
 
     .venv/bin/python benchmarks/bench_speed.py --bundle /tmp/base-model --features /tmp/base-features
@@ -239,7 +239,9 @@ def bench_accuracy(bundle: Path, features: Path, root: Path, views: bool = False
 
 def bench_pool(bundle: Path, pool: Path, workers: int, batch: int, limit: int | None) -> dict:
     from kws.bundle import read_meta
-    from kws.score import bundle_classifier, collect, score, score_bundle
+    from kws.scoring.batch import score_bundle
+    from kws.scoring.classifier import bundle_classifier, score
+    from kws.scoring.folders import collect
 
     labels = read_meta(bundle).labels
     items, layout = collect(pool, labels)
@@ -248,12 +250,12 @@ def bench_pool(bundle: Path, pool: Path, workers: int, batch: int, limit: int | 
     t0 = time.perf_counter()
     before = score(items, bundle_classifier(bundle), labels, progress=False)
     before_s = time.perf_counter() - t0
-    after = score_bundle(items, bundle, workers=workers, batch=batch, progress=False)
+    after = score_bundle(items, bundle, workers=workers, progress=False, **({'batch': batch} if batch else {}))
     same = [p["predicted"] for p in before["predictions"]] == [p["predicted"] for p in after["predictions"]]
     return {"pool": str(pool), "clips": len(items), "layout": layout,
             "clip_by_clip": {"seconds": round(before_s, 2), "clips_per_s": round(len(items) / before_s, 1),
                              "accuracy": round(before["accuracy"], 4)},
-            "batched": {"workers": after["workers"], "batch": batch, "clips_per_s": after["clips_per_s"],
+            "batched": {"workers": after["workers"], "batch": after["batch"], "clips_per_s": after["clips_per_s"],
                         "accuracy": round(after["accuracy"], 4)},
             "identical_predictions": same}
 
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=Path, default=REAL_POOL)
     p.add_argument("--pool-limit", type=int, default=None)
     p.add_argument("--workers", type=int, default=os.cpu_count())
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None, help="default: kws-score's (kws.scoring.batch.DEFAULT_BATCH)")
     p.add_argument("--sections", default="latency,accuracy,pool",
                    help="which to run; the others are kept from an existing --output")
     p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "speed.json")

@@ -1,7 +1,7 @@
 """The tables of figures of this round's serving benchmarks: ``speed.json`` (issue 21: one-pass
-shifts, int8, kws-score in batches), ``overload.json`` and ``hostile*.json`` (issue 22). Each
-table states the run's date and load average, and a target only where the result file records
-one; :mod:`report` writes them into the docs."""
+shifts, int8, kws-score in batches), ``score.json`` (kws-score on the real pool), ``overload.json``
+and ``hostile*.json`` (issue 22). Each table states the run's date and load average, and a target
+only where the result file records one; :mod:`report` writes them into the docs."""
 
 from __future__ import annotations
 
@@ -104,6 +104,35 @@ def table_speed_score() -> str:
         f"\n\nIdentical predictions: {same}. Throughput includes loading the predictors and starting the workers. "
         f"{when(r['machine'])}; target: {target(k, 'speed.json')}.")
 
+
+
+def table_score() -> str:
+    """``score.json`` (``bench_score.py``): kws-score clip by clip and in batches, float32 and int8."""
+    r = result("score")
+    rows = []
+    for runtime, sec in r["runtimes"].items():
+        ref = sec["reference"]
+        rows.append([f"reference: `Predictor.predict` clip by clip, in one process (loaded in {ref['load_s']} s)",
+                     f"`{runtime}`", 1, 1, f"{ref['clips_per_s']:.0f}", "–", "–", f"– / {ref['cpu_ms_per_clip']:.2f}",
+                     pct(ref["accuracy"]), "–"])
+        for run in sec["runs"]:
+            rows.append([f"`kws-score --workers {run['workers']} --batch {run['batch']}`", f"`{runtime}`",
+                         run["workers"], run["batch"], f"{run['clips_per_s']:.0f}", f"{run['clips_per_s_scoring']:.0f}",
+                         f"{run['startup_s']:.1f} / {run['command_s']:.1f}",
+                         f"{1000 * run['command_cpu_s'] / r['clips']:.2f} / {run['cpu_ms_per_clip_scoring']:.2f}",
+                         pct(run["accuracy"]),
+                         "yes" if run["identical_predictions"] else "**no**"])
+    t = r["target"]
+    return md([f"{r['clips']:,} clips (`{r['layout']}` layout)", "runtime", "workers", "batch", "clips/s",
+               "clips/s once started", "start-up / command s", "CPU ms per clip: run / once started", "accuracy %", "same predictions"],
+              rows) + (
+        f"\n\nclips/s: the whole run as kws-score times it (start-up included); once started: after the last "
+        f"worker was ready; the command's wall time also counts Python's start. CPU ms per clip: the CPU time of "
+        f"the command and its workers over the clips (what the run costs whatever the load), and without the "
+        f"start-up's (the same command on 2 clips). Best of "
+        f"{len(r['runtimes'][next(iter(r['runtimes']))]['runs'][0]['clips_per_s_tries'])} runs each. "
+        f"int8 model: {r['int8_model'].split(';')[0]}. {when(r['machine'])}; target: {t['clips_per_s']:,} clips/s on "
+        f"{t['cores']} cores ({t['what']}).")
 
 # --------------------------------------------------------------------------- issue 22: overload, hostile uploads
 def _bound(run: dict) -> str:

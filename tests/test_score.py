@@ -16,11 +16,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kws.errors import ConfigError, DatasetError, EmptyAudioError
 from kws.labels import SILENCE, UNKNOWN
-from kws.score import bundle_classifier, collect, format_report, score, wilson
+from kws.scoring.classifier import bundle_classifier, score
+from kws.scoring.folders import collect
+from kws.scoring.report import format_report
+from kws.scoring.summary import wilson
 from tests.support.paths import DATA
 
 REAL = DATA / "speech_commands_real"
@@ -68,7 +72,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def bundle(tmp_path_factory) -> Path:
     from tests.support.bundles import build_tiny_bundle
 
-    return build_tiny_bundle(tmp_path_factory.mktemp("score-bundle") / "model", sample_dir=SAMPLE)
+    return build_tiny_bundle(tmp_path_factory.mktemp("score-bundle") / "model", sample_dir=SAMPLE, int8=True)
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +281,7 @@ def test_promotions_rescoring_agrees_with_kws_score_and_refuses_other_labels(bun
     from kws.dataset import Example
     from kws.errors import NotComparableError
     from kws.labels import task_labels
-    from kws.score import bundle_accuracy
+    from kws.scoring.split_accuracy import bundle_accuracy
 
     files = [p for w in (*KEYWORDS, "dog", "yes") for p in _some(REAL / w, 6)]
     items = [(p, p.parent.name if p.parent.name in labels else UNKNOWN) for p in files]
@@ -291,7 +295,7 @@ def test_promotions_rescoring_agrees_with_kws_score_and_refuses_other_labels(bun
 # --------------------------------------------------------------------------- batches and processes
 @pytest.mark.parametrize("workers,batch", [(1, 7), (2, 16)])
 def test_batched_scoring_gives_the_clip_by_clip_answers(bundle, layouts, labels, archive_result, workers, batch):
-    from kws.score import score_bundle
+    from kws.scoring.batch import score_bundle
 
     items, _, clip_by_clip = archive_result
     items = items[::4]  # every word, fewer clips
@@ -301,10 +305,34 @@ def test_batched_scoring_gives_the_clip_by_clip_answers(bundle, layouts, labels,
     assert [p["predicted"] for p in result["predictions"]] == [want[str(path)] for path, _ in items]
     assert [p["file"] for p in result["predictions"]] == [str(path) for path, _ in items]
     assert (result["workers"], result["batch"]) == (workers, batch) and result["clips_per_s"] > 0
+    assert 0 <= result["startup_s"] < result["seconds"] and result["clips_per_s_scoring"] >= result["clips_per_s"]
+
+
+def test_batched_int8_gives_the_clip_by_clip_int8_answers(bundle, archive_result):
+    """The int8 model in batches of a worker answers what it answers one clip at a time."""
+    from kws.scoring.batch import score_bundle
+
+    items = archive_result[0][1::5]
+    one_by_one = score(items, bundle_classifier(bundle, runtime="tflite_int8"), archive_result[2]["labels"],
+                       progress=False)
+    result = score_bundle(items, bundle, runtime="tflite_int8", workers=1, batch=64, progress=False)
+    assert result["runtime"] == "tflite_int8" and result["errors"] == []
+    assert [p["predicted"] for p in result["predictions"]] == [p["predicted"] for p in one_by_one["predictions"]]
+
+
+def test_batches_are_cut_so_every_worker_gets_several():
+    from kws.scoring.batch import CHUNKS_PER_WORKER, chunks
+
+    paths = [f"c{i}.wav" for i in range(1000)]
+    parts = chunks(paths, 256, 2)
+    assert [p for part in parts for p in part] == paths
+    assert max(map(len, parts)) <= 256 and len(parts) >= 2 * CHUNKS_PER_WORKER
+    assert chunks(paths, 10, 2) == [paths[i:i + 10] for i in range(0, 1000, 10)]
+    assert chunks(paths[:3], 256, 4) == [["c0.wav"], ["c1.wav"], ["c2.wav"]]
 
 
 def test_batched_scoring_keeps_bad_clips_as_errors(bundle, tmp_path):
-    from kws.score import score_bundle
+    from kws.scoring.batch import score_bundle
 
     good = _some(REAL / "one", 5)
     (tmp_path / "corrupt.wav").write_bytes(os.urandom(3000))
@@ -317,9 +345,43 @@ def test_batched_scoring_keeps_bad_clips_as_errors(bundle, tmp_path):
     assert [p["predicted"] is None for p in result["predictions"]] == [False, True, False, False, True, False]
 
 
+def test_batched_scoring_reports_each_unreadable_or_silent_clip(bundle, tmp_path):
+    """A batch with a dangling link, a silent clip and a folder named like a clip: one error each, the
+    good clips of the same batch still answered (one worker, one batch)."""
+    from kws.scoring.batch import score_bundle
+    from tests.support.bundles import wav_bytes
+
+    good = _some(REAL / "two", 3)
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    (tmp_path / "silent.wav").write_bytes(wav_bytes(np.zeros(16000, np.float32)))
+    (tmp_path / "folder.wav").mkdir()
+    bad = [tmp_path / "gone.wav", tmp_path / "silent.wav", tmp_path / "folder.wav"]
+    items = [(good[0], "two"), *[(p, "two") for p in bad], *[(p, "two") for p in good[1:]]]
+    result = score_bundle(items, bundle, workers=1, batch=64, progress=False)
+    _consistent(result)
+    errors = {Path(e["file"]).name: e["message"] for e in result["errors"]}
+    assert set(errors) == {"gone.wav", "silent.wav", "folder.wav"}
+    assert "cannot read" in errors["gone.wav"] and "silent" in errors["silent.wav"]
+    assert [p["predicted"] is not None for p in result["predictions"]] == [True, False, False, False, True, True]
+
+
+@pytest.mark.parametrize("kwargs", [{"workers": 0}, {"workers": -2}, {"batch": 0}])
+def test_score_bundle_refuses_bad_workers_or_batch(bundle, kwargs):
+    from kws.scoring.batch import score_bundle
+
+    with pytest.raises(ConfigError, match="at least 1"):
+        score_bundle([(_some(REAL / "one", 1)[0], "one")], bundle, progress=False, **kwargs)
+
+
 def test_cli_rejects_bad_workers_and_reports_speed(bundle, layouts):
     proc = _cli(bundle, layouts["archive"], "--workers", "0")
     assert proc.returncode == 1 and "--workers must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
+    for bad in (["--workers", "-1"], ["--batch", "0"]):
+        proc = _cli(bundle, layouts["archive"], *bad)
+        assert proc.returncode == 1 and f"{bad[0]} must be at least 1" in proc.stderr, proc.stderr
+    proc = _cli(bundle, layouts["archive"], "--workers", "two")
+    assert proc.returncode == 2 and "invalid int value" in proc.stderr and "Traceback" not in proc.stderr
     proc = _cli(bundle, layouts["archive"], "--limit", "30", "--workers", "2", "--batch", "8")
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^speed\s+\d+ clips/s \(2 workers, batches of 8\)$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^\s+\d+ clips/s once started \(start-up \d+\.\d s of \d+\.\d s\)$", proc.stdout, re.M)

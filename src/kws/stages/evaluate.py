@@ -42,18 +42,19 @@ def tflite_predict(tflite_path: Path, x: np.ndarray, batch: int = 256) -> np.nda
 def canonical_scores(folder: Path | None, bundle_dir: Path, labels: list[str], progress: bool = True) -> dict | None:
     """Score the bundle on the canonical test set in ``folder`` (``<class>/*.wav``) clip by clip,
     through the service's decoder and predictor. ``None`` when there is none (empty folder)."""
-    from kws import score
+    from kws.scoring.classifier import bundle_classifier, score
+    from kws.scoring.folders import collect
     from kws.errors import KWSError
     from kws.data.install import dataset_root
 
     if folder is None or not folder.is_dir() or not any(folder.iterdir()):
         return None
     try:
-        items, _ = score.collect(dataset_root(folder), labels, layout="canonical")
+        items, _ = collect(dataset_root(folder), labels, layout="canonical")
     except KWSError as err:  # e.g. a 35-word model: the canonical set is a 12-class task
         log.warning("canonical test set not scored: %s", err.message)
         return {"skipped": err.message}
-    result = score.score(items, score.bundle_classifier(bundle_dir), labels, progress=progress)
+    result = score(items, bundle_classifier(bundle_dir), labels, progress=progress)
     return {
         "accuracy": result["accuracy"], "ci95": result["ci95"], "n": result["n"], "errors": len(result["errors"]),
         "recall": {label: row["recall"] for label, row in result["per_class"].items()},

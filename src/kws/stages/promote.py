@@ -49,7 +49,7 @@ def _compare(client, current, metrics: dict, test_set: dict, features_dir: Path,
     champion accuracy None: not comparable (the reason is the third item)."""
     from kws.artifacts import TEST_EXAMPLES_FILE
     from kws.errors import NotComparableError
-    from kws.score import bundle_accuracy
+    from kws.scoring.split_accuracy import bundle_accuracy
 
     new_acc = metrics["accuracy"]
     same = (current.tags.get("dataset") == test_set.get("dataset")
