@@ -44,7 +44,7 @@ ERRORS: dict[str, Answer] = {
     "payload_too_large": _A(413, "the body is larger than KWS_MAX_UPLOAD_MB, or a multipart body has too many parts"),
     "audio_too_large": _A(413, "the audio decodes to more samples (channels x frames) than KWS_MAX_DECODED_SAMPLES: "
                                "fewer channels or a lower sample rate"),
-    "chunk_too_large": _A(413, "the chunk is larger than KWS_STREAM_MAX_CHUNK_BYTES (send ~200 ms per request)"),
+    "chunk_too_large": _A(413, "the chunk is larger than KWS_STREAM_MAX_CHUNK_BYTES (send ~100 ms per request)"),
     "unsupported_media_type": _A(415, "not audio in a format we can decode, or a Content-Type not accepted here"),
     "empty_audio": _A(422, "the upload is empty or decodes to no samples"),
     "silent_audio": _A(422, "the audio is digital silence (peak below -80 dBFS)"),

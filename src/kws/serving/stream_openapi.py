@@ -4,41 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-<<<<<<< HEAD
 from kws.serving.openapi_errors import NO_MODEL, responses
-=======
-#: The error codes of the live-listening endpoints, by HTTP status.
-ERRORS = {
-    400: ["invalid_parameter"],
-    404: ["unknown_session"],
-    409: ["out_of_order", "session_busy", "session_model_changed"],
-    410: ["session_closed", "session_expired"],
-    413: ["chunk_too_large"],
-    415: ["unsupported_media_type"],
-    422: ["empty_chunk", "bad_chunk_length", "invalid_samples", "wrong_sample_rate", "bad_channels"],
-    429: ["too_many_sessions"],
-    503: ["model_not_found", "bad_bundle", "model_loading", "shutting_down"],
-}
-
-_DESCRIPTIONS = {
-    400: "A bad `threshold` or `seq`, or `application/octet-stream` without `?format=s16|f32`.",
-    404: "No such session on this server (never opened, or the server restarted): open a new one.",
-    409: "`out_of_order`: `seq` is not the next chunk's number; `session_busy`: an earlier chunk of the session "
-         "is still being scored; `session_model_changed`: the new model works at another sample rate.",
-    410: "The session was closed, or expired after KWS_STREAM_IDLE_S without a chunk: open a new one.",
-    413: "The chunk is larger than KWS_STREAM_MAX_CHUNK_BYTES (send ~100 ms per request).",
-    415: "Not a raw audio Content-Type: send `audio/L16;rate=16000` or `application/octet-stream`.",
-    422: "Empty, not a whole number of samples, NaN/Inf samples, another sample rate, or more than one channel.",
-    429: "KWS_STREAM_MAX_SESSIONS sessions are open on this server; close one or retry later.",
-    503: "The model is not loaded, or the service is shutting down (no new sessions).",
-}
-
-
-def _error(status: int) -> dict:
-    return {"description": _DESCRIPTIONS[status], "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Error"},
-        "example": {"error": {"code": ERRORS[status][0], "message": "..."}}}}}
->>>>>>> listen
 
 
 def _json(ref: str, description: str) -> dict:
