@@ -5,7 +5,8 @@ other words, 2 s apart, over a running tap and pink noise); the page captures it
 AudioWorklet at 16 kHz, posts 100 ms chunks to the session API and lists what it hears. The
 model is the tiny real one of the serving tests, trained here on those six keywords (the clips
 of ``../shared``'s sample and real folders, see ``talk_bundle``); the clips
-are chosen by a fixed rule (each word's first clip by name, ``tests.support.listen.talk_clips``),
+are chosen by a fixed rule (each word's most clearly spoken clip by its signal alone,
+``tests.support.listen.talk_clips``),
 never by what the model answers: they are among its training clips, so this test checks the live
 path (capture, resampling, chunks, session, detector, page), not how the model generalises (the
 evaluate and stream stages measure that). Every keyword must be listed, once, in order, and

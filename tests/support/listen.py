@@ -94,16 +94,32 @@ def talk_bundle(tmp_path_factory, sample: Path) -> Path:
     return out
 
 
+def speech_margin_db(path: Path) -> float:
+    """How clearly a clip holds its word, from the signal alone: its loudest 10 ms frame over its
+    noise floor (10th-percentile frame), in dB; a clip whose speech runs into its last 50 ms (a word
+    cut off by the recording's end) ranks below every whole one."""
+    from kws.audio import load_file
+
+    clip = load_file(path, SR)
+    hop = SR // 100
+    frames = clip[: len(clip) // hop * hop].reshape(-1, hop)
+    energy = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    cut_off = word_end_s(path, 0.0) > len(clip) / SR - 0.05
+    return float(energy.max() - np.percentile(energy, 10)) - (1000.0 if cut_off else 0.0)
+
+
 def talk_clips(sample: Path) -> dict[str, Path]:
     """The talk's clips by a fixed rule, never by what a model answers: for each word of
-    :data:`TALK_KEYWORDS` and :data:`TALK_OTHERS`, its first clip by file name in ``sample``.
+    :data:`TALK_KEYWORDS` and :data:`TALK_OTHERS`, its most clearly spoken clip in ``sample``
+    (:func:`speech_margin_db`, ties by file name) — what a person speaking to the page gives, not a
+    recording cut off mid-word or buried in its own noise.
     Returns ``{slot word: clip}`` with the other words under :data:`TALK_ORDER`'s placeholders."""
     first = {}
     for word in (*TALK_KEYWORDS, *TALK_OTHERS):
         paths = sorted((sample / word).glob("*.wav"))
         if not paths:
             raise FileNotFoundError(f"no clip of {word!r} under {sample}")
-        first[word] = paths[0]
+        first[word] = max(paths, key=speech_margin_db)
     return {**{w: first[w] for w in TALK_KEYWORDS}, TALK_ORDER[2]: first[TALK_OTHERS[0]],
             TALK_ORDER[5]: first[TALK_OTHERS[1]]}
 
