@@ -259,9 +259,9 @@ def table_listen() -> str:
 
 
 # --------------------------------------------------------------------------- the README's serving summary
-def _http_rows() -> list[list]:
+def _http_rows(pattern: str = "serving_replicas*.json") -> list[list]:
     rows = []
-    for path in sorted(RESULTS.glob("serving_*.json")):
+    for path in sorted(RESULTS.glob(pattern)):
         h = result(path.stem)["http"]
         ours = h["results"]["ours"]
         rows.append([f"HTTP through nginx, wrk {h['connections']} connections, {h.get('api_replicas', 1)} api "
@@ -299,3 +299,10 @@ def table_serving_summary() -> str:
                  f"p90 {lis['detection_latency_after_utterance_end']['p90_ms']:.0f} ms after the word",
                  "`listen.json`"])
     return md(["serving, 2 cores (each file states its date and load)", "figure", "from"], rows)
+
+
+def table_serving_processes() -> str:
+    """HTTP throughput by Waitress threads and api processes (every ``serving_*.json``)."""
+    return md(["wrk through nginx, one 1 s WAV", "figure", "from"], _http_rows("serving_*.json")) + (
+        "\n\nOne Python process runs its Flask code on about one core (the GIL): threads change little, "
+        "processes use the cores.")
