@@ -98,7 +98,7 @@ def test_two_replicas_every_chunk_reaches_its_session(tmp_path, bundle, clips):
     audio = quantized(long_recording([(1.0, clips["one"][0]), (3.0, clips["three"][0])], duration_s=5.0))
     a = ApiProcess(bundle, tmp_path / "a", env={"KWS_THREADS": "4"})
     b = ApiProcess(bundle, tmp_path / "b", env={"KWS_THREADS": "4"})
-    with a, b, NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{a.port}; server 127.0.0.1:{b.port}") as ngx:
+    with a, b, NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{a.port} 127.0.0.1:{b.port}") as ngx:
         outcomes = [[] for _ in range(12)]
         threads = [threading.Thread(target=_stream, args=(ngx.url + ("/api" if i % 2 else ""), audio, out))
                    for i, out in enumerate(outcomes)]
