@@ -32,14 +32,13 @@ import argparse
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from kws.atomic import write_bytes
 from kws.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -271,23 +270,10 @@ def write_views(folder: Path, model, features, shifts_ms: Sequence[float] = DEFA
                                         features.n_frames, np.asarray(y)[pick])
                             for rt, content in contents.items() if (folder / singles[rt]).is_file()}}
     for rt, content in contents.items():
-        _write_bytes(folder / RUNTIME_FILES[rt], content)
-    _write_bytes(folder / VIEWS_INFO_FILE, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes(folder / RUNTIME_FILES[rt], content)
+    write_bytes(folder / VIEWS_INFO_FILE, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     log.info("views model for shifts %s frames: %s", list(frames), info.get("check", info["files"]))
     return info
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Atomically (temp file + rename): a polling service never reads half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def add_views(bundle: str | Path, shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS,
