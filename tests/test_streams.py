@@ -10,7 +10,8 @@ import pytest
 
 from kws.audio import load_file
 from kws.errors import ConfigError, DatasetError
-from kws.streaming.generate import Clip, StreamRecipe, Truth, generate_stream, generate_streams, split_clips
+from kws.streaming.generate import (Clip, StreamRecipe, Truth, generate_stream, generate_streams, speech_end_s,
+                                    split_clips)
 from kws.streaming.matching import Found, det_curve, match, pick_threshold
 
 LABELS = ["_silence_", "_unknown_", "one", "two"]
@@ -57,12 +58,14 @@ def test_a_stream_is_seeded_and_words_are_where_the_truth_says(splits):
     assert np.all(gaps >= 0.5 - 1e-3) and np.all(gaps <= 1.5 + 1e-3)
     for t in a.truth:
         assert t.start_s <= t.time_s <= t.start_s + 1.0 and t.start_s + 1.0 <= 30.0
+        assert t.start_s < t.end_s <= t.start_s + 1.0
     # the words are really there: without background, the stream IS the clips at their start times
     quiet = generate_stream(clips, [], StreamRecipe(**{**recipe.to_dict(), "noise_rms": 0.0}))
     for t, src in zip(quiet.truth, quiet.sources):
         clip = load_file(src, 16000)[:16000]
         i = int(round(t.start_s * 16000))
         np.testing.assert_allclose(quiet.samples[i:i + len(clip)], clip, atol=1e-6)
+        assert t.end_s == pytest.approx(t.start_s + speech_end_s(clip, 16000), abs=1e-4)
         assert Clip(Path(src), t.label).word == t.word
     spoken = np.zeros(len(quiet.samples), bool)
     for t in quiet.truth:
@@ -87,6 +90,19 @@ def test_bad_recipes_are_config_errors():
     for bad in ({"gap_s": (2.0, 1.0)}, {"snr_db": (5.0,)}, {"keyword_share": 1.5}, {"duration_s": 0.5}):
         with pytest.raises(ConfigError, match="stream recipe"):
             StreamRecipe(**bad)
+
+
+def test_speech_ends_where_the_loud_part_ends_not_where_the_clip_does():
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    clip = 1e-3 * rng.standard_normal(16000)  # a noise floor all along
+    word = (t >= 0.2) & (t < 0.55)
+    clip[word] += 0.5 * np.sin(2 * np.pi * 440 * t[word])
+    assert speech_end_s(clip, 16000) == pytest.approx(0.55, abs=0.011)
+    clip[(t >= 0.7) & (t < 0.72)] += 0.003  # a click near the floor is not speech
+    assert speech_end_s(clip, 16000) == pytest.approx(0.55, abs=0.011)
+    clip[(t >= 0.8) & (t < 0.9)] += 0.2 * np.sin(2 * np.pi * 300 * t[(t >= 0.8) & (t < 0.9)])  # a second syllable is
+    assert speech_end_s(clip, 16000) == pytest.approx(0.9, abs=0.011)
 
 
 TRUTH = [Truth("one", 2.0, 1.5), Truth("_unknown_", 5.0, 4.5), Truth("two", 8.0, 7.5), Truth("one", 11.0, 10.5)]
@@ -116,6 +132,18 @@ def test_two_detections_of_one_word_the_second_is_a_false_accept():
     assert (out.hits, out.wrong, out.false_accepts) == (0, 1, 1)
 
 
+def test_a_hit_known_too_long_after_its_speech_is_late():
+    truth = [Truth("one", 2.0, 1.5, end_s=2.3), Truth("two", 8.0, 7.5, end_s=8.4)]
+    found = [Found("one", 2.0, fired_s=2.5), Found("two", 8.1, fired_s=9.0)]
+    out = match(truth, found, 3600, max_latency_s=0.35)
+    assert (out.hits, out.late) == (2, 1) and out.latencies == pytest.approx([0.2, 0.6])
+    assert out.recall == 1.0 and out.recall_on_time == 0.5
+    s = out.summary()
+    assert s["latency_s"]["n"] == 2 and s["latency_s"]["max"] == pytest.approx(0.6) and s["late"] == 1
+    assert match(truth, found, 3600).late == 0  # no bound: nothing is late, the latencies are still measured
+    assert match(truth, [Found("one", 2.0)], 3600).latencies == []  # a detection without its time: not timed
+
+
 def test_outcomes_add_up_over_streams():
     a = match(TRUTH, [Found("one", 2.0)], 1800)
     a += match(TRUTH, [Found("one", 11.0), Found("two", 20.0)], 1800)
@@ -136,6 +164,11 @@ def test_det_curve_and_the_operating_point():
     assert pick_threshold(curve, target_fa_per_hour=1.0)["threshold"] == 0.6
     assert pick_threshold(curve, target_fa_per_hour=5.0)["threshold"] == 0.6  # same recall, fewer FAs
     assert pick_threshold([{"threshold": 0.5, "recall": 1.0, "false_accepts_per_hour": 9.0}], 1.0) is None
+    # ranked by recall on time, a threshold whose hits come late loses to one whose hits do not
+    rows = [{"threshold": 0.5, "recall": 0.9, "recall_on_time": 0.6, "false_accepts_per_hour": 2.0},
+            {"threshold": 0.7, "recall": 0.8, "recall_on_time": 0.8, "false_accepts_per_hour": 1.0}]
+    assert pick_threshold(rows, 5.0)["threshold"] == 0.5
+    assert pick_threshold(rows, 5.0, "recall_on_time")["threshold"] == 0.7
 
 
 # --------------------------------------------------------------------------- the stage, end to end
@@ -197,10 +230,16 @@ def test_the_stage_chooses_on_validation_and_reports_on_test(stage_run):
     assert float(at["test"]["false_accepts_per_hour"]) == metrics["test"]["false_accepts_per_hour"]
     target = point["operating_point"]["target_fa_per_hour"]
     val = [r for r in rows if r["split"] == "validation"]
+    # with a latency bound (the default), recall counts only hits known in time after their speech's end
+    assert point["operating_point"]["max_latency_s"] == 0.35
+    key = "recall_on_time"
     if point["operating_point"]["target_met_on_validation"]:
         assert float(at["validation"]["false_accepts_per_hour"]) <= target
-        ok = [float(r["recall"]) for r in val if float(r["false_accepts_per_hour"]) <= target]
-        assert float(at["validation"]["recall"]) == max(ok)  # the best recall at the target, on validation
+        ok = [float(r[key]) for r in val if float(r["false_accepts_per_hour"]) <= target]
+        assert float(at["validation"][key]) == max(ok)  # the best recall at the target, on validation
+    assert metrics["test"]["latency_s"]["n"] == metrics["test"]["hits"]
+    assert metrics["test"]["late"] == int(round((metrics["test"]["recall"] - metrics["test"]["recall_on_time"])
+                                                * metrics["test"]["keywords_said"]))
     s = metrics["streams"]
     assert s["validation"]["digest"] == "validation" and s["test"]["digest"] == "test"
     assert not set(s["validation"]["seeds"]) & set(s["test"]["seeds"])

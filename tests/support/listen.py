@@ -56,20 +56,12 @@ def offline_detections(pred, samples: np.ndarray, stride_s: float = 0.125,
     return [(d.label, round(d.time_s, 3)) for d in found]
 
 
-def word_end_s(path: Path, start_s: float, rel_db: float = -30.0, floor_db: float = 10.0) -> float:
-    """Where the word of a real clip placed at ``start_s`` ends: the end of its last 10 ms frame
-    within ``rel_db`` of the clip's loudest frame and at least ``floor_db`` over the clip's own
-    noise floor (its 10th-percentile frame). The clip's trailing silence is not the word, and in a
-    noisy clip its noise is not either: an end found too late would make a detection look early."""
+def word_end_s(path: Path, start_s: float) -> float:
+    """Where the word of a real clip placed at ``start_s`` ends (:func:`kws.streaming.generate.speech_end_s`)."""
     from kws.audio import load_file
+    from kws.streaming.generate import speech_end_s
 
-    clip = load_file(path, SR)
-    hop = SR // 100
-    frames = clip[: len(clip) // hop * hop].reshape(-1, hop)
-    energy = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
-    level = max(energy.max() + rel_db, np.percentile(energy, 10) + floor_db)
-    loud = np.nonzero(energy >= min(level, energy.max()))[0]
-    return start_s + (loud[-1] + 1) * hop / SR
+    return start_s + speech_end_s(load_file(path, SR), SR)
 
 
 # --------------------------------------------------------------------------- a six-keyword talk

@@ -53,6 +53,7 @@ class Detection:
     start_s: float
     end_s: float
     confidence: float
+    fired_s: float | None = None  # when it was known: the end of the window that decided it (not in answers)
 
     def to_dict(self) -> dict:
         return {"keyword": self.keyword, "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
@@ -331,8 +332,8 @@ class Predictor:
         half = self.window_s / 2
         found = StreamDetector(self.labels, settings).push_many(np.asarray(starts) + half, scores)
         cap = duration_s if duration_s is not None else float("inf")
-        return [Detection(d.label, max(0.0, d.time_s - half), min(d.time_s + half, cap), d.confidence)
-                for d in found]
+        return [Detection(d.label, max(0.0, d.time_s - half), min(d.time_s + half, cap), d.confidence,
+                          d.fired_s + half) for d in found]
 
 
 def _finite(scores: np.ndarray) -> None:

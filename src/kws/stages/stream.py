@@ -5,7 +5,8 @@ Long recordings are generated from the prepared splits' clips (:mod:`kws.streami
 VALIDATION streams from ``validation_examples.json`` choose the detector's operating point (the
 best recall at or under ``stream.target_fa_per_hour`` over the threshold and smoothing sweep),
 TEST streams from ``test_examples.json`` report at that point: recall per keyword, wrong words,
-false accepts per hour, and the DET curve. Streams are scored through the service's own
+false accepts per hour, detection latency after each word's speech, and the DET curve. With
+``stream.max_latency_s`` the choice counts only hits known within that time (live listening). Streams are scored through the service's own
 long-audio path (:class:`kws.serving.predictor.Predictor`). Writes ``reports/stream/``:
 ``metrics.json``, ``det.csv``, ``det.png`` and ``operating_point.json`` (the bundle's
 ``detector.json``), and logs them into the model's MLflow run.
@@ -56,7 +57,8 @@ def _streams(examples: Path, sc, seed: int, sample_rate: int):
 
 def _write_det(path: Path, curves: dict[str, list[dict]]) -> None:
     with open(path, "w", newline="") as f:
-        cols = ["threshold", "miss_rate", "recall", "false_accepts_per_hour", "false_accepts", "wrong_words"]
+        cols = ["threshold", "miss_rate", "recall", "recall_on_time", "false_accepts_per_hour", "false_accepts",
+                "wrong_words", "late"]
         writer = csv.writer(f)
         writer.writerow(["split", *cols])
         for split, rows in curves.items():
@@ -74,6 +76,8 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     # the operating point is chosen on the scores it will be applied to
     predictor = Predictor(model_dir, runtime=str(sc.get("runtime", "auto")), warmup=False)
     rate, stride, tol, target = predictor.cfg.sample_rate, float(sc.stride_s), float(sc.tolerance_s), float(sc.target_fa_per_hour)
+    late = sc.get("max_latency_s")
+    late = None if late is None else float(late)
     val, val_info = _streams(features_dir / VALIDATION_EXAMPLES_FILE, sc, int(sc.seed), rate)
     test, test_info = _streams(features_dir / TEST_EXAMPLES_FILE, sc, int(sc.seed) + TEST_SEED_OFFSET, rate)
     t_gen = time.perf_counter()
@@ -81,11 +85,11 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     t_score = time.perf_counter()
 
     grid, sweep = bm.settings_grid(OmegaConf.to_container(sc.smoothing, resolve=True)), thresholds(sc.thresholds)
-    chosen = bm.choose(predictor, val_scored, grid, sweep, target, tol)
+    chosen = bm.choose(predictor, val_scored, grid, sweep, target, tol, late)
     settings = chosen["settings"]
-    at_val = bm.outcome(predictor, val_scored, settings, tol).summary()
-    at_test = bm.outcome(predictor, test_scored, settings, tol).summary()
-    curves = {"validation": chosen["curve"], "test": bm.curve(predictor, test_scored, settings, sweep, tol)}
+    at_val = bm.outcome(predictor, val_scored, settings, tol, late).summary()
+    at_test = bm.outcome(predictor, test_scored, settings, tol, late).summary()
+    curves = {"validation": chosen["curve"], "test": bm.curve(predictor, test_scored, settings, sweep, tol, late)}
     by_runtime = {predictor.runtime.name: {k: at_test[k] for k in ("recall", "false_accepts_per_hour", "wrong_words")}}
     if predictor.runtime.name != "tflite":  # the float32 model on the same test streams, same settings, beside it
         f32 = Predictor(model_dir, runtime="tflite", warmup=False)
@@ -94,9 +98,9 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     t_sweep = time.perf_counter()
 
     point = {"target_fa_per_hour": target, "target_met_on_validation": chosen["target_met"], "chosen_on": "validation",
-             "stride_s": stride, "tolerance_s": tol, "smoothing_swept": len(grid), "thresholds_swept": len(sweep),
-             "validation": {k: at_val[k] for k in ("recall", "false_accepts_per_hour", "wrong_words")},
-             "test": {k: at_test[k] for k in ("recall", "false_accepts_per_hour", "wrong_words")}}
+             "stride_s": stride, "tolerance_s": tol, "max_latency_s": late, "smoothing_swept": len(grid), "thresholds_swept": len(sweep),
+             "validation": {k: at_val[k] for k in ("recall", "recall_on_time", "false_accepts_per_hour", "wrong_words")},
+             "test": {k: at_test[k] for k in ("recall", "recall_on_time", "false_accepts_per_hour", "wrong_words")}}
     operating_point = {"settings": settings.to_dict(), "operating_point": point}
     metrics = {"test": at_test, "validation": at_val, "operating_point": {**settings.to_dict(), **point},
                "runtime": predictor.runtime.name, "test_by_runtime": by_runtime,
@@ -141,6 +145,8 @@ def _log_to_mlflow(cfg, model_dir: Path, reports_dir: Path, png: Path, metrics: 
     values = {"stream_recall": test["recall"], "stream_false_accepts_per_hour": test["false_accepts_per_hour"],
               "stream_wrong_words": test["wrong_words"], "stream_threshold": op["threshold"],
               "stream_validation_recall": metrics["validation"]["recall"],
+              "stream_recall_on_time": test["recall_on_time"], "stream_latency_p90_s": test["latency_s"].get("p90"),
+              "stream_latency_max_s": test["latency_s"].get("max"),
               **{f"stream_recall_{k}": v for k, v in test["recall_per_keyword"].items()}}
     with mlflow.start_run(run_id=run["run_id"]):
         mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None})

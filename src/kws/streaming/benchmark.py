@@ -44,24 +44,26 @@ def score_streams(predictor, streams: Sequence[Stream], stride_s: float) -> list
 
 
 def found(predictor, scored: Scored, settings: DetectorSettings) -> list[Found]:
-    """The service's detections on one scored stream, at the window centre where each peaked."""
+    """The service's detections on one scored stream, at the window centre where each peaked,
+    with the end of the window that decided each (when it was known)."""
     dets = predictor.detect(scored.starts, scored.scores, duration_s=scored.stream.duration_s, settings=settings)
-    return [Found(d.keyword, d.start_s + predictor.window_s / 2, d.confidence) for d in dets]
+    return [Found(d.keyword, d.start_s + predictor.window_s / 2, d.confidence, d.fired_s) for d in dets]
 
 
 def outcome(predictor, scored: Sequence[Scored], settings: DetectorSettings,
-            tolerance_s: float = TOLERANCE_S) -> Outcome:
+            tolerance_s: float = TOLERANCE_S, max_latency_s: float | None = None) -> Outcome:
     total = Outcome()
     for s in scored:
-        total += match(s.stream.truth, found(predictor, s, settings), s.stream.duration_s, tolerance_s)
+        total += match(s.stream.truth, found(predictor, s, settings), s.stream.duration_s, tolerance_s, max_latency_s)
     return total
 
 
 def curve(predictor, scored: Sequence[Scored], settings: DetectorSettings, thresholds: Sequence[float],
-          tolerance_s: float = TOLERANCE_S) -> list[dict[str, Any]]:
+          tolerance_s: float = TOLERANCE_S, max_latency_s: float | None = None) -> list[dict[str, Any]]:
     """The DET curve (one row per threshold) of ``settings``' smoothing on these streams."""
     return det_curve(thresholds, lambda thr, i: found(predictor, scored[i], settings.replace(threshold=thr)),
-                     [s.stream.truth for s in scored], [s.stream.duration_s for s in scored], tolerance_s)
+                     [s.stream.truth for s in scored], [s.stream.duration_s for s in scored], tolerance_s,
+                     max_latency_s)
 
 
 def settings_grid(smoothing: dict[str, Sequence[Any]]) -> list[DetectorSettings]:
@@ -72,19 +74,25 @@ def settings_grid(smoothing: dict[str, Sequence[Any]]) -> list[DetectorSettings]
 
 
 def choose(predictor, scored: Sequence[Scored], grid: Sequence[DetectorSettings], thresholds: Sequence[float],
-           target_fa_per_hour: float, tolerance_s: float = TOLERANCE_S) -> dict[str, Any]:
+           target_fa_per_hour: float, tolerance_s: float = TOLERANCE_S,
+           max_latency_s: float | None = None) -> dict[str, Any]:
     """The operating point: over every smoothing setting and threshold, the best recall at or
-    under the false-accept target. When none reaches it, the fewest false accepts (flagged)."""
+    under the false-accept target. When none reaches it, the fewest false accepts (flagged).
+    With ``max_latency_s``, recall counts only the hits known within that many seconds of their
+    speech's end (``recall_on_time``): a long average that finds a word late loses to one that
+    finds it in time."""
     best = None
+    key_name = "recall" if max_latency_s is None else "recall_on_time"
     for settings in grid:
-        rows = curve(predictor, scored, settings, thresholds, tolerance_s)
-        row = pick_threshold(rows, target_fa_per_hour)
+        rows = curve(predictor, scored, settings, thresholds, tolerance_s, max_latency_s)
+        row = pick_threshold(rows, target_fa_per_hour, key_name)
         met = row is not None
         if not met:
-            row = min(rows, key=lambda r: (r["false_accepts_per_hour"], -(r["recall"] or 0.0)))
-        key = (met, row["recall"] or 0.0, -row["false_accepts_per_hour"], row["threshold"])
-        log.info("%s: threshold %.2f -> recall %.3f at %.1f FA/h%s", settings.to_dict() | {"threshold": None},
-                 row["threshold"], row["recall"] or 0.0, row["false_accepts_per_hour"], "" if met else " (target missed)")
+            row = min(rows, key=lambda r: (r["false_accepts_per_hour"], -(r[key_name] or 0.0)))
+        key = (met, row[key_name] or 0.0, -row["false_accepts_per_hour"], row["threshold"])
+        log.info("%s: threshold %.2f -> %s %.3f at %.1f FA/h%s", settings.to_dict() | {"threshold": None},
+                 row["threshold"], key_name, row[key_name] or 0.0, row["false_accepts_per_hour"],
+                 "" if met else " (target missed)")
         if best is None or key > best[0]:
             best = (key, settings.replace(threshold=row["threshold"]), row, rows, met)
     _, settings, row, rows, met = best

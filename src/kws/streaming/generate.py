@@ -7,7 +7,8 @@ seeded gaps: a share ``keyword_share`` of them keywords, the rest other words (`
 clips). Each word is mixed at its own signal-to-noise ratio drawn from ``snr_db`` (clip power
 vs background power, the convention of the training augmentation). The truth is one
 :class:`Truth` per word: its label and the time of its energy centroid (where the word is
-within its one-second clip), the time a detector's window centre should land on.
+within its one-second clip), the time a detector's window centre should land on, and the end
+of its speech, from which a live detection's latency counts.
 
 Everything is drawn from ``numpy.random.default_rng(recipe.seed)``: the same recipe and clips
 give the same waveform and truth. :meth:`StreamRecipe.to_dict` is recorded with the metrics.
@@ -46,6 +47,7 @@ class Truth:
     time_s: float   # the word's energy centroid in the stream
     start_s: float  # where its one-second clip starts
     word: str = ""  # the spoken word (folder name)
+    end_s: float | None = None  # where its speech ends (kws.audio.speech_end_s): live latency counts from here
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,23 @@ def _centroid(wave: np.ndarray, sample_rate: int) -> float:
     return float((np.arange(len(wave)) * energy).sum() / total / sample_rate)
 
 
+def speech_end_s(samples: np.ndarray, sample_rate: int, rel_db: float = -30.0, floor_db: float = 10.0) -> float:
+    """Seconds from the start of a one-word clip to the end of its speech: the end of its last
+    10 ms frame within ``rel_db`` of the loudest frame and at least ``floor_db`` over the clip's
+    own noise floor (its 10th-percentile frame). A clip's trailing silence is not the word, nor,
+    in a noisy clip, its noise: an end found too late would make a detection look early. What a
+    listener calls the word's end, from which a live detection's latency counts."""
+    hop = max(1, sample_rate // 100)
+    n = len(samples) // hop * hop
+    if n == 0:
+        return len(samples) / sample_rate
+    frames = np.asarray(samples[:n], np.float64).reshape(-1, hop)
+    energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    level = max(energy.max() + rel_db, np.percentile(energy, 10) + floor_db)
+    loud = np.nonzero(energy >= min(level, energy.max()))[0]
+    return float((loud[-1] + 1) * hop / sample_rate)
+
+
 def _background(noise: np.ndarray | None, n: int, rms: float, rng: np.random.Generator) -> np.ndarray:
     if noise is None or len(noise) == 0 or rms == 0:
         return np.zeros(n, np.float32)
@@ -177,7 +196,7 @@ def generate_stream(clips: Sequence[Clip], noise_files: Sequence[Path], recipe: 
         gain = math.sqrt(noise_power * 10 ** (snr / 10) / power) if noise_power > 0 and power > 0 else 1.0
         out[at:at + len(wave)] += gain * wave
         truth.append(Truth(clip.label, round(at / sample_rate + _centroid(wave, sample_rate), 4),
-                           at / sample_rate, clip.word))
+                           at / sample_rate, clip.word, round(at / sample_rate + speech_end_s(wave, sample_rate), 4)))
         sources.append(str(clip.path))
         at += clip_n + int(round(rng.uniform(*recipe.gap_s) * sample_rate))
     peak = float(np.max(np.abs(out))) if n else 0.0

@@ -12,6 +12,12 @@ Rules, per detection in time order (``tolerance_s`` = 0.75 s by default, TensorF
 
 Recall is hits / keywords said; false accepts per hour are over the streams' total duration.
 Wrong words are reported apart (neither a hit nor a false accept), as TensorFlow does.
+
+Latency: where a detection says when it was known (``Found.fired_s``, the end of the window that
+decided it) and the truth where the word's speech ended (``Truth.end_s``), a hit's latency is
+the difference. With ``max_latency_s``, hits later than that are counted as ``late`` and
+``recall_on_time`` leaves them out: a live listener who sees a word a second after saying it
+has not been answered.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Found:
     label: str
     time_s: float
     confidence: float = 1.0
+    fired_s: float | None = None  # when it was known: the end of the window that decided it
 
 
 @dataclass
@@ -47,14 +54,17 @@ class Outcome:
     false_accepts: int = 0
     duplicates: int = 0
     misses: int = 0
+    late: int = 0                  # hits later than max_latency_s after their speech ended
     seconds: float = 0.0
+    latencies: list = field(default_factory=list)       # seconds from speech end to fired, per timed hit
     said: Counter = field(default_factory=Counter)      # keyword -> times said
     heard: Counter = field(default_factory=Counter)     # keyword -> hits
     confusions: Counter = field(default_factory=Counter)  # (said, detected) -> wrong words
 
     def __iadd__(self, other: "Outcome") -> "Outcome":
-        for name in ("hits", "wrong", "false_accepts", "duplicates", "misses", "seconds"):
+        for name in ("hits", "wrong", "false_accepts", "duplicates", "misses", "late", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latencies.extend(other.latencies)
         self.said.update(other.said)
         self.heard.update(other.heard)
         self.confusions.update(other.confusions)
@@ -69,6 +79,10 @@ class Outcome:
         return self.hits / self.keywords_said if self.keywords_said else float("nan")
 
     @property
+    def recall_on_time(self) -> float:
+        return (self.hits - self.late) / self.keywords_said if self.keywords_said else float("nan")
+
+    @property
     def fa_per_hour(self) -> float:
         return self.false_accepts / (self.seconds / 3600) if self.seconds > 0 else float("nan")
 
@@ -78,6 +92,7 @@ class Outcome:
             "false_accepts_per_hour": _r(self.fa_per_hour), "false_accepts": self.false_accepts,
             "duplicates": self.duplicates, "wrong_words": self.wrong, "hits": self.hits, "misses": self.misses,
             "keywords_said": self.keywords_said, "hours": _r(self.seconds / 3600),
+            "recall_on_time": _r(self.recall_on_time), "late": self.late, "latency_s": latency_stats(self.latencies),
             "recall_per_keyword": {k: _r(self.heard[k] / n) for k, n in sorted(self.said.items())},
             "wrong_word_pairs": {f"{a}->{b}": n for (a, b), n in sorted(self.confusions.items())},
         }
@@ -87,8 +102,16 @@ def _r(x: float) -> float | None:
     return None if x != x else round(float(x), 6)
 
 
+def latency_stats(latencies: Sequence[float]) -> dict[str, Any]:
+    """p50 / p90 / p99 / max of hits' latencies (seconds after their speech ended)."""
+    if not len(latencies):
+        return {"n": 0}
+    x = np.asarray(latencies, float)
+    return {"n": int(len(x)), **{f"p{q}": _r(np.percentile(x, q)) for q in (50, 90, 99)}, "max": _r(x.max())}
+
+
 def match(truth: Sequence[Truth], found: Iterable[Found], duration_s: float,
-          tolerance_s: float = TOLERANCE_S) -> Outcome:
+          tolerance_s: float = TOLERANCE_S, max_latency_s: float | None = None) -> Outcome:
     """Match one stream's detections to its truth (the rules above)."""
     out = Outcome(seconds=float(duration_s))
     times = np.array([t.time_s for t in truth], float)
@@ -111,6 +134,10 @@ def match(truth: Sequence[Truth], found: Iterable[Found], duration_s: float,
         elif said == det.label:
             out.hits += 1
             out.heard[said] += 1
+            if det.fired_s is not None and truth[i].end_s is not None:
+                latency = float(det.fired_s) - float(truth[i].end_s)
+                out.latencies.append(latency)
+                out.late += int(max_latency_s is not None and latency > max_latency_s + 1e-9)
         else:
             out.wrong += 1
             out.confusions[(said, det.label)] += 1
@@ -120,25 +147,27 @@ def match(truth: Sequence[Truth], found: Iterable[Found], duration_s: float,
 
 def det_curve(thresholds: Sequence[float], detect: Callable[[float, int], list[Found]],
               truths: Sequence[Sequence[Truth]], durations: Sequence[float],
-              tolerance_s: float = TOLERANCE_S) -> list[dict[str, Any]]:
+              tolerance_s: float = TOLERANCE_S, max_latency_s: float | None = None) -> list[dict[str, Any]]:
     """One row per threshold: ``detect(threshold, stream_index)`` gives that stream's detections;
-    the row has the threshold, miss rate, recall, false accepts per hour and wrong words."""
+    the row has the threshold, miss rate, recall, recall on time, false accepts per hour and wrong words."""
     rows = []
     for thr in thresholds:
         total = Outcome()
         for i, (truth, seconds) in enumerate(zip(truths, durations)):
-            total += match(truth, detect(float(thr), i), seconds, tolerance_s)
+            total += match(truth, detect(float(thr), i), seconds, tolerance_s, max_latency_s)
         rows.append({"threshold": round(float(thr), 6), "miss_rate": _r(1 - total.recall), "recall": _r(total.recall),
-                     "false_accepts_per_hour": _r(total.fa_per_hour), "false_accepts": total.false_accepts,
-                     "wrong_words": total.wrong})
+                     "recall_on_time": _r(total.recall_on_time), "false_accepts_per_hour": _r(total.fa_per_hour),
+                     "false_accepts": total.false_accepts, "wrong_words": total.wrong, "late": total.late})
     return rows
 
 
-def pick_threshold(curve: Sequence[dict[str, Any]], target_fa_per_hour: float) -> dict[str, Any] | None:
-    """The row with the best recall among those at or under ``target_fa_per_hour``; among ties the
-    fewest false accepts, then the highest threshold (the most margin on unseen audio).
-    ``None`` if no threshold reaches the target."""
+def pick_threshold(curve: Sequence[dict[str, Any]], target_fa_per_hour: float,
+                   recall_key: str = "recall") -> dict[str, Any] | None:
+    """The row with the best recall (``recall_key``: ``recall``, or ``recall_on_time`` where late
+    hits do not count) among those at or under ``target_fa_per_hour``; among ties the fewest false
+    accepts, then the highest threshold (the most margin on unseen audio). ``None`` if no
+    threshold reaches the target."""
     ok = [r for r in curve if r["false_accepts_per_hour"] is not None and r["false_accepts_per_hour"] <= target_fa_per_hour]
     if not ok:
         return None
-    return max(ok, key=lambda r: (r["recall"] or 0.0, -r["false_accepts_per_hour"], r["threshold"]))
+    return max(ok, key=lambda r: (r[recall_key] or 0.0, -r["false_accepts_per_hour"], r["threshold"]))
