@@ -85,6 +85,25 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _window(n_fft: int, win_length: int) -> np.ndarray:
+    import librosa
+
+    window = librosa.filters.get_window("hann", win_length, fftbins=True)
+    return librosa.util.pad_center(window, size=n_fft).astype(np.float32)  # as librosa.stft pads it
+
+
+def _stft(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """``librosa.stft(..., window="hann", center=False)`` of ``(..., samples)`` -> ``(..., 1 + n_fft // 2,
+    frames)``: the same frames and window, one real FFT over a strided view. librosa's own
+    checks, block loop and copies cost more than the transform on a one-second clip, and every
+    answer of the service pays for them (tests/test_features.py compares the two)."""
+    import scipy.fft
+
+    frames = np.lib.stride_tricks.sliding_window_view(waves, cfg.n_fft, axis=-1)[..., ::cfg.hop_length, :]
+    return np.swapaxes(scipy.fft.rfft(frames * _window(cfg.n_fft, cfg.win_length), axis=-1), -1, -2)
+
+
 def log_mel(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> np.ndarray:
     """Log-mel energies (dB) of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., n_mels, frames)``.
 
@@ -98,11 +117,10 @@ def log_mel(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> 
     waves = np.asarray(waves, dtype=np.float32)
     if not any_length and waves.shape[-1] != cfg.clip_samples:
         raise ValueError(f"expected clips of {cfg.clip_samples} samples, got {waves.shape[-1]}")
-    spec = librosa.stft(
-        waves, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-        window="hann", center=False,
-    )
-    power = np.abs(spec) ** 2
+    if waves.shape[-1] < cfg.n_fft:
+        raise ValueError(f"audio of {waves.shape[-1]} samples is shorter than one FFT window ({cfg.n_fft})")
+    spec = _stft(waves, cfg)
+    power = spec.real**2 + spec.imag**2
     mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ power  # BLAS, batched
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
 
