@@ -12,6 +12,11 @@ every clip of the pool is a test clip exactly once.
 
     .venv/bin/python benchmarks/bench_real.py                      # all candidates, 5 folds
     .venv/bin/python benchmarks/bench_real.py --candidates recipe --folds 0 1 2
+    .venv/bin/python benchmarks/bench_real.py --candidates recipe --variants --out real_variants.json
+
+``--variants`` adds, per fold, the same clips scored by the int8 model and by a clip scored alone
+(no shifted views) beside the served float32 rule, and the stream stage's own benchmark of the
+fold's model (operating point chosen on the fold's validation streams, float32 and int8).
 
 A candidate is a list of Hydra overrides on top of ``data=speech_commands_real`` and conf/'s
 defaults (which ARE the served recipe). Results: ``benchmarks/results/real.json`` (or
@@ -123,7 +128,7 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     return cfg
 
 
-def run_fold(cfg, original: OriginalModel | None) -> dict:
+def run_fold(cfg, original: OriginalModel | None, variants: bool = False) -> dict:
     import keras
 
     from kws.scoring.classifier import bundle_classifier, score
@@ -150,10 +155,124 @@ def run_fold(cfg, original: OriginalModel | None) -> dict:
     items = [(root / f, labels[int(k)]) for f, k in zip(files, y)]
     ours, rows = _slim(score(items, bundle_classifier(cfg.paths.model), labels, progress=False))
     out = {"prepare_s": round(prepare_s, 1), "train": summary, "ours": ours, "clips": {"ours": rows}}
+    if variants:
+        out["variants"], out["stream"] = score_variants(Path(cfg.paths.model), items, labels), stream_variants(cfg)
+        if original is not None:
+            out["stream"]["original"] = original_streams(cfg, original, labels)
     if original is not None:
         original.precompute([p for p, _ in items])
         out["original"], out["clips"]["original"] = _slim(score(items, original, labels, progress=False))
     return out
+
+
+#: name -> (runtime, test-time shifts; None: the service's rule). Scored with ``--variants``: the
+#: int8 model and a clip scored alone (no shifted views) beside the served float32 rule, same clips.
+VARIANTS: dict[str, tuple[str, tuple[float, ...] | None]] = {
+    "float32, served rule": ("tflite", None), "float32, clip alone": ("tflite", (0.0,)),
+    "int8, served rule": ("tflite_int8", None), "int8, clip alone": ("tflite_int8", (0.0,)),
+}
+STREAM_KEYS = ("recall", "recall_on_time", "false_accepts_per_hour", "false_accepts", "wrong_words", "hits",
+               "keywords_said", "hours", "late", "latency_s")
+
+
+def score_variants(model_dir: Path, items: list, labels: list) -> dict:
+    from kws.scoring.classifier import BundleClassifier, score
+
+    out = {}
+    for name, (runtime, shifts) in VARIANTS.items():
+        clf = BundleClassifier(model_dir, runtime=runtime, tta_shifts_ms=shifts)
+        out[name], _ = _slim(score(items, clf, labels, progress=False))
+    return out
+
+
+def stream_variants(cfg) -> dict:
+    """The stream stage's own benchmark of this fold's model, per runtime: the operating point
+    chosen on the fold's validation streams, the figures on its test streams."""
+    from omegaconf import OmegaConf
+
+    from kws.stages.stream import measure
+
+    out = {}
+    for runtime in ("tflite", "tflite_int8"):
+        sc = OmegaConf.create(OmegaConf.to_container(cfg.stream, resolve=True) | {"runtime": runtime})
+        metrics, point, _ = measure(sc, Path(cfg.paths.features), Path(cfg.paths.model))
+        out[runtime] = {"settings": point["settings"], "validation": point["operating_point"]["validation"],
+                        **{k: metrics["test"][k] for k in STREAM_KEYS}}
+    return out
+
+
+class OriginalStreams:
+    """The original model as the stream benchmark's predictor: 1 s windows at the stride, each
+    through ITS front end (the stream resampled once to 22.05 kHz, 13 MFCCs, n_fft 2048, hop 512)
+    and its Keras model; its 30 words folded into our labels (a keyword is itself, any other word
+    ``_unknown_``; it has no ``_silence_``). The same detector and sweep choose its operating point."""
+
+    window_s = 1.0
+
+    def __init__(self, original: OriginalModel, labels: list[str]):
+        from types import SimpleNamespace
+
+        from kws.streaming.detector import DetectorSettings
+
+        self.model, self.labels = original.model, list(labels)
+        self.cfg = SimpleNamespace(sample_rate=16000)
+        self.detector = DetectorSettings()
+        fold = np.zeros((len(ORIGINAL_WORDS), len(self.labels)), np.float32)
+        for i, word in enumerate(ORIGINAL_WORDS):
+            fold[i, self.labels.index(word) if word in self.labels else self.labels.index("_unknown_")] = 1.0
+        self._fold = fold
+
+    def scan(self, samples: np.ndarray, stride_s: float) -> tuple[np.ndarray, np.ndarray]:
+        import librosa
+        from legacy_serving import HOP_LENGTH, N_FFT, N_MFCC, SAMPLES_TO_CONSIDER
+
+        sr = 22050
+        wave = librosa.resample(np.asarray(samples, np.float32), orig_sr=16000, target_sr=sr)
+        starts = np.arange(0.0, len(samples) / 16000 - self.window_s + 1e-9, stride_s)
+        windows = np.stack([wave[int(round(t * sr)):int(round(t * sr)) + SAMPLES_TO_CONSIDER] for t in starts])
+        mfcc = librosa.feature.mfcc(y=windows, sr=sr, n_mfcc=N_MFCC, n_fft=N_FFT, hop_length=HOP_LENGTH)
+        x = np.swapaxes(mfcc, -1, -2)[..., None].astype(np.float32)
+        return starts, self.model.predict(x, batch_size=256, verbose=0) @ self._fold
+
+    def detect(self, starts, scores, threshold=None, duration_s=None, settings=None):
+        from kws.serving.predictor import Detection
+        from kws.streaming.detector import StreamDetector
+
+        settings = settings or self.detector
+        half = self.window_s / 2
+        found = StreamDetector(self.labels, settings).push_many(np.asarray(starts) + half, scores)
+        return [Detection(d.label, d.time_s - half, d.time_s + half, d.confidence, d.fired_s + half) for d in found]
+
+
+def original_streams(cfg, original: OriginalModel, labels: list[str]) -> dict:
+    """The original model on this fold's very streams, its operating point chosen the same way."""
+    from omegaconf import OmegaConf
+
+    from kws.artifacts import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
+    from kws.stages.stream import TEST_SEED_OFFSET, split_streams, thresholds
+    from kws.streaming import benchmark as bm
+
+    sc, features, pred = cfg.stream, Path(cfg.paths.features), OriginalStreams(original, labels)
+    stride, tol, late = float(sc.stride_s), float(sc.tolerance_s), sc.get("max_latency_s")
+    val, _ = split_streams(features / VALIDATION_EXAMPLES_FILE, sc, int(sc.seed), 16000)
+    test, _ = split_streams(features / TEST_EXAMPLES_FILE, sc, int(sc.seed) + TEST_SEED_OFFSET, 16000)
+    grid = bm.settings_grid(OmegaConf.to_container(sc.smoothing, resolve=True))
+    chosen = bm.choose(pred, bm.score_streams(pred, val, stride), grid, thresholds(sc.thresholds),
+                       float(sc.target_fa_per_hour), tol, late)
+    at_test = bm.outcome(pred, bm.score_streams(pred, test, stride), chosen["settings"], tol, late).summary()
+    return {"settings": chosen["settings"].to_dict(), "validation": {"recall": chosen["row"]["recall"]},
+            **{k: at_test[k] for k in STREAM_KEYS}}
+
+
+def pooled_stream(folds: list[dict], runtime: str) -> dict:
+    """Test streams of every fold as one: recall and false accepts per hour over all of them."""
+    rows = [f["stream"][runtime] for f in folds]
+    hits, said = sum(r["hits"] for r in rows), sum(r["keywords_said"] for r in rows)
+    late, fas, hours = sum(r["late"] for r in rows), sum(r["false_accepts"] for r in rows), sum(r["hours"] for r in rows)
+    return {"recall": hits / said, "recall_on_time": (hits - late) / said, "false_accepts_per_hour": fas / hours,
+            "wrong_words": sum(r["wrong_words"] for r in rows), "keywords_said": said, "hours": hours,
+            "latency_max_s": max((r["latency_s"].get("max", 0.0) or 0.0) for r in rows),
+            "per_fold": [{k: r[k] for k in ("recall", "false_accepts_per_hour", "settings")} for r in rows]}
 
 
 def _slim(result: dict) -> tuple[dict, list]:
@@ -219,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("KWS_BENCH_CACHE", "/tmp/kws-bench")) / "real")
     parser.add_argument("--out", default="real.json")
     parser.add_argument("--no-original", action="store_true")
+    parser.add_argument("--variants", action="store_true",
+                        help="also: int8 and clip-alone scoring of the same clips, and the stream benchmark per fold")
     parser.add_argument("--report", action="store_true", help="only print the tables of --out")
     args = parser.parse_args(argv)
     out_path = (Path(args.out).resolve() if Path(args.out).parent != Path(".")  # before the chdir below
@@ -275,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = compose_fold(overrides, fold, args.work, name)
             log.info("=== %s, test fold %d: %s", name, fold, " ".join(overrides) or "(conf defaults)")
             t0 = time.perf_counter()
-            r = run_fold(cfg, original)
+            r = run_fold(cfg, original, args.variants)
             r["fold"], r["seconds"], r["overrides"] = fold, round(time.perf_counter() - t0, 1), overrides
             previous[fold] = r
             folds.append(r)
@@ -295,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
             "params_count": folds[0]["train"]["params_count"],
             "per_fold": folds,
         }
+        if all("variants" in f for f in folds):
+            entry["variants"] = {v: pooled([{"v": f["variants"][v]} for f in folds], "v") for v in VARIANTS}
+            entry["stream"] = {rt: pooled_stream(folds, rt) for rt in folds[0]["stream"]}
         results["candidates"][name] = entry
         results["machine"] = machine_info()
         results["pool"] = "../shared/data/speech_commands_real (+ speech_commands_real_silence), speakers held out"
@@ -334,6 +458,13 @@ def report(results: dict) -> None:
           "| original model, same clips | original w/o silence | params | train min/fold |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(md))
+    for name, e in results["candidates"].items():
+        for v, o in e.get("variants", {}).items():
+            print(f"{name}, {v}: {_pct(o['accuracy'])} % [{_pct(o['ci95'][0])}, {_pct(o['ci95'][1])}], weakest class "
+                  f"{_pct(o['min_recall'])}, p50 {o['latency_p50_ms']:.2f} ms")
+        for rt, st in e.get("stream", {}).items():
+            print(f"{name}, streams, {rt}: recall {_pct(st['recall'])} % ({_pct(st['recall_on_time'])} % in time) at "
+                  f"{st['false_accepts_per_hour']:.1f} FA/h over {st['hours']:.2f} h, latest {st['latency_max_s']:.2f} s")
     for name, e in results["candidates"].items():
         print(f"{name} per class: " + ", ".join(f"{k} {_pct(v['recall'])}" for k, v in e["ours"]["per_class"].items()))
 

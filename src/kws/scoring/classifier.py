@@ -28,12 +28,13 @@ class BundleClassifier:
     """``classify(path) -> label`` through the service's decoder and predictor (loaded once)."""
 
     def __init__(self, bundle: str | Path, runtime: str = "tflite", threshold: float | None = None,
-                 max_duration_s: float = 60.0):
+                 max_duration_s: float = 60.0, tta_shifts_ms: Sequence[float] | None = None):
         from kws.serving.predictor import Predictor
 
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be between 0 and 1, got {threshold:g}")
-        self.predictor = Predictor(bundle, runtime=runtime, warmup=True)
+        rule = {} if tta_shifts_ms is None else {"tta_shifts_ms": tuple(tta_shifts_ms)}  # None: the service's rule
+        self.predictor = Predictor(bundle, runtime=runtime, warmup=True, **rule)
         self.labels = list(self.predictor.labels)
         self.runtime = self.predictor.runtime.name
         self.threshold = threshold

@@ -45,7 +45,8 @@ def recipe(sc, seed: int) -> StreamRecipe:
                         snr_db=tuple(sc.snr_db), keyword_share=float(sc.keyword_share), noise_rms=float(sc.noise_rms))
 
 
-def _streams(examples: Path, sc, seed: int, sample_rate: int):
+def split_streams(examples: Path, sc, seed: int, sample_rate: int):
+    """The streams of one split (its examples list) by the recipe `sc`, and what identifies them."""
     clips, noise = split_clips(examples)
     streams = generate_streams(clips, noise, recipe(sc, seed), int(sc.streams), sample_rate)
     doc = json.loads(examples.read_text())
@@ -78,8 +79,8 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     rate, stride, tol, target = predictor.cfg.sample_rate, float(sc.stride_s), float(sc.tolerance_s), float(sc.target_fa_per_hour)
     late = sc.get("max_latency_s")
     late = None if late is None else float(late)
-    val, val_info = _streams(features_dir / VALIDATION_EXAMPLES_FILE, sc, int(sc.seed), rate)
-    test, test_info = _streams(features_dir / TEST_EXAMPLES_FILE, sc, int(sc.seed) + TEST_SEED_OFFSET, rate)
+    val, val_info = split_streams(features_dir / VALIDATION_EXAMPLES_FILE, sc, int(sc.seed), rate)
+    test, test_info = split_streams(features_dir / TEST_EXAMPLES_FILE, sc, int(sc.seed) + TEST_SEED_OFFSET, rate)
     t_gen = time.perf_counter()
     val_scored, test_scored = bm.score_streams(predictor, val, stride), bm.score_streams(predictor, test, stride)
     t_score = time.perf_counter()
