@@ -56,3 +56,43 @@ def test_only_non_utf8_header_blocks_are_rewritten():
     fixed = utf8_part_headers(body, BOUNDARY)
     assert fixed.count("é.wav".encode()) == 1 and wav in fixed
     assert utf8_part_headers(_body("é.wav".encode(), wav), BOUNDARY) == _body("é.wav".encode(), wav)
+
+
+# --------------------------------------------------------------------------- fixed boundaries
+def _parse(parser_class, body: bytes, boundary: bytes):
+    """``(form, {name: (filename, bytes)})`` as the parser reads the body."""
+    import io
+
+    _, form, files = parser_class().parse(io.BytesIO(body), "multipart/form-data", len(body),
+                                          {"boundary": boundary.decode("latin-1")})
+    return dict(form), {k: (f.filename, f.read()) for k, f in files.items()}
+
+
+@pytest.mark.parametrize("boundary", [BOUNDARY, b"----WebKitFormBoundaryq8Zx3Lk2", b"a", b"x" * 70])
+def test_a_body_renamed_to_a_fixed_boundary_parses_as_werkzeug_parses_it(boundary):
+    from werkzeug.formparser import FormDataParser
+
+    from kws.serving.uploads import FIXED_BOUNDARIES, LenientFormDataParser, with_fixed_boundary
+
+    wav = b"RIFF\x00\x01-\n--\n" + bytes(range(256)) * 4
+    body = _body("é.wav".encode(), wav).replace(BOUNDARY, boundary)
+    renamed, fixed = with_fixed_boundary(body, boundary)
+    assert fixed == FIXED_BOUNDARIES[0] and b"--" + boundary not in renamed and renamed.count(fixed) == 3
+    expected = _parse(FormDataParser, body, boundary)
+    assert expected[1]["file"][1] == wav and expected[0] == {"top_k": "4"}
+    assert _parse(FormDataParser, renamed, fixed) == expected == _parse(LenientFormDataParser, body, boundary)
+    # a body holding the first fixed boundary takes the next one; its bytes are untouched
+    holding = _body(b"a.wav", wav + FIXED_BOUNDARIES[0]).replace(BOUNDARY, boundary)
+    renamed, fixed = with_fixed_boundary(holding, boundary)
+    assert fixed == FIXED_BOUNDARIES[1]
+    assert _parse(FormDataParser, renamed, fixed)[1]["file"][1] == wav + FIXED_BOUNDARIES[0]
+
+
+def test_a_body_that_is_not_conformant_is_left_to_werkzeug():
+    from kws.serving.uploads import with_fixed_boundary
+
+    mid_line = b"preamble--" + BOUNDARY + b"\r\n" + _body(b"a.wav", b"x")  # a delimiter not at a line start
+    assert with_fixed_boundary(mid_line, BOUNDARY) == (mid_line, BOUNDARY)
+    glued = _body(b"a.wav", b"x").replace(b"--" + BOUNDARY + b"--", b"--" + BOUNDARY + b"zz")  # no valid suffix
+    assert with_fixed_boundary(glued, BOUNDARY) == (glued, BOUNDARY)
+    assert with_fixed_boundary(b"no delimiter at all", BOUNDARY) == (b"no delimiter at all", BOUNDARY)
