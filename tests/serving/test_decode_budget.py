@@ -12,7 +12,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from kws.ffmpeg import Limits
 from kws.serving.openapi import document
 from tests.support.openapi import assert_documented
 from tests.support.processes import ApiProcess
-from tests.support.serving import assert_error, ffmpeg_convert, post_audio
+from tests.support.serving import assert_error, decoders_taken, ffmpeg_convert, post_audio
 
 
 def _children_cpu() -> float:
@@ -133,25 +132,12 @@ def test_the_service_answers_busy_with_retry_after(bundle, formats):
     app = create_app({"model_dir": str(bundle), "preload": False, "ffmpeg_concurrency": 1, "ffmpeg_wait_s": 0.1})
     client = app.test_client()
     assert client.post("/predict", data=formats["wav/wav"], content_type="audio/wav").status_code == 200
-    hold, release = threading.Event(), threading.Event()
-
-    def occupy():
-        with app.extensions["kws_decoder"].gate.slot():
-            hold.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=occupy)
-    holder.start()
-    try:
-        hold.wait(10)
+    with decoders_taken(app):
         resp = client.post("/predict", data=formats["matroska/webm"], content_type="audio/webm")
         assert resp.status_code == 503 and resp.json["error"]["code"] == "busy", resp.json
         assert int(resp.headers["Retry-After"]) >= 1
         assert_documented(document(), "POST", "/predict", resp.status_code, resp.json, resp.headers)
         assert client.post("/predict", data=formats["wav/wav"], content_type="audio/wav").status_code == 200
-    finally:
-        release.set()
-        holder.join()
     assert client.post("/predict", data=formats["matroska/webm"], content_type="audio/webm").status_code == 200
 
 

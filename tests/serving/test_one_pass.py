@@ -17,6 +17,7 @@ import pytest
 from kws.audio import fix_length, load_file, time_shift
 from kws.features import FeatureConfig, extract
 from kws.serving import predictor as pm
+from tests.support.serving import CountingRuntime
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech_commands_real"
 
@@ -70,29 +71,15 @@ def test_predict_answers_as_the_three_pass_rule(bundle, real_waves):
         assert got["confidence"] == pytest.approx(float(want.max()), abs=1e-5)
 
 
-class _Counting:
-    """The real runtime, counting its calls and the rows it was given."""
-
-    def __init__(self, runtime):
-        self.inner, self.calls = runtime, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def infer(self, x):
-        self.calls.append(len(x))
-        return self.inner.infer(x)
-
-
 def test_one_runtime_call_per_clip_and_a_bucket_that_fits(bundle, real_waves):
     pred = pm.Predictor(bundle, warmup=False)
     assert len(pred.tta_shifts_ms) in pred.runtime._buckets  # the views are never padded up to 8
-    counting = pred.runtime = _Counting(pred.runtime)
+    counting = pred.runtime = CountingRuntime(pred.runtime)
     pred.predict(real_waves[0])
-    assert counting.calls == [len(pm.DEFAULT_TTA_SHIFTS_MS)]
+    assert [c[0] for c in counting.calls] == [len(pm.DEFAULT_TTA_SHIFTS_MS)]
     counting.calls.clear()
     pred.clip_scores(real_waves[:5])
-    assert counting.calls == [5 * len(pm.DEFAULT_TTA_SHIFTS_MS)]
+    assert [c[0] for c in counting.calls] == [5 * len(pm.DEFAULT_TTA_SHIFTS_MS)]
 
 
 def test_shifts_are_rounded_to_whole_hops_and_reported(bundle, caplog):

@@ -10,7 +10,6 @@ import ast
 import importlib
 import shutil
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +26,7 @@ from kws.serving.overload import CHEAP_PATHS
 from tests.support.bundles import long_recording, wav_bytes
 from tests.support.openapi import assert_documented, undocumented
 from tests.support.processes import ApiProcess
-from tests.support.serving import assert_error, ffmpeg_convert, post_audio
+from tests.support.serving import assert_error, decoders_taken, ffmpeg_convert, post_audio
 
 SRC = Path(kws.errors.__file__).parent
 #: The modules a request runs through (the training side raises errors no request can meet).
@@ -186,21 +185,8 @@ def test_real_answers_of_the_app_are_documented(bundle, uploads, tmp_path):
     call("GET", "/predict")  # method_not_allowed
     call("GET", "/nothing/here")  # not_found
     call("POST", "/admin/reload")  # forbidden: no token
-    hold, release = threading.Event(), threading.Event()
-
-    def occupy():
-        with app.extensions["kws_decoder"].gate.slot():
-            hold.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=occupy)
-    holder.start()
-    try:
-        assert hold.wait(10)
+    with decoders_taken(app):
         assert call("POST", "/predict", data=uploads["webm"], content_type="audio/webm").status_code == 503  # busy
-    finally:
-        release.set()
-        holder.join()
     opened = call("POST", "/stream")
     sid = opened.get_json()["session"]
     call("POST", "/stream")  # too_many_sessions

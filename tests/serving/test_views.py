@@ -23,6 +23,7 @@ from kws.features import FeatureConfig
 from kws.serving import predictor as pm
 from kws.serving import registry
 from tests.support.bundles import build_tiny_bundle
+from tests.support.serving import CountingRuntime
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech_commands_real"
 VIEWS_FILES = (kv.VIEWS_FILE, kv.VIEWS_INT8_FILE, kv.VIEWS_INFO_FILE)
@@ -112,26 +113,12 @@ def test_each_crop_is_its_views_trunk_output_in_the_middle_and_one_step_off_is_n
     assert stride == 2
 
 
-class _Counting:
-    """The real runtime, counting its calls and the shapes it was given."""
-
-    def __init__(self, runtime):
-        self.inner, self.calls = runtime, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def infer(self, x):
-        self.calls.append(x.shape)
-        return self.inner.infer(x)
-
-
 @pytest.mark.parametrize("runtime, file", [("tflite", kv.VIEWS_FILE), ("tflite_int8", kv.VIEWS_INT8_FILE)])
 def test_one_invoke_of_one_padded_clip_and_the_scan_unchanged(dscnn, real_waves, runtime, file):
     pred = pm.Predictor(dscnn, runtime=runtime)
     assert pred.describe()["clip_path"] == {"rule": "views_model", "file": file,
                                             "why": f"built for these shifts ({file})"}
-    views, single = _Counting(pred._views), _Counting(pred.runtime)
+    views, single = CountingRuntime(pred._views), CountingRuntime(pred.runtime)
     pred._views, pred.runtime = views, single
     answer = pred.predict(real_waves[0])
     assert views.calls == [(1, FRAMES + 4, COEFFS, 1)] and single.calls == []

@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -68,3 +71,38 @@ def tree(path: Path) -> set[str]:
     """Every file and folder under ``path`` (relative names)."""
     path = Path(path)
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
+
+
+@contextmanager
+def decoders_taken(app) -> Iterator[None]:
+    """Inside: a thread holds the app's one ffmpeg decoder slot (``ffmpeg_concurrency: 1``), so
+    an upload that needs ffmpeg finds none free; released on the way out."""
+    hold, release = threading.Event(), threading.Event()
+
+    def occupy():
+        with app.extensions["kws_decoder"].gate.slot():
+            hold.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=occupy)
+    holder.start()
+    try:
+        assert hold.wait(10), "the decoder slot was not taken"
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+class CountingRuntime:
+    """A predictor's real runtime, recording the shape of every batch it is given."""
+
+    def __init__(self, runtime):
+        self.inner, self.calls = runtime, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def infer(self, x):
+        self.calls.append(x.shape)
+        return self.inner.infer(x)
