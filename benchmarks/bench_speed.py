@@ -114,8 +114,10 @@ def bench_latency(bundle: Path, clips: list[Path], n_requests: int, views: bool 
     from kws.audio import check_not_silent, decode
     from kws.serving.predictor import Predictor
 
-    f32 = Predictor(bundle, runtime="tflite", use_views=False)  # the batch of views
-    i8 = Predictor(bundle, runtime="tflite_int8", use_views=False)
+    from kws.views import VIEW_SHIFTS_MS
+
+    f32 = Predictor(bundle, runtime="tflite", use_views=False, tta_shifts_ms=VIEW_SHIFTS_MS)  # the batch of views
+    i8 = Predictor(bundle, runtime="tflite_int8", use_views=False, tta_shifts_ms=VIEW_SHIFTS_MS)
     old = Predictor(bundle, runtime="tflite", tta_shifts_ms=OLD_SHIFTS_MS[:1])  # runtime + features; rule below
     old.runtime = f32.runtime.__class__(bundle / "model.tflite", buckets=(1, 8, 32))  # the previous buckets
 
@@ -129,18 +131,18 @@ def bench_latency(bundle: Path, clips: list[Path], n_requests: int, views: bool 
             return pred.labels[int(np.argmax(scores))]
         return pred.predict(audio.samples)["keyword"]
 
-    plain = Predictor(bundle, runtime="tflite", tta_shifts_ms=(0,))
+    plain = Predictor(bundle, runtime="tflite", tta_shifts_ms=(0,))  # the served rule (the default)
+    plain8 = Predictor(bundle, runtime="tflite_int8", tta_shifts_ms=(0,))
     variants = {"three_pass_50ms_float32": lambda d: answer(old, d, "old"),
                 "one_pass_40ms_float32": lambda d: answer(f32, d, "new"),
                 "one_pass_40ms_int8": lambda d: answer(i8, d, "new"),
-                "clip_alone_float32": lambda d: answer(plain, d, "new")}
+                "clip_alone_float32": lambda d: answer(plain, d, "new"),
+                "clip_alone_int8": lambda d: answer(plain8, d, "new")}
     if views:
         v = views_predictors(bundle)
-        plain8 = Predictor(bundle, runtime="tflite_int8", tta_shifts_ms=(0,))
         del variants["three_pass_50ms_float32"]
         variants = {"views_40ms_float32": lambda d: answer(v["tflite"], d, "new"),
-                    "views_40ms_int8": lambda d: answer(v["tflite_int8"], d, "new"),
-                    **variants, "clip_alone_int8": lambda d: answer(plain8, d, "new")}
+                    "views_40ms_int8": lambda d: answer(v["tflite_int8"], d, "new"), **variants}
     datas = [c.read_bytes() for c in clips]
     names = list(variants)
     for i in range(20):

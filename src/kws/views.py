@@ -51,12 +51,16 @@ RUNTIME_FILES = {"tflite": VIEWS_FILE, "tflite_int8": VIEWS_INT8_FILE}
 #: How many held-out feature rows the export compares the views model with the batch of views on.
 CHECK_ROWS = 1000
 
-#: Test-time shifts of a short clip (ms): the clip is scored as it is and moved two 20 ms feature
-#: hops earlier and later (zero-filled, like the training time shift); the class scores are
-#: averaged. Whole hops, so that one feature pass serves all three views; ±40 vs ±60 ms were
-#: measured on real speech (benchmarks/bench_speed.py, results/speed.json).
-#: ``KWS_TTA_SHIFTS_MS=0`` turns it off.
-DEFAULT_TTA_SHIFTS_MS = (0, -40, 40)
+#: The shifted views of a short clip (ms), with ``KWS_TTA_SHIFTS_MS=0,-40,40``: the clip as it is
+#: and moved two 20 ms feature hops earlier and later (zero-filled, like the training time
+#: shift), the class scores averaged. Whole hops, so that one feature pass serves all three
+#: views; ±40 vs ±60 ms were measured on real speech (benchmarks/bench_speed.py). The views model
+#: of this module is built for them.
+VIEW_SHIFTS_MS = (0, -40, 40)
+#: What the service does by default: the clip alone. The three views above scored the same real
+#: speech no better (speaker folds, benchmarks/bench_real.py --variants, results/real_variants.json)
+#: at three times the network's cost.
+DEFAULT_TTA_SHIFTS_MS = (0,)
 
 
 def shift_frames(shifts_ms: Sequence[float], cfg) -> tuple[int, ...]:
@@ -231,7 +235,7 @@ def compare(views: bytes, single: bytes, padded: np.ndarray, frames, n_frames: i
     return out
 
 
-def write_views(folder: Path, model, features, shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS,
+def write_views(folder: Path, model, features, shifts_ms: Sequence[float] = VIEW_SHIFTS_MS,
                 representative: np.ndarray | None = None, check: tuple[np.ndarray, np.ndarray] | None = None,
                 source: str = "export") -> dict[str, Any] | None:
     """Write ``model_views.tflite`` (and, with ``representative`` training feature rows,
@@ -276,7 +280,7 @@ def write_views(folder: Path, model, features, shifts_ms: Sequence[float] = DEFA
     return info
 
 
-def add_views(bundle: str | Path, shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS,
+def add_views(bundle: str | Path, shifts_ms: Sequence[float] = VIEW_SHIFTS_MS,
               features_dir: str | Path | None = None) -> dict[str, Any] | None:
     """Build the views model into an existing bundle, in place (views.json last). The int8
     variant needs the bundle's ``model_int8.tflite`` and ``features_dir``'s ``train.npz`` (its
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m kws.views", description=__doc__.splitlines()[0])
     p.add_argument("bundle", type=Path, help="a serving bundle (model.keras, model.tflite, ...)")
-    p.add_argument("--shifts-ms", default=",".join(str(s) for s in DEFAULT_TTA_SHIFTS_MS),
+    p.add_argument("--shifts-ms", default=",".join(str(s) for s in VIEW_SHIFTS_MS),
                    help="the service's KWS_TTA_SHIFTS_MS (comma-separated ms)")
     p.add_argument("--features", type=Path, default=None,
                    help="the prepare output (train.npz: int8 calibration; validation.npz: the check)")

@@ -17,6 +17,7 @@ import pytest
 from kws.audio import fix_length, load_file, time_shift
 from kws.features import FeatureConfig, extract
 from kws.serving import predictor as pm
+from kws.views import VIEW_SHIFTS_MS
 from tests.support.serving import CountingRuntime
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech_commands_real"
@@ -63,23 +64,23 @@ def test_one_pass_equals_three_pass_on_real_clips(bundle, real_waves, shifts):
 
 
 def test_predict_answers_as_the_three_pass_rule(bundle, real_waves):
-    pred = pm.Predictor(bundle)
+    pred = pm.Predictor(bundle, tta_shifts_ms=VIEW_SHIFTS_MS)
     for wave in real_waves[:12]:
-        want = three_pass(pred, wave[None], pm.DEFAULT_TTA_SHIFTS_MS)[0]
+        want = three_pass(pred, wave[None], VIEW_SHIFTS_MS)[0]
         got = pred.predict(wave)
         assert got["keyword"] == pred.labels[int(np.argmax(want))]
         assert got["confidence"] == pytest.approx(float(want.max()), abs=1e-5)
 
 
 def test_one_runtime_call_per_clip_and_a_bucket_that_fits(bundle, real_waves):
-    pred = pm.Predictor(bundle, warmup=False)
+    pred = pm.Predictor(bundle, tta_shifts_ms=VIEW_SHIFTS_MS, warmup=False)
     assert len(pred.tta_shifts_ms) in pred.runtime._buckets  # the views are never padded up to 8
     counting = pred.runtime = CountingRuntime(pred.runtime)
     pred.predict(real_waves[0])
-    assert [c[0] for c in counting.calls] == [len(pm.DEFAULT_TTA_SHIFTS_MS)]
+    assert [c[0] for c in counting.calls] == [len(VIEW_SHIFTS_MS)]
     counting.calls.clear()
     pred.clip_scores(real_waves[:5])
-    assert [c[0] for c in counting.calls] == [5 * len(pm.DEFAULT_TTA_SHIFTS_MS)]
+    assert [c[0] for c in counting.calls] == [5 * len(VIEW_SHIFTS_MS)]
 
 
 def test_shifts_are_rounded_to_whole_hops_and_reported(bundle, caplog):

@@ -22,6 +22,7 @@ from kws.errors import BundleError
 from kws.features import FeatureConfig
 from kws.serving import predictor as pm
 from kws.serving import registry
+from kws.views import VIEW_SHIFTS_MS
 from tests.support.bundles import build_tiny_bundle
 from tests.support.serving import CountingRuntime
 
@@ -82,8 +83,8 @@ def test_the_export_writes_it_with_its_shifts_and_check(dscnn):
 
 @pytest.mark.parametrize("runtime", ["tflite", "tflite_int8"])
 def test_views_model_is_close_to_the_batch_of_views_on_real_clips(dscnn, no_views, real_waves, runtime):
-    views = pm.Predictor(dscnn, runtime=runtime, warmup=False)
-    batch = pm.Predictor(no_views, runtime=runtime, warmup=False)
+    views = pm.Predictor(dscnn, tta_shifts_ms=VIEW_SHIFTS_MS, runtime=runtime, warmup=False)
+    batch = pm.Predictor(no_views, tta_shifts_ms=VIEW_SHIFTS_MS, runtime=runtime, warmup=False)
     assert views.clip_path["rule"] == "views_model" and batch.clip_path["rule"] == "batch_of_views"
     got, want = views.clip_scores(real_waves), batch.clip_scores(real_waves)
     diff = np.abs(got - want)
@@ -115,7 +116,7 @@ def test_each_crop_is_its_views_trunk_output_in_the_middle_and_one_step_off_is_n
 
 @pytest.mark.parametrize("runtime, file", [("tflite", kv.VIEWS_FILE), ("tflite_int8", kv.VIEWS_INT8_FILE)])
 def test_one_invoke_of_one_padded_clip_and_the_scan_unchanged(dscnn, real_waves, runtime, file):
-    pred = pm.Predictor(dscnn, runtime=runtime)
+    pred = pm.Predictor(dscnn, tta_shifts_ms=VIEW_SHIFTS_MS, runtime=runtime)
     assert pred.describe()["clip_path"] == {"rule": "views_model", "file": file,
                                             "why": f"built for these shifts ({file})"}
     views, single = CountingRuntime(pred._views), CountingRuntime(pred.runtime)
@@ -133,7 +134,7 @@ def test_one_invoke_of_one_padded_clip_and_the_scan_unchanged(dscnn, real_waves,
     ({"use_views": False}, "use_views is off"),
 ])
 def test_other_shifts_or_runtimes_use_the_batch_of_views(dscnn, kwargs, why):
-    pred = pm.Predictor(dscnn, warmup=False, **kwargs)
+    pred = pm.Predictor(dscnn, warmup=False, **{"tta_shifts_ms": VIEW_SHIFTS_MS, **kwargs})
     assert pred.clip_path["rule"] == "batch_of_views" and why in pred.clip_path["why"], pred.clip_path
     assert pred._views is None
 
@@ -141,7 +142,7 @@ def test_other_shifts_or_runtimes_use_the_batch_of_views(dscnn, kwargs, why):
 def test_the_same_shifts_in_another_order_use_it_and_no_shifts_is_the_clip_alone(dscnn, no_views):
     assert pm.Predictor(dscnn, warmup=False, tta_shifts_ms=(40, 0, -40)).clip_path["rule"] == "views_model"
     assert pm.Predictor(dscnn, warmup=False, tta_shifts_ms=(0,)).describe()["clip_path"] == {"rule": "clip_alone"}
-    pred = pm.Predictor(no_views, runtime="tflite", warmup=False)
+    pred = pm.Predictor(no_views, tta_shifts_ms=VIEW_SHIFTS_MS, runtime="tflite", warmup=False)
     assert pred.describe()["clip_path"] == {"rule": "batch_of_views", "views": 3,
                                             "why": "the bundle has no views model (views.json)"}
 
@@ -169,9 +170,9 @@ def test_a_broken_views_model_leaves_the_bundle_served_by_the_batch(dscnn, no_vi
                                                                    damage, why):
     bundle = _copy(dscnn, tmp_path)
     damage(bundle)
-    pred = pm.Predictor(bundle, runtime="tflite")  # warmed up: its answers checked
+    pred = pm.Predictor(bundle, tta_shifts_ms=VIEW_SHIFTS_MS, runtime="tflite")  # warmed up: its answers checked
     assert pred.clip_path["rule"] == "batch_of_views" and why in pred.clip_path["why"], pred.clip_path
-    want = pm.Predictor(no_views, runtime="tflite", warmup=False).clip_scores(real_waves[:8])
+    want = pm.Predictor(no_views, tta_shifts_ms=VIEW_SHIFTS_MS, runtime="tflite", warmup=False).clip_scores(real_waves[:8])
     np.testing.assert_allclose(pred.clip_scores(real_waves[:8]), want, atol=1e-6)
 
 
@@ -179,10 +180,10 @@ def test_a_reload_swaps_in_a_bundle_whose_views_model_broke_and_serves_it(dscnn,
     bundle = _copy(dscnn, tmp_path)
     registry.reset()
     try:
-        old = registry.get_predictor(bundle, runtime="tflite")
+        old = registry.get_predictor(bundle, runtime="tflite", tta_shifts_ms=VIEW_SHIFTS_MS)
         assert old.clip_path["rule"] == "views_model"
         (bundle / kv.VIEWS_FILE).write_bytes(b"garbage!" * 4096)  # in place: only the views file changes
-        swapped = registry.reload_if_changed(bundle, runtime="tflite")
+        swapped = registry.reload_if_changed(bundle, runtime="tflite", tta_shifts_ms=VIEW_SHIFTS_MS)
         assert swapped is not None, "the fingerprint missed the views file"
         new = swapped[1]
         assert new.clip_path["rule"] == "batch_of_views" and "cannot be loaded" in new.clip_path["why"]
@@ -199,8 +200,8 @@ def test_built_for_an_existing_bundle_from_the_command_line(no_views, tmp_path, 
     assert info["shift_frames"] == [0, -2, 2] and info["source"] == "kws.views"
     assert info["files"] == {"tflite": kv.VIEWS_FILE}  # no calibration rows given: no int8 variant
     assert pm.bundle_fingerprint(bundle) != before  # a serving process reloads it
-    assert pm.Predictor(bundle, runtime="tflite", warmup=False).clip_path["rule"] == "views_model"
-    why = pm.Predictor(bundle, runtime="tflite_int8", warmup=False).clip_path["why"]
+    assert pm.Predictor(bundle, tta_shifts_ms=VIEW_SHIFTS_MS, runtime="tflite", warmup=False).clip_path["rule"] == "views_model"
+    why = pm.Predictor(bundle, tta_shifts_ms=VIEW_SHIFTS_MS, runtime="tflite_int8", warmup=False).clip_path["why"]
     assert why == "its views model has no tflite_int8 variant"
 
 

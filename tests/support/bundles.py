@@ -160,9 +160,9 @@ def build_tiny_bundle(
     }
     extra = {"representative": x, "check": (x, y)} if int8 else {}
     if views:
-        from kws.views import DEFAULT_TTA_SHIFTS_MS
+        from kws.views import VIEW_SHIFTS_MS
 
-        extra["views_shifts_ms"] = DEFAULT_TTA_SHIFTS_MS
+        extra["views_shifts_ms"] = VIEW_SHIFTS_MS
     return Path(write_bundle(out_dir, model, labels, cfg, metrics=metrics, info=info, **extra))
 
 

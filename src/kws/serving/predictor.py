@@ -5,7 +5,8 @@
   predictor records its bundle's identity (:func:`bundle_fingerprint`) for that reload.
 * Features come from :func:`kws.features.extract` (log-mel or MFCC, as the bundle says) — the same code the training pipeline used,
   with the bundle's ``features.json``.
-* A short clip is scored with test-time shifts (:data:`DEFAULT_TTA_SHIFTS_MS`) in ONE feature pass
+* A short clip is scored alone by default (:data:`DEFAULT_TTA_SHIFTS_MS`). With test-time shifts
+  (``tta_shifts_ms``, e.g. :data:`kws.views.VIEW_SHIFTS_MS`) it is scored in ONE feature pass
   and ONE runtime call: the features of the clip zero-padded by the largest shift on both sides,
   sliced at whole-frame offsets, give exactly the features of each zero-filled shifted clip
   (every frame depends on its own window only), and the views go to the runtime as one batch.
@@ -42,7 +43,7 @@ from kws.features import clip_features, extract
 from kws.labels import SILENCE, UNKNOWN
 from kws.serving.runtimes import TFLiteRuntime, load_runtime, single_threaded_blas
 from kws.streaming.detector import DetectorSettings, StreamDetector
-from kws.views import DEFAULT_TTA_SHIFTS_MS, RUNTIME_FILES, VIEWS_INFO_FILE, shift_frames, views_file  # noqa: F401
+from kws.views import DEFAULT_TTA_SHIFTS_MS, RUNTIME_FILES, VIEW_SHIFTS_MS, VIEWS_INFO_FILE, shift_frames, views_file  # noqa: F401
 
 log = logging.getLogger(__name__)
 

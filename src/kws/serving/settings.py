@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 from kws.errors import ConfigError
 
 RUNTIMES = ("auto", "tflite", "tflite_int8", "keras")  # kws.serving.runtimes.RUNTIMES (checked by a test; no heavy import here)
-DEFAULT_TTA_SHIFTS_MS = (0, -40, 40)  # kws.serving.predictor.DEFAULT_TTA_SHIFTS_MS (idem)
+DEFAULT_TTA_SHIFTS_MS = (0,)  # kws.serving.predictor.DEFAULT_TTA_SHIFTS_MS (idem): the clip alone
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ SETTINGS: tuple[Setting, ...] = (
     _S("detection_threshold", "KWS_DETECTION_THRESHOLD", float, 0.6, "confidence of a detection in long audio",
        _unit, "0..1"),
     _S("tta_shifts_ms", "KWS_TTA_SHIFTS_MS", tuple, DEFAULT_TTA_SHIFTS_MS,
-       "test-time shifts of a short clip, averaged (comma-separated ms, rounded to whole feature hops; 0: off)", _shifts, "each under 500 ms"),
+       "test-time shifts of a short clip, averaged (comma-separated ms, rounded to whole feature hops; 0: the clip alone)", _shifts, "each under 500 ms"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}

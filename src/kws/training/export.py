@@ -20,7 +20,7 @@ import numpy as np
 from kws.config import flatten
 from kws.training.callbacks import killed_on_interrupt
 from kws.training.heads import fold_head, shift_logits
-from kws.views import DEFAULT_TTA_SHIFTS_MS
+from kws.views import VIEW_SHIFTS_MS
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,6 @@ def write_model(cfg, run, export, example: np.ndarray, curves: Path, model_dir: 
                  # int8 beside float32: calibrated on training features, checked against float32 on the
                  # validation split (scored by the task's labels, as the service answers)
                  representative=splits.x_train, check=(splits.x_val, _task_targets(splits)),
-                 views_shifts_ms=DEFAULT_TTA_SHIFTS_MS if WRITE_VIEWS else None)
+                 views_shifts_ms=VIEW_SHIFTS_MS if WRITE_VIEWS else None)
     (model_dir / tracking.RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     return run_info
