@@ -14,8 +14,8 @@ every clip of the pool is a test clip exactly once.
     .venv/bin/python benchmarks/bench_real.py --candidates recipe --folds 0 1 2
     .venv/bin/python benchmarks/bench_real.py --candidates recipe --variants --out real_variants.json
 
-``--variants`` adds, per fold, the same clips scored by the int8 model and by a clip scored alone
-(no shifted views) beside the served float32 rule, and the stream stage's own benchmark of the
+``--variants`` adds, per fold, the same clips scored alone and with ±40 ms views, by the float32
+and the int8 model, and the stream stage's own benchmark of the
 fold's model (operating point chosen on the fold's validation streams, float32 and int8).
 
 A candidate is a list of Hydra overrides on top of ``data=speech_commands_real`` and conf/'s
@@ -166,10 +166,10 @@ def run_fold(cfg, original: OriginalModel | None, variants: bool = False) -> dic
 
 
 #: name -> (runtime, test-time shifts; None: the service's rule). Scored with ``--variants``: the
-#: int8 model and a clip scored alone (no shifted views) beside the served float32 rule, same clips.
+#: clip alone (the served rule) and with its ±40 ms views, float32 and int8, on the same clips.
 VARIANTS: dict[str, tuple[str, tuple[float, ...] | None]] = {
-    "float32, served rule": ("tflite", None), "float32, clip alone": ("tflite", (0.0,)),
-    "int8, served rule": ("tflite_int8", None), "int8, clip alone": ("tflite_int8", (0.0,)),
+    "float32, ±40 ms views": ("tflite", (0.0, -40.0, 40.0)), "float32, clip alone": ("tflite", (0.0,)),
+    "int8, ±40 ms views": ("tflite_int8", (0.0, -40.0, 40.0)), "int8, clip alone": ("tflite_int8", (0.0,)),
 }
 STREAM_KEYS = ("recall", "recall_on_time", "false_accepts_per_hour", "false_accepts", "wrong_words", "hits",
                "keywords_said", "hours", "late", "latency_s")

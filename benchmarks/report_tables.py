@@ -57,6 +57,26 @@ def table_real() -> str:
                                         "`predict` per request), `bench_serving.py`, 1 s clips in-process")
 
 
+def table_real_variants() -> str:
+    """``bench_real.py --variants``: the same folds' clips by runtime and rule, then their streams."""
+    r = result("real_variants")["candidates"]["recipe"]
+    folds = ", ".join(str(f) for f in r["folds"])
+    clips = [[f"{name}{' (served rule)' if name.endswith('clip alone') else ''}", v["n"], ci(v), weakest(v["per_class"]),
+              pct(v["per_class"]["_unknown_"]["recall"]), ms(v["latency_p50_ms"])] for name, v in r["variants"].items()]
+    names = {"tflite": "ours, float32", "tflite_int8": "ours, int8", "original": "original model (its own features)"}
+    streams = []
+    for runtime, st in r["stream"].items():
+        per_fold = " / ".join(f"{pct(f['recall'])} @ {f['false_accepts_per_hour']:.0f}" for f in st["per_fold"])
+        streams.append([names.get(runtime, runtime), f"{st['hours'] * 60:.0f}", f"**{pct(st['recall'])}**",
+                        f"{st['false_accepts_per_hour']:.1f}", pct(st["recall_on_time"]), per_fold])
+    return (md([f"clips, folds {folds}", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`",
+                "p50 ms/clip"], clips)
+            + "\n\n" + md([f"test streams, folds {folds}", "minutes", "keyword recall %", "false accepts / h",
+                           "recall within 0.35 s %", "per fold: recall % @ FA/h"], streams)
+            + "\n\nEach fold's operating point is chosen on its own validation streams for 10 false accepts "
+              "per hour (`conf/stream`), the original model's with the same detector and sweep.")
+
+
 def table_real_per_class() -> str:
     r = result("real")["candidates"]["recipe"]
     ours, orig = r["ours"]["per_class"], r["original"]["per_class"]

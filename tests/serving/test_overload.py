@@ -33,7 +33,7 @@ def test_past_the_bound_503_at_once_and_health_stays_fast(tmp_path, bundle, clip
     # a fine stride makes the 60 s scan take seconds however fast the predictor gets, so the slow
     # requests are surely still in flight when the extra ones arrive
     env = {"KWS_THREADS": "1", "KWS_MAX_QUEUE": "1", "KWS_OVERLOAD_RETRY_AFTER_S": "3", "KWS_QUEUE_WARNING_S": "60",
-           "KWS_WINDOW_STRIDE_S": "0.02"}
+           "KWS_WINDOW_STRIDE_S": "0.01"}
     with ApiProcess(bundle, tmp_path / "api", env=env) as api, \
             NginxProcess(tmp_path / "ngx", upstream=f"127.0.0.1:{api.port}") as ngx:
         t0 = time.perf_counter()
