@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, machine_info, paths, table, write_result  # noqa: E402
 
+from kws.views import VIEW_SHIFTS_MS  # noqa: E402
+
 ORIGINAL = paths.BASELINES / "original_cnn"
 ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left marvin nine no off on one "
                   "right seven sheila six stop three tree two up wow yes zero").split()
@@ -168,8 +170,8 @@ def run_fold(cfg, original: OriginalModel | None, variants: bool = False) -> dic
 #: name -> (runtime, test-time shifts; None: the service's rule). Scored with ``--variants``: the
 #: clip alone (the served rule) and with its ±40 ms views, float32 and int8, on the same clips.
 VARIANTS: dict[str, tuple[str, tuple[float, ...] | None]] = {
-    "float32, ±40 ms views": ("tflite", (0.0, -40.0, 40.0)), "float32, clip alone": ("tflite", (0.0,)),
-    "int8, ±40 ms views": ("tflite_int8", (0.0, -40.0, 40.0)), "int8, clip alone": ("tflite_int8", (0.0,)),
+    "float32, ±40 ms views": ("tflite", VIEW_SHIFTS_MS), "float32, clip alone": ("tflite", (0.0,)),
+    "int8, ±40 ms views": ("tflite_int8", VIEW_SHIFTS_MS), "int8, clip alone": ("tflite_int8", (0.0,)),
 }
 STREAM_KEYS = ("recall", "recall_on_time", "false_accepts_per_hour", "false_accepts", "wrong_words", "hits",
                "keywords_said", "hours", "late", "latency_s")
@@ -234,14 +236,10 @@ class OriginalStreams:
         x = np.swapaxes(mfcc, -1, -2)[..., None].astype(np.float32)
         return starts, self.model.predict(x, batch_size=256, verbose=0) @ self._fold
 
-    def detect(self, starts, scores, threshold=None, duration_s=None, settings=None):
-        from kws.serving.predictor import Detection
-        from kws.streaming.detector import StreamDetector
+    def detect(self, starts, scores, duration_s=None, settings=None):
+        from kws.serving.predictor import window_detections
 
-        settings = settings or self.detector
-        half = self.window_s / 2
-        found = StreamDetector(self.labels, settings).push_many(np.asarray(starts) + half, scores)
-        return [Detection(d.label, d.time_s - half, d.time_s + half, d.confidence, d.fired_s + half) for d in found]
+        return window_detections(self.labels, self.window_s, settings or self.detector, starts, scores, duration_s)
 
 
 def original_streams(cfg, original: OriginalModel, labels: list[str]) -> dict:

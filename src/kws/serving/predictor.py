@@ -43,7 +43,7 @@ from kws.features import clip_features, extract
 from kws.labels import SILENCE, UNKNOWN
 from kws.serving.runtimes import TFLiteRuntime, load_runtime, single_threaded_blas
 from kws.streaming.detector import DetectorSettings, StreamDetector
-from kws.views import DEFAULT_TTA_SHIFTS_MS, RUNTIME_FILES, VIEW_SHIFTS_MS, VIEWS_INFO_FILE, shift_frames, views_file  # noqa: F401
+from kws.views import DEFAULT_TTA_SHIFTS_MS, RUNTIME_FILES, VIEWS_INFO_FILE, shift_frames, views_file  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -330,11 +330,20 @@ class Predictor:
         settings = settings or self.detector
         if threshold is not None:
             settings = settings.replace(threshold=float(threshold))
-        half = self.window_s / 2
-        found = StreamDetector(self.labels, settings).push_many(np.asarray(starts) + half, scores)
-        cap = duration_s if duration_s is not None else float("inf")
-        return [Detection(d.label, max(0.0, d.time_s - half), min(d.time_s + half, cap), d.confidence,
-                          d.fired_s + half) for d in found]
+        return window_detections(self.labels, self.window_s, settings, starts, scores, duration_s)
+
+
+def window_detections(labels: Sequence[str], window_s: float, settings: DetectorSettings, starts: np.ndarray,
+                      scores: np.ndarray, duration_s: float | None = None) -> list[Detection]:
+    """The detections of windows of ``window_s`` seconds starting at ``starts`` (one score row
+    each, ``labels``' order): a fresh :class:`StreamDetector` fed each window's centre, each
+    detection spanning the window where its keyword peaked (within ``0..duration_s``), with the
+    end of the window that decided it."""
+    half = window_s / 2
+    found = StreamDetector(labels, settings).push_many(np.asarray(starts) + half, scores)
+    cap = duration_s if duration_s is not None else float("inf")
+    return [Detection(d.label, max(0.0, d.time_s - half), min(d.time_s + half, cap), d.confidence,
+                      d.fired_s + half) for d in found]
 
 
 def _finite(scores: np.ndarray) -> None:

@@ -51,10 +51,12 @@ def with_fixed_boundary(body: bytes, boundary: bytes) -> tuple[bytes, bytes]:
     the body does not contain. Only a conformant body is renamed (each ``--boundary`` at a line
     start and followed by ``--``, blanks or a line break, as Werkzeug's expressions want it);
     any other is returned as it is, for Werkzeug to parse (or refuse) as before."""
-    fixed = next((f for f in FIXED_BOUNDARIES if f not in body), None)
-    dash = b"--" + boundary
-    if not boundary or fixed is None or b"\r" in boundary or b"\n" in boundary:
+    if not boundary or b"\r" in boundary or b"\n" in boundary:
         return body, boundary
+    fixed = next((f for f in FIXED_BOUNDARIES if f not in body), None)
+    if fixed is None:
+        return body, boundary
+    dash = b"--" + boundary
     at, i = [], body.find(dash)
     while i >= 0:
         after = body[i + len(dash):i + len(dash) + 2]

@@ -99,7 +99,8 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     t_sweep = time.perf_counter()
 
     point = {"target_fa_per_hour": target, "target_met_on_validation": chosen["target_met"], "chosen_on": "validation",
-             "stride_s": stride, "tolerance_s": tol, "max_latency_s": late, "smoothing_swept": len(grid), "thresholds_swept": len(sweep),
+             "stride_s": stride, "tolerance_s": tol, "max_latency_s": late,
+             "smoothing_swept": len(grid), "thresholds_swept": len(sweep),
              "validation": {k: at_val[k] for k in ("recall", "recall_on_time", "false_accepts_per_hour", "wrong_words")},
              "test": {k: at_test[k] for k in ("recall", "recall_on_time", "false_accepts_per_hour", "wrong_words")}}
     operating_point = {"settings": settings.to_dict(), "operating_point": point}

@@ -47,7 +47,7 @@ class Truth:
     time_s: float   # the word's energy centroid in the stream
     start_s: float  # where its one-second clip starts
     word: str = ""  # the spoken word (folder name)
-    end_s: float | None = None  # where its speech ends (kws.audio.speech_end_s): live latency counts from here
+    end_s: float | None = None  # where its speech ends (speech_end_s): live latency counts from here
 
 
 @dataclass(frozen=True)
