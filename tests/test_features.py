@@ -52,3 +52,44 @@ def test_any_batch_shape_and_length_gives_each_clips_own_frames(real_waves):
     np.testing.assert_allclose(longer[: cfg.n_frames], one, atol=1e-4)  # a frame depends on its own window only
     with pytest.raises(ValueError, match="shorter than one FFT window"):
         extract(real_waves[0][:100], cfg, any_length=True)
+
+
+def test_pinned_frontend_is_librosas_and_gives_the_same_features(tmp_path, real_waves):
+    from kws import features
+
+    cfg = FeatureConfig(kind="logmel", n_mels=32, fmax=7000.0)  # parameters no other test uses
+    path = tmp_path / features.FRONTEND_FILE
+    features.save_frontend(path, cfg)
+    computed = log_mel(real_waves[:4], cfg)
+    with np.load(path) as saved:
+        np.testing.assert_array_equal(saved["mel_basis"], librosa.filters.mel(
+            sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=32, fmin=cfg.fmin, fmax=7000.0).astype(np.float32))
+        assert saved["window"].shape == (cfg.n_fft,)
+    features._ARRAYS.clear()  # as in a fresh process
+    features.load_frontend(path, cfg)
+    np.testing.assert_array_equal(log_mel(real_waves[:4], cfg), computed)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong_shape", "nan"])
+def test_a_bad_frontend_file_is_refused(tmp_path, damage):
+    from kws import features
+    from kws.errors import ConfigError
+
+    cfg = FeatureConfig(kind="logmel")
+    path = tmp_path / features.FRONTEND_FILE
+    arrays = dict(features.frontend_arrays(cfg))
+    if damage == "wrong_shape":
+        arrays["mel_basis"] = arrays["mel_basis"][:20]
+    if damage == "nan":
+        arrays["window"] = np.full_like(arrays["window"], np.nan)
+    np.savez(path, **arrays)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ConfigError, match="front-end file|expected"):
+        features.load_frontend(path, cfg)
+
+
+def test_mfcc_is_librosas_on_real_clips(real_waves):
+    cfg = FeatureConfig(kind="mfcc")
+    ref = librosa.feature.mfcc(S=log_mel(real_waves, cfg), n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho")
+    np.testing.assert_allclose(extract(real_waves, cfg), np.swapaxes(ref, -1, -2), rtol=1e-5, atol=1e-3)

@@ -58,9 +58,9 @@ def to_mono(data: np.ndarray) -> np.ndarray:
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return samples.astype(np.float32, copy=False)
-    import librosa
+    import soxr  # what librosa.resample(res_type="soxr_hq") calls, without librosa's import cost
 
-    return librosa.resample(samples, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
+    return soxr.resample(np.asarray(samples, np.float32), orig_sr, target_sr, quality="HQ").astype(np.float32)
 
 
 def change_speed(samples: np.ndarray, factor: float) -> np.ndarray:

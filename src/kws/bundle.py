@@ -9,6 +9,9 @@ Layout of a bundle directory (``serving/model/`` by default)::
                       check (both accuracies on held-out features, ``default``: within 0.5 points)
     labels.json       {"labels": [...]}  class names in output order
     features.json     kws.features.FeatureConfig.to_dict(): the exact feature parameters
+    frontend.npz      optional: the front end's mel filterbank and window for them (kws.features
+                      save_frontend), pinned by the service so that it needs no librosa import;
+                      bundles without it compute them with librosa
     metrics.json      evaluation metrics of this model (may be {})
     model_info.json   {"name", "version", "alias", "run_id", "architecture", "created_at", ...}
     detector.json     optional: the streaming detector's operating point (kws.streaming.detector
@@ -29,8 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from kws.atomic import replace_dir, staged_dir  # noqa: F401  (replace_dir re-exported)
-from kws.errors import BundleError, ModelNotFoundError
-from kws.features import FeatureConfig
+from kws.errors import BundleError, ConfigError, ModelNotFoundError
+from kws.features import FRONTEND_FILE, FeatureConfig, load_frontend, save_frontend
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,19 @@ def _read_views(path: Path) -> dict[str, Any]:
     except BundleError as err:
         return {"error": err.message}
     return views if isinstance(views, dict) else {"error": f"{path / VIEWS_INFO_FILE} must hold a JSON object"}
+
+
+def pin_frontend(meta: BundleMeta) -> bool:
+    """Pin the bundle's ``frontend.npz`` for its features in this process (:func:`kws.features.load_frontend`);
+    False where the bundle has none (librosa computes the arrays)."""
+    path = meta.path / FRONTEND_FILE
+    if not path.is_file():
+        return False
+    try:
+        load_frontend(path, meta.features)
+    except ConfigError as err:
+        raise BundleError(f"model bundle file {err.message}: re-export the bundle or delete that file") from None
+    return True
 
 
 def to_tflite(model) -> bytes:
@@ -238,6 +254,7 @@ def write_bundle(
             write_views(tmp, model, features, views_shifts_ms, representative, check)
         _write_json(tmp / LABELS_FILE, {"labels": list(labels)})
         _write_json(tmp / FEATURES_FILE, features.to_dict())
+        save_frontend(tmp / FRONTEND_FILE, features)
         _write_json(tmp / METRICS_FILE, metrics or {})
         _write_json(tmp / INFO_FILE, info)
         if detector:

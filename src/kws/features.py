@@ -5,13 +5,19 @@
 networks use). Both share the same STFT and mel filterbank code below.
 
 ``features.json`` in every model bundle is :meth:`FeatureConfig.to_dict`, so the
-service recomputes exactly the features the model was trained on.
+service recomputes exactly the features the model was trained on. The bundle also pins the
+front end's arrays, librosa's mel filterbank and window (``frontend.npz``,
+:func:`save_frontend`); a process that loads them (:func:`load_frontend`) never imports librosa
+for the log-mel features: that import (scipy.signal, numba) is most of a serving process's
+start-up and of a ``kws-score`` or ``kws-predict`` run, and the pinned arrays stay those the
+model was trained with whatever librosa a later installation brings.
 """
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -19,6 +25,9 @@ import numpy as np
 from kws.errors import ConfigError
 
 KINDS = ("mfcc", "logmel")
+#: The floor of the log-mel energies (power), as ``librosa.power_to_db(amin=...)``.
+AMIN = 1e-10
+FRONTEND_FILE = "frontend.npz"
 
 
 @dataclass(frozen=True)
@@ -78,19 +87,51 @@ class FeatureConfig:
         return (self.n_frames, self.n_coeffs)
 
 
-@lru_cache(maxsize=8)
-def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32)
+# The front end's arrays, keyed by the parameters that define them: pinned from a bundle
+# (load_frontend) or computed by librosa on first use.
+_ARRAYS: dict[tuple, dict[str, np.ndarray]] = {}
 
 
-@lru_cache(maxsize=8)
-def _window(n_fft: int, win_length: int) -> np.ndarray:
-    import librosa
+def _key(cfg: FeatureConfig) -> tuple:
+    return (cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.n_mels, cfg.fmin, cfg.fmax)
 
-    window = librosa.filters.get_window("hann", win_length, fftbins=True)
-    return librosa.util.pad_center(window, size=n_fft).astype(np.float32)  # as librosa.stft pads it
+
+def frontend_arrays(cfg: FeatureConfig) -> dict[str, np.ndarray]:
+    """``mel_basis`` ``(n_mels, 1 + n_fft // 2)`` and ``window`` ``(n_fft,)``, float32: pinned, else librosa's."""
+    key = _key(cfg)
+    if key not in _ARRAYS:
+        import librosa
+
+        window = librosa.filters.get_window("hann", cfg.win_length, fftbins=True)
+        _ARRAYS[key] = {
+            "mel_basis": librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
+                                             fmax=cfg.fmax).astype(np.float32),
+            "window": librosa.util.pad_center(window, size=cfg.n_fft).astype(np.float32),  # as librosa.stft pads it
+        }
+    return _ARRAYS[key]
+
+
+def save_frontend(path: str | Path, cfg: FeatureConfig) -> None:
+    """Write the front end's arrays for ``cfg`` to ``path`` (a bundle's ``frontend.npz``)."""
+    with open(path, "wb") as f:
+        np.savez(f, **frontend_arrays(cfg))
+
+
+def load_frontend(path: str | Path, cfg: FeatureConfig) -> None:
+    """Pin the arrays of ``path`` (:func:`save_frontend`) for ``cfg``'s features in this process.
+
+    Raises :class:`ConfigError` when the file is unreadable or its arrays do not fit ``cfg``."""
+    want = {"mel_basis": (cfg.n_mels, 1 + cfg.n_fft // 2), "window": (cfg.n_fft,)}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: np.asarray(f[name], np.float32) for name in want}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{path} is not a front-end file with {' and '.join(want)}: {err}") from None
+    for name, shape in want.items():
+        if arrays[name].shape != shape or not np.all(np.isfinite(arrays[name])):
+            raise ConfigError(f"{path}: {name} has shape {arrays[name].shape}, expected {shape} of finite values "
+                              "for these features.json parameters")
+    _ARRAYS[_key(cfg)] = arrays
 
 
 def _stft(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -101,7 +142,7 @@ def _stft(waves: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     import scipy.fft
 
     frames = np.lib.stride_tricks.sliding_window_view(waves, cfg.n_fft, axis=-1)[..., ::cfg.hop_length, :]
-    return np.swapaxes(scipy.fft.rfft(frames * _window(cfg.n_fft, cfg.win_length), axis=-1), -1, -2)
+    return np.swapaxes(scipy.fft.rfft(frames * frontend_arrays(cfg)["window"], axis=-1), -1, -2)
 
 
 def log_mel(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> np.ndarray:
@@ -112,8 +153,6 @@ def log_mel(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> 
     window only (no centring, a fixed log floor, not a per-array ``top_db``), so results depend
     neither on batching nor on the audio around a frame.
     """
-    import librosa
-
     waves = np.asarray(waves, dtype=np.float32)
     if not any_length and waves.shape[-1] != cfg.clip_samples:
         raise ValueError(f"expected clips of {cfg.clip_samples} samples, got {waves.shape[-1]}")
@@ -121,15 +160,17 @@ def log_mel(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> 
         raise ValueError(f"audio of {waves.shape[-1]} samples is shorter than one FFT window ({cfg.n_fft})")
     spec = _stft(waves, cfg)
     power = spec.real**2 + spec.imag**2
-    mel = _mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ power  # BLAS, batched
-    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    mel = frontend_arrays(cfg)["mel_basis"] @ power  # BLAS, batched
+    return 10.0 * np.log10(np.maximum(mel, AMIN))  # librosa.power_to_db(mel, ref=1.0, amin=AMIN, top_db=None)
 
 
 def mfcc(waves: np.ndarray, cfg: FeatureConfig, any_length: bool = False) -> np.ndarray:
-    """MFCCs of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., frames, n_mfcc)`` float32."""
-    import librosa
+    """MFCCs of one clip ``(samples,)`` or a batch ``(n, samples)`` -> ``(..., frames, n_mfcc)`` float32:
+    the orthonormal DCT-II of the log-mel energies, what ``librosa.feature.mfcc(S=..., dct_type=2,
+    norm="ortho")`` computes (tests/test_features.py compares them)."""
+    import scipy.fft
 
-    coeffs = librosa.feature.mfcc(S=log_mel(waves, cfg, any_length), n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho")
+    coeffs = scipy.fft.dct(log_mel(waves, cfg, any_length), type=2, norm="ortho", axis=-2)[..., : cfg.n_mfcc, :]
     return np.swapaxes(coeffs, -1, -2).astype(np.float32)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,3 +50,26 @@ def test_bad_settings_are_one_line(tmp_path, env, words):
     env.setdefault("KWS_PORT", str(free_port()))
     line = _one_line(_serve(tmp_path, **env))
     assert words in line, line
+
+
+def _answer_in_a_new_process(bundle, clip) -> tuple[str, dict, bool]:
+    code = ("import json, sys; from kws.serving.predictor import Predictor; from kws.audio import load_file; "
+            f"p = Predictor({str(bundle)!r}); r = p.predict(load_file({str(clip)!r}, 16000)); "
+            "print(json.dumps([p.describe()['frontend'], r['scores'], 'librosa' in sys.modules]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return tuple(json.loads(res.stdout.splitlines()[-1]))
+
+
+def test_the_service_answers_without_importing_librosa(bundle, clips, tmp_path):
+    """The bundle's pinned front end (frontend.npz) spares a serving process librosa's import, most of
+    its start-up; a bundle without it is served the same, librosa computing the arrays."""
+    from kws.features import FRONTEND_FILE
+
+    old = tmp_path / "model"
+    shutil.copytree(bundle, old)
+    (old / FRONTEND_FILE).unlink()
+    pinned, unpinned = (_answer_in_a_new_process(b, clips["one"][0]) for b in (bundle, old))
+    assert (pinned[0], pinned[2]) == ("bundle", False)
+    assert (unpinned[0], unpinned[2]) == ("librosa", True)
+    assert pinned[1] == unpinned[1]

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from kws.audio import fix_length
-from kws.bundle import TFLITE_FILE, BundleMeta, read_meta
+from kws.bundle import TFLITE_FILE, BundleMeta, pin_frontend, read_meta
 from kws.errors import BundleError, ConfigError, KWSError
 from kws.features import clip_features, extract
 from kws.labels import SILENCE, UNKNOWN
@@ -93,6 +93,7 @@ class Predictor:
         single_threaded_blas()
         self.fingerprint = bundle_fingerprint(model_dir)  # before reading: a swap during the load shows up later
         self.meta = read_meta(model_dir)
+        self.frontend_pinned = pin_frontend(self.meta)
         self.labels = list(self.meta.labels)
         self.cfg = self.meta.features
         self._tta_frames = shift_frames(tuple(tta_shifts_ms) or (0.0,), self.cfg)
@@ -132,6 +133,7 @@ class Predictor:
         return {
             "labels": self.labels,
             "features": self.cfg.to_dict(),
+            "frontend": "bundle" if self.frontend_pinned else "librosa",
             "metrics": self.meta.metrics,
             "model_info": self.meta.info,
             "runtime": self.runtime.name,
