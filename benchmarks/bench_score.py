@@ -13,6 +13,9 @@ copy under ``--work-dir`` when the bundle has no int8 model, as ``bench_speed.py
    the reference's, clip for clip. The CPU time the command and its workers used is recorded too:
    on a shared machine the wall clock mostly measures the wait for a core. The same command on 2
    clips gives the start-up's CPU time, and so the CPU time per clip once started.
+3. **the pinned front end**: the float32 command with every core, on the bundle as it is and on a
+   copy without ``frontend.npz`` (librosa imported to compute the filterbank, as before), taking
+   turns ``--repeats`` times: what pinning the front end saves of the start-up.
 
     .venv/bin/python benchmarks/bench_score.py --bundle /tmp/speed/base-model --features /tmp/speed/base-features
 
@@ -124,6 +127,29 @@ def bench_runtime(bundle: Path, runtime: str, runs: list[tuple[int, int]], repea
     return {"reference": ref, "runs": rows}
 
 
+def bench_frontend(bundle: Path, repeats: int, args, work: Path) -> dict | None:
+    """The float32 command on every core, with the bundle's pinned front end and without it (librosa)."""
+    from kws.features import FRONTEND_FILE
+
+    if not (bundle / FRONTEND_FILE).is_file():
+        return None
+    unpinned = work / "unpinned-bundle"
+    shutil.rmtree(unpinned, ignore_errors=True)
+    shutil.copytree(bundle, unpinned)
+    (unpinned / FRONTEND_FILE).unlink()
+    workers = os.cpu_count() or 1
+    tries: dict[str, list[dict]] = {"pinned": [], "librosa": []}
+    for _ in range(repeats):
+        for name, b in (("pinned", bundle), ("librosa", unpinned)):
+            tries[name].append(command(b, "tflite", workers, 256, args.pool, args.silence_dir, work / "score-run.json"))
+    shutil.rmtree(unpinned, ignore_errors=True)
+    out = {name: {"startup_s": min(t["startup_s"] for t in runs),
+                  "command_s": round(min(t["command_s"] for t in runs), 2),
+                  "clips_per_s": max(t["clips_per_s"] for t in runs)} for name, runs in tries.items()}
+    print("front end", out, flush=True)
+    return {"workers": workers, "batch": 256, "runtime": "tflite", **out}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, required=True, help="a serving bundle (model.keras + model.tflite)")
@@ -159,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "score", "machine": machine_info(), "bundle": str(args.bundle),
         "architecture": info.get("architecture"), "int8_model": int8_source, "pool": str(args.pool),
         "silence_dir": str(args.silence_dir), "clips": len(items), "layout": layout, "target": TARGET,
-        "runtimes": sections,
+        "runtimes": sections, "frontend": bench_frontend(args.bundle, args.repeats, args, args.work_dir),
     })
     print(f"written to {args.output}")
     return 0

@@ -16,7 +16,7 @@ starting with ``_``; 1 s or a little shorter, 16 kHz PCM_16 WAV), sent as their 
 
 2. Over HTTP through the real nginx (project template, ``nginx/``) on loopback, load from
    ``wrk`` (``--connections``, ``--wrk-threads``, ``--duration`` s, ``--latency``) POSTing one real
-   1 s WAV as multipart field ``file``: first ``kws-serve`` (Waitress, ``--threads``, TFLite), then
+   1 s WAV as multipart field ``file``: first ``kws-serve`` (Waitress, ``--threads``, ``--runtime``), then
    the legacy Flask app on the same Waitress with the same thread count behind the same nginx
    config. An untimed ``--http-warmup`` s wrk run precedes each measured run. wrk runs on
    the SAME machine and competes for its cores (state this with the figures).
@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=4, help="HTTP: Waitress worker threads (both services)")
     ap.add_argument("--replicas", type=int, default=1,
                     help="HTTP: kws-serve processes behind the one nginx (one Python process uses about one core)")
+    ap.add_argument("--runtime", default="auto",
+                    help="HTTP: KWS_RUNTIME of our service (default auto: what kws-serve serves, int8 where the "
+                         "bundle's export check chose it; tflite: float32)")
     ap.add_argument("--skip-legacy", action="store_true", help="HTTP: measure our service only")
     ap.add_argument("--nginx-workers", type=int, default=1, help="HTTP: nginx worker processes")
     ap.add_argument("--legacy-epochs", type=int, default=3, help="brief training of the legacy model (0: random weights)")
@@ -349,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                     "wrk_threads": args.wrk_threads, "waitress_threads": args.threads,
                     "nginx_workers": args.nginx_workers, "duration_s": args.duration,
                     "warmup_s": args.http_warmup, "results": {}}
-            env = {"KWS_THREADS": str(args.threads), "KWS_RUNTIME": "tflite", "KWS_TFLITE_THREADS": "1"}
+            env = {"KWS_THREADS": str(args.threads), "KWS_RUNTIME": args.runtime, "KWS_TFLITE_THREADS": "1"}
             http["api_replicas"] = args.replicas
             ours = [ApiProcess(model_dir, tmp / f"api-ours-{i}", env=env) for i in range(args.replicas)]
             http["results"]["ours"] = bench_http("ours", ours, tmp, args, script, body, boundary)
