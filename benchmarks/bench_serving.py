@@ -145,7 +145,7 @@ def bench_inprocess(model_dir: Path, legacy_dir: Path, clips: list[Path], n_requ
 
 
 # --------------------------------------------------------------------------- benchmark 2: HTTP via nginx
-LUA = """\
+LUA_POST = """\
 local f = assert(io.open("{body}", "rb"))
 local body = f:read("*a")
 f:close()
@@ -153,6 +153,9 @@ wrk.method = "POST"
 wrk.body = body
 wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"
 
+"""
+# wrk's summary as one JSON line (parse_wrk), after any request script
+LUA_DONE = """\
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -173,8 +176,15 @@ def write_wrk_script(tmp: Path, clip: Path) -> tuple[Path, bytes, str]:
     body_path = tmp / "body.bin"
     body_path.write_bytes(body)
     script = tmp / "post_wav.lua"
-    script.write_text(LUA.format(body=str(body_path), boundary=boundary))
+    script.write_text(LUA_POST.format(body=str(body_path), boundary=boundary) + LUA_DONE.format())
     return script, body, boundary
+
+
+def write_get_script(tmp: Path) -> Path:
+    """A wrk script of plain GETs that prints the same summary."""
+    script = tmp / "get.lua"
+    script.write_text(LUA_DONE.format())
+    return script
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}

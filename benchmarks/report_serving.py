@@ -132,7 +132,38 @@ def table_score() -> str:
         f"start-up's (the same command on 2 clips). Best of "
         f"{len(r['runtimes'][next(iter(r['runtimes']))]['runs'][0]['clips_per_s_tries'])} runs each. "
         f"int8 model: {r['int8_model'].split(';')[0]}. {when(r['machine'])}; target: {t['clips_per_s']:,} clips/s on "
-        f"{t['cores']} cores ({t['what']}).")
+        f"{t['cores']} cores ({t['what']}).") + _frontend_note(r.get("frontend"))
+
+
+def _frontend_note(fe: dict | None) -> str:
+    """The pinned front end against librosa's start-up, where ``score.json`` measured it."""
+    if not fe:
+        return ""
+    pinned, lib = fe["pinned"], fe["librosa"]
+    return (f"\n\nThe bundle's pinned front end (`frontend.npz`): `kws-score --workers {fe['workers']}` "
+            f"(`{fe['runtime']}`) starts in {pinned['startup_s']:.2f} s and runs {pinned['clips_per_s']:.0f} clips/s "
+            f"({pinned['command_s']:.1f} s the command); the same bundle without it, librosa computing the "
+            f"filterbank, {lib['startup_s']:.2f} s and {lib['clips_per_s']:.0f} clips/s ({lib['command_s']:.1f} s), "
+            "in turns in the same run.")
+
+def table_request() -> str:
+    """``request.json`` (``bench_request.py``): where one ``POST /predict`` goes, in the app and around it."""
+    r = result("request")
+    a, prof = r["app_alone"], r["profile"]
+    rows = [[name, f"{100 * v['share']:.1f} %", f"{v['ms_at_unprofiled_p50']:.3f}"] for name, v in prof["parts"].items()]
+    out = md([f"one `POST /predict` of a 1 s WAV, in the app (p50 {a['p50_ms']:.2f} ms)", "share (cProfile)",
+              "≈ ms at the p50"], rows)
+    http = r.get("http")
+    if http:
+        res = http["results"]
+        rows = [[what, f"{v['requests_per_s']:.0f}", f"{v['latency_ms']['p50']:.1f}", f"{v['latency_ms']['p99']:.1f}",
+                 v["errors_total"]] for what, v in res.items()]
+        out += "\n\n" + md([f"wrk through nginx, 1 api process × Waitress {http['waitress_threads']} threads, "
+                             f"{http['connections']} connections", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+    return out + (f"\n\n{a['requests']:,} uploads of {r['clips']} real clips, each with a fresh multipart boundary; "
+                  f"the shares are cProfile's ({prof['profiled_ms_per_request']:.2f} ms per request under the "
+                  f"profiler), scaled to the unprofiled p50. {when(r['machine'])}.")
+
 
 # --------------------------------------------------------------------------- issue 22: overload, hostile uploads
 def _bound(run: dict) -> str:
@@ -269,8 +300,9 @@ def _http_rows(pattern: str = "serving_replicas*.json") -> list[list]:
     for path in sorted(RESULTS.glob(pattern)):
         h = result(path.stem)["http"]
         ours = h["results"]["ours"]
+        runtime = ours.get("sample_answer", {}).get("model", {}).get("runtime", "?")
         rows.append([f"HTTP through nginx, wrk {h['connections']} connections, {h.get('api_replicas', 1)} api "
-                     f"process(es) × Waitress {h['waitress_threads']} threads",
+                     f"process(es) × Waitress {h['waitress_threads']} threads, `{runtime}`",
                      f"{ours['requests_per_s']:.0f} req/s, p50 {ours['latency_ms']['p50']:.0f} ms, "
                      f"{ours['errors_total']} errors", f"`{path.name}`"])
     return rows

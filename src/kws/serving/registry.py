@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,9 +37,17 @@ _failures: dict[tuple, tuple[float, KWSError]] = {}
 _loading: set[tuple] = set()
 
 
+@lru_cache(maxsize=64)
+def _canonical(model_dir: str) -> str:
+    """One spelling per bundle folder, resolved once: every request looks its predictor up by it,
+    and ``Path.resolve`` (a ``stat`` per path component) was a visible part of a request's
+    time. A folder swapped in later at the same path is :func:`reload_if_changed`'s business."""
+    return str(Path(model_dir).resolve())
+
+
 def _key(model_dir: str | Path, runtime: str, threads: int, long_audio_s: float, stride_s: float,
          detection_threshold: float, tta_shifts_ms: Sequence[float] = DEFAULT_TTA_SHIFTS_MS) -> tuple:
-    return (str(Path(model_dir).resolve()), runtime, int(threads), float(long_audio_s), float(stride_s),
+    return (_canonical(str(model_dir)), runtime, int(threads), float(long_audio_s), float(stride_s),
             float(detection_threshold), tuple(float(ms) for ms in tta_shifts_ms))
 
 
@@ -144,3 +153,4 @@ def reset() -> None:
         _instances.clear()
         _failures.clear()
         _rejected.clear()
+        _canonical.cache_clear()
