@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", default="auto",
                     help="HTTP: KWS_RUNTIME of our service (default auto: what kws-serve serves, int8 where the "
                          "bundle's export check chose it; tflite: float32)")
+    ap.add_argument("--tta-shifts-ms", default="0",
+                    help="HTTP: KWS_TTA_SHIFTS_MS of our service (default 0: the clip alone, as served; "
+                         "0,-40,40: the views rule before)")
     ap.add_argument("--skip-legacy", action="store_true", help="HTTP: measure our service only")
     ap.add_argument("--nginx-workers", type=int, default=1, help="HTTP: nginx worker processes")
     ap.add_argument("--legacy-epochs", type=int, default=3, help="brief training of the legacy model (0: random weights)")
@@ -362,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                     "wrk_threads": args.wrk_threads, "waitress_threads": args.threads,
                     "nginx_workers": args.nginx_workers, "duration_s": args.duration,
                     "warmup_s": args.http_warmup, "results": {}}
-            env = {"KWS_THREADS": str(args.threads), "KWS_RUNTIME": args.runtime, "KWS_TFLITE_THREADS": "1"}
+            env = {"KWS_THREADS": str(args.threads), "KWS_RUNTIME": args.runtime, "KWS_TFLITE_THREADS": "1",
+                   "KWS_TTA_SHIFTS_MS": args.tta_shifts_ms}
             http["api_replicas"] = args.replicas
             ours = [ApiProcess(model_dir, tmp / f"api-ours-{i}", env=env) for i in range(args.replicas)]
             http["results"]["ours"] = bench_http("ours", ours, tmp, args, script, body, boundary)

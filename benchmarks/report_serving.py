@@ -301,8 +301,10 @@ def _http_rows(pattern: str = "serving_replicas*.json") -> list[list]:
         h = result(path.stem)["http"]
         ours = h["results"]["ours"]
         runtime = ours.get("sample_answer", {}).get("model", {}).get("runtime", "?")
+        shifts = result(path.stem)["settings"].get("tta_shifts_ms", "0")
+        rule = "" if shifts == "0" else f", shifts {shifts} ms"
         rows.append([f"HTTP through nginx, wrk {h['connections']} connections, {h.get('api_replicas', 1)} api "
-                     f"process(es) × Waitress {h['waitress_threads']} threads, `{runtime}`",
+                     f"process(es) × Waitress {h['waitress_threads']} threads, `{runtime}`{rule}",
                      f"{ours['requests_per_s']:.0f} req/s, p50 {ours['latency_ms']['p50']:.0f} ms, "
                      f"{ours['errors_total']} errors", f"`{path.name}`"])
     return rows
