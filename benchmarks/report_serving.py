@@ -346,5 +346,6 @@ def table_serving_summary() -> str:
 def table_serving_processes() -> str:
     """HTTP throughput by Waitress threads and api processes (every ``serving_*.json``)."""
     return md(["wrk through nginx, one 1 s WAV", "figure", "from"], _http_rows("serving_*.json")) + (
-        "\n\nOne Python process runs its Flask code on about one core (the GIL): threads change little, "
-        "processes use the cores.")
+        "\n\nOne Python process runs its Flask code on about one core (the GIL): threads change little "
+        "(within the spread of repeated runs), processes use the cores: on 2 cores, 2 api processes × 4 threads "
+        "(compose: `--scale api=2`).")
