@@ -63,16 +63,22 @@ def table_real_variants() -> str:
     folds = ", ".join(str(f) for f in r["folds"])
     clips = [[f"{name}{' (served rule)' if name.endswith('clip alone') else ''}", v["n"], ci(v), weakest(v["per_class"]),
               pct(v["per_class"]["_unknown_"]["recall"]), ms(v["latency_p50_ms"])] for name, v in r["variants"].items()]
+    return (md([f"clips, folds {folds}", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`",
+                "p50 ms/clip"], clips) + "\n\n" + table_real_streams())
+
+
+def table_real_streams() -> str:
+    """The streams of ``bench_real.py --variants``: each runtime's and the original model's, per fold."""
+    r = result("real_variants")["candidates"]["recipe"]
+    folds = ", ".join(str(f) for f in r["folds"])
     names = {"tflite": "ours, float32", "tflite_int8": "ours, int8", "original": "original model (its own features)"}
     streams = []
     for runtime, st in r["stream"].items():
         per_fold = " / ".join(f"{pct(f['recall'])} @ {f['false_accepts_per_hour']:.0f}" for f in st["per_fold"])
         streams.append([names.get(runtime, runtime), f"{st['hours'] * 60:.0f}", f"**{pct(st['recall'])}**",
                         f"{st['false_accepts_per_hour']:.1f}", pct(st["recall_on_time"]), per_fold])
-    return (md([f"clips, folds {folds}", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`",
-                "p50 ms/clip"], clips)
-            + "\n\n" + md([f"test streams, folds {folds}", "minutes", "keyword recall %", "false accepts / h",
-                           "recall within 0.35 s %", "per fold: recall % @ FA/h"], streams)
+    return (md([f"test streams, folds {folds}", "minutes", "keyword recall %", "false accepts / h",
+                "recall within 0.35 s %", "per fold: recall % @ FA/h"], streams)
             + "\n\nEach fold's operating point is chosen on its own validation streams for 10 false accepts "
               "per hour (`conf/stream`), the original model's with the same detector and sweep.")
 

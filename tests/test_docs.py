@@ -40,7 +40,7 @@ def test_the_readme_has_its_results_tables_only():
     """Accuracy, and one summary row per serving benchmark (the issues ask for those figures in the
     README); every other table belongs in docs/."""
     names = [m.group(2) for m in report.MARKER.finditer((REPO / "README.md").read_text())]
-    assert names == ["real", "real-variants", "serving-summary"]
+    assert names == ["real", "real-streams", "serving-summary"]
 
 
 def test_a_changed_figure_is_reported_stale(tmp_path):
