@@ -81,7 +81,7 @@ def talk_bundle(tmp_path_factory, sample: Path) -> Path:
 
     out = tmp_path_factory.getbasetemp() / "listen-talk-bundle" / "model"
     if not (out / "model.tflite").is_file():
-        build_tiny_bundle(out, sample_dir=sample, labels=TALK_LABELS, copies=16, max_unknown_per_word=10,
+        build_tiny_bundle(out, sample_dir=sample, labels=TALK_LABELS, copies=16, epochs=20, max_unknown_per_word=30,
                           clip_dirs=[sample, sample.parent / "speech_commands_real"])
     return out
 
