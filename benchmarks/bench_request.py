@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, machine_info, write_result  # noqa: E402
+from bench_serving import multipart_body, run_wrk, write_get_script, write_wrk_script  # noqa: E402
 
 REAL_POOL = REPO.parent / "shared" / "data" / "speech_commands_real"
 
@@ -58,9 +59,7 @@ PARTS = (
 def multipart(data: bytes, name: str) -> tuple[bytes, str]:
     """A browser-like multipart body of one file field with a fresh random boundary."""
     boundary = f"----WebKitFormBoundary{secrets.token_hex(8)}"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            "Content-Type: audio/wav\r\n\r\n").encode()
-    return head + data + f"\r\n--{boundary}--\r\n".encode(), boundary
+    return multipart_body(data, name, boundary), boundary
 
 
 def environs(clips: list[Path], n: int) -> list[dict]:
@@ -116,8 +115,6 @@ def profiled_parts(app, clips: list[Path], n: int, p50_ms: float) -> dict:
 
 def around_the_app(model_dir: Path, clip: Path, args, tmp: Path) -> dict:
     """wrk through nginx to one api process: ``GET /health`` (the floor), then ``POST /predict``."""
-    from bench_serving import run_wrk, write_get_script, write_wrk_script  # the serving benchmark's wrk harness
-
     from tests.support.nginx import NginxProcess
     from tests.support.processes import ApiProcess
 

@@ -169,10 +169,15 @@ end
 """
 
 
+def multipart_body(data: bytes, name: str, boundary: str) -> bytes:
+    """A multipart/form-data body of one WAV as the field ``file``, as browsers and curl send it."""
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+
 def write_wrk_script(tmp: Path, clip: Path) -> tuple[Path, bytes, str]:
     boundary = "kwsbench" + secrets.token_hex(8)
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{clip.name}\"\r\n"
-            "Content-Type: audio/wav\r\n\r\n").encode() + clip.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    body = multipart_body(clip.read_bytes(), clip.name, boundary)
     body_path = tmp / "body.bin"
     body_path.write_bytes(body)
     script = tmp / "post_wav.lua"
