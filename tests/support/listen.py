@@ -66,7 +66,11 @@ def word_end_s(path: Path, start_s: float) -> float:
 
 # --------------------------------------------------------------------------- a six-keyword talk
 TALK_KEYWORDS = ("one", "two", "three", "four", "five", "six")
-TALK_OTHERS = ("eight", "nine")  # the first two other digits by name: `_unknown_` to the model below
+# The other digits that are no keyword's near miss, `_unknown_` to the model below. Not "nine" (one's
+# rhyme) or "seven" (six's opening): a model trained in a minute takes "nine" for "one" at 0.98 in
+# some training draws, and telling near misses apart is the served model's job, measured on the
+# speaker folds (issue 18); this talk checks the live path.
+TALK_OTHERS = ("eight", "zero")
 TALK_ORDER = ("one", "two", "other-1", "three", "four", "other-2", "five", "six")
 TALK_LABELS = ("_silence_", "_unknown_", *TALK_KEYWORDS)
 
