@@ -138,6 +138,30 @@ def table_screen_overrides() -> str:
     return md(["candidate", "overrides on `data=speech_commands_real`"], rows)
 
 
+def _at(s: dict) -> str:
+    return f"{pct(s['recall'])} @ {s['false_accepts_per_hour']:.0f}"
+
+
+def table_screen_streams() -> str:
+    """The screens run with ``--variants``, fold by fold beside the served recipe's same fold
+    (``real_variants.json``): clips, then the float32 streams, validation (where the operating
+    point is chosen) and test."""
+    recipe = {f["fold"]: f for f in result("real_variants")["candidates"]["recipe"]["per_fold"]}
+    rows = []
+    for path in sorted(RESULTS.glob("real_screen*.json")):
+        for name, e in result(path.stem)["candidates"].items():
+            for f in e["per_fold"]:
+                if "stream" not in f or f["fold"] not in recipe:
+                    continue
+                for who, g, file in ((f"`{name}`", f, path.name), ("served recipe", recipe[f["fold"]], "real_variants.json")):
+                    st = g["stream"]["tflite"]
+                    rows.append([who, f["fold"], pct(g["ours"]["accuracy"]), weakest(g["ours"]["per_class"]),
+                                 pct(g["ours"]["per_class"]["_unknown_"]["recall"]),
+                                 _at(st["validation"]), _at(st), f"`{file}`"])
+    return md(["candidate", "fold", "clips %", "weakest class", "`_unknown_`",
+               "validation streams: recall % @ FA/h", "test streams: recall % @ FA/h", "file"], rows)
+
+
 def table_posthoc() -> str:
     rows = []
     for path in sorted(RESULTS.glob("real_posthoc*.json")):

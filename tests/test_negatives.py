@@ -16,7 +16,8 @@ from kws import tts
 from kws.errors import ConfigError
 from kws.labels import KEYWORDS, UNKNOWN
 from kws.negatives import (
-    MANIFEST, UNKNOWN_CUTS, _window, check_settings, choose_voices, cut_label, deal_words, generate, read_vocabulary,
+    MANIFEST, UNKNOWN_CUTS, _window, check_settings, choose_voices, cut_label, deal_words, generate, homophones,
+    read_vocabulary,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +63,20 @@ def test_vocabulary_has_hundreds_of_words_close_ones_first_and_no_keyword():
     assert not set(words) & set(KEYWORDS)
     assert not {w for w in words for k in KEYWORDS if w in (k + "s", k + "ed", k + "ing", k + "ped", k + "ping")}
     close = words[: OmegaConf.load(REPO / "conf" / "negatives" / "default.yaml").close_words]
-    for near in ("yet", "know", "dawn", "lift", "write", "top", "cup", "goat", "of", "one", "front", "back"):
+    for near in ("yet", "now", "dawn", "lift", "bright", "top", "cup", "goat", "of", "one", "front", "back"):
         assert near in close, near
+    assert homophones(words) == {}
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_a_word_said_exactly_like_a_keyword_is_refused(tmp_path):
+    """'know' is 'no' and 'write' is 'right' to a listener: as `_unknown_` they would teach the model
+    that the keyword's own sound is no keyword (a near miss like 'now' is kept)."""
+    assert homophones(["know", "now", "write", "bright", "dawn"]) == {"know": "no", "write": "right"}
+    path = tmp_path / "words.txt"
+    path.write_text("yet now\nknow\n")
+    with pytest.raises(ConfigError, match="'know' sounds like 'no'"):
+        read_vocabulary(path)
 
 
 @pytest.mark.parametrize("line", ["yet stop dawn", "stopped", "dawn Dawn", "yet yet", "r2d2"])

@@ -66,7 +66,31 @@ def read_vocabulary(path: str | Path) -> list[str]:
     if bad or repeated or not words:
         raise ConfigError(f"{path}: keywords, their inflections or non-words {bad}, repeated {repeated}; "
                           "a negative must be a lower-case word that is not a keyword")
+    same = homophones(words)
+    if same:
+        raise ConfigError(f"{path}: {', '.join(f'{w!r} sounds like {k!r}' for w, k in same.items())}: a word "
+                          "said exactly like a keyword is that keyword to a listener; take it out of the vocabulary")
     return words
+
+
+#: the accents whose pronunciations :func:`homophones` compares (espeak-ng's)
+_ACCENTS = ("en-us", "en-gb")
+
+
+def homophones(words: Sequence[str]) -> dict[str, str]:
+    """``{word: keyword}`` for the words espeak-ng says exactly like a keyword in one of
+    :data:`_ACCENTS` ("know" and "no", "write" and "right"). Trained as ``_unknown_`` they would
+    teach the model that the keyword's own sound is no keyword. Without espeak-ng: not checked (a
+    warning)."""
+    try:
+        found = {}
+        for accent in _ACCENTS:
+            keys = dict(zip(tts.phonemes(KEYWORDS, accent), KEYWORDS))
+            found |= {w: keys[p] for w, p in zip(words, tts.phonemes(words, accent)) if p in keys}
+        return found
+    except DatasetError as err:
+        log.warning("the vocabulary is not checked for homophones of the keywords: %s", err)
+        return {}
 
 
 # --- speakers and what each says ----------------------------------------------------------------

@@ -99,6 +99,18 @@ def _espeak_query(espeak: str, *args: str) -> str:
     return proc.stdout.decode("utf-8", errors="replace")
 
 
+def phonemes(words: Sequence[str], voice: str = "en-us") -> list[str]:
+    """espeak-ng's phonemes of each word in ``voice`` (``-x``: one line per sentence), one query for all."""
+    words = list(words)
+    if not words:
+        return []
+    lines = [ln.strip() for ln in _espeak_query(find_espeak(), "-q", "-x", "-v", voice,
+                                               "\n".join(f"{w}." for w in words)).splitlines() if ln.strip()]
+    if len(lines) != len(words):
+        raise DatasetError(f"espeak-ng gave {len(lines)} phoneme lines for {len(words)} words ({voice})")
+    return [ln.replace(" ", "") for ln in lines]
+
+
 def english_voices(espeak: str) -> list[str]:
     """The installed espeak-ng English voices (their language names), MBROLA voices excluded."""
     found = set()
