@@ -111,6 +111,17 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _files_named(obj) -> dict[str, str]:
+    """``{path: sha256}`` of every existing file a (nested) config value names."""
+    if isinstance(obj, dict):
+        return {k: v for value in obj.values() for k, v in _files_named(value).items()}
+    if isinstance(obj, list):
+        return {k: v for value in obj for k, v in _files_named(value).items()}
+    if isinstance(obj, str) and len(obj) < 4096 and Path(obj).is_file():
+        return {obj: hashlib.sha256(Path(obj).read_bytes()).hexdigest()}
+    return {}
+
+
 def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     from omegaconf import OmegaConf
 
@@ -119,10 +130,13 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     cfg = compose(["data=speech_commands_real", f"data.split.test_fold={fold}", *overrides], conf_dir=REPO / "conf")
     OmegaConf.set_struct(cfg, False)
     c = OmegaConf.to_container(cfg, resolve=True)
-    data_key = _digest({k: c[k] for k in ("features", "prepare", "seed")} | {k: c["data"][k] for k in ("split", "extra")})
+    files = _files_named(c["data"]["extra"])  # e.g. the negatives' word list: a new list, new examples
+    data_key = _digest({k: c[k] for k in ("features", "prepare", "seed")} | {k: c["data"][k] for k in ("split", "extra")}
+                       | ({"files": files} if files else {}))
     cfg.paths.dataset = str(work / "raw" / "speech_commands")
     cfg.paths.extra = str(work / "raw" / "extra")
-    run_key = _digest({k: v for k, v in c.items() if k != "paths"})  # same config = same trained model
+    # same config and files = same trained model
+    run_key = _digest({k: v for k, v in c.items() if k != "paths"} | ({"files": files} if files else {}))
     cfg.paths.features = str(work / "features" / data_key)
     cfg.paths.model = str(work / "models" / run_key / f"fold{fold}")
     cfg.paths.reports = str(work / "reports" / run_key / f"fold{fold}")
