@@ -143,21 +143,20 @@ def _at(s: dict) -> str:
 
 
 def table_screen_streams() -> str:
-    """The screens run with ``--variants``, fold by fold beside the served recipe's same fold
+    """The screens run with ``--variants``, fold by fold, under the served recipe's same fold
     (``real_variants.json``): clips, then the float32 streams, validation (where the operating
     point is chosen) and test."""
     recipe = {f["fold"]: f for f in result("real_variants")["candidates"]["recipe"]["per_fold"]}
-    rows = []
+    screened = []
     for path in sorted(RESULTS.glob("real_screen*.json")):
         for name, e in result(path.stem)["candidates"].items():
-            for f in e["per_fold"]:
-                if "stream" not in f or f["fold"] not in recipe:
-                    continue
-                for who, g, file in ((f"`{name}`", f, path.name), ("served recipe", recipe[f["fold"]], "real_variants.json")):
-                    st = g["stream"]["tflite"]
-                    rows.append([who, f["fold"], pct(g["ours"]["accuracy"]), weakest(g["ours"]["per_class"]),
-                                 pct(g["ours"]["per_class"]["_unknown_"]["recall"]),
-                                 _at(st["validation"]), _at(st), f"`{file}`"])
+            screened += [(f"`{name}`", f, path.name) for f in e["per_fold"] if "stream" in f and f["fold"] in recipe]
+    folds = sorted({f["fold"] for _, f, _ in screened})
+    rows = []
+    for who, g, file in [("served recipe", recipe[k], "real_variants.json") for k in folds] + screened:
+        st = g["stream"]["tflite"]
+        rows.append([who, g["fold"], pct(g["ours"]["accuracy"]), weakest(g["ours"]["per_class"]),
+                     pct(g["ours"]["per_class"]["_unknown_"]["recall"]), _at(st["validation"]), _at(st), f"`{file}`"])
     return md(["candidate", "fold", "clips %", "weakest class", "`_unknown_`",
                "validation streams: recall % @ FA/h", "test streams: recall % @ FA/h", "file"], rows)
 
