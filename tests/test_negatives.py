@@ -30,7 +30,7 @@ def _settings(tmp_path: Path, **overrides) -> dict:
     """conf/negatives/default.yaml made tiny: one speaker per installed engine, three words each."""
     settings = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "negatives" / "default.yaml"))
     vocabulary = tmp_path / "words.txt"
-    vocabulary.write_text("# near misses\nyet know dawn\nlift write\n")
+    vocabulary.write_text("# near misses\nyet now dawn\nlift bright\n")
     settings.update(vocabulary=str(vocabulary), engines={e: 1 for e in tts.ENGINES}, close_words=3,
                     voices_per_close_word=len(ENGINES), voices_per_word=1, keyword_takes=1)
     settings["cuts"]["per_voice"] = 6
