@@ -131,12 +131,13 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     OmegaConf.set_struct(cfg, False)
     c = OmegaConf.to_container(cfg, resolve=True)
     files = _files_named(c["data"]["extra"])  # e.g. the negatives' word list: a new list, new examples
+    contents = {"files": files} if files else {}  # none named: the keys of the folds cached before
     data_key = _digest({k: c[k] for k in ("features", "prepare", "seed")} | {k: c["data"][k] for k in ("split", "extra")}
-                       | ({"files": files} if files else {}))
+                       | contents)
     cfg.paths.dataset = str(work / "raw" / "speech_commands")
     cfg.paths.extra = str(work / "raw" / "extra")
     # same config and files = same trained model
-    run_key = _digest({k: v for k, v in c.items() if k != "paths"} | ({"files": files} if files else {}))
+    run_key = _digest({k: v for k, v in c.items() if k != "paths"} | contents)
     cfg.paths.features = str(work / "features" / data_key)
     cfg.paths.model = str(work / "models" / run_key / f"fold{fold}")
     cfg.paths.reports = str(work / "reports" / run_key / f"fold{fold}")
