@@ -214,6 +214,21 @@ def test_extra_source_reaches_training_only_and_never_fills_the_unknown_share(tm
     with pytest.raises(ConfigError, match="unknown_percentage must be a number"):
         prepare(load_params(bad), Path(cfg.paths.dataset), tmp_path / "bad")
 
+    # an entry's own copies: none of its examples copied; the real examples keep theirs
+    params = _params(tmp_path, pool, "data.extra=[{name: tones, source: '%s', weight: 0.25, "
+                                     "unknown_percentage: 150, copies: 0}]" % extra_src)
+    cfg = load_params(params)
+    meta = prepare(cfg, Path(cfg.paths.dataset), tmp_path / "no_copies")
+    assert meta["extra_sources"][0]["copies"] == 0
+    y, _, files = _load(tmp_path / "no_copies", TRAIN)
+    synth = np.asarray([speaker_of(f).startswith("synth") for f in files])
+    assert int(np.sum(synth)) == 2 * 20 + 3 * 20  # its 40 keyword and 60 unknown clips, each once
+    assert sorted(f for f, s in zip(files, synth) if not s) == sorted(f for f in _load(tmp_path / "more_unknown", TRAIN)[2]
+                                                                  if not speaker_of(f).startswith("synth"))
+    bad = _params(tmp_path, pool, "data.extra=[{name: tones, source: '%s', copies: 1.5}]" % extra_src)
+    with pytest.raises(ConfigError, match="copies must be a whole number"):
+        prepare(load_params(bad), Path(cfg.paths.dataset), tmp_path / "bad")
+
     # dropped from the config: the download stage removes it
     download(_params(tmp_path, pool), progress=False)
     assert not list((tmp_path / "raw" / "extra").iterdir())

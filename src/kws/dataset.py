@@ -74,6 +74,8 @@ class ExtraSource:
     name: str
     weight: float = 1.0
     unknown_percentage: float | None = None  # its unknown-word examples, % of ITS keyword examples (None: the task's)
+    copies: int | None = None  # augmented copies of its examples (None: prepare.augment.copies); 0 for a
+                               # source that brings its own augmentation (the negatives)
 
 
 def scan(root: Path) -> tuple[list[str], list[Path]]:
@@ -199,8 +201,10 @@ def build_index(
                     share = unknown_percentage if source.unknown_percentage is None else source.unknown_percentage
                     mine += sample(e_unknown[TRAIN], min(len(e_unknown[TRAIN]), math.ceil(len(mine) * share / 100)))
                 examples += [Example(e.source, e.label, origin=origin, weight=source.weight) for e in mine]
-        if part == TRAIN and augment.copies > 0:
-            examples += augmented_copies(examples, augment, rng, sample_rate, noise_cut if usable_noise else None)
+        if part == TRAIN:
+            copies = [augment.copies] + [augment.copies if e.copies is None else e.copies for e in extra]
+            examples += augmented_copies(examples, augment, rng, sample_rate, noise_cut if usable_noise else None,
+                                         copies_of=lambda ex: copies[ex.origin])
         order = rng.permutation(len(examples))
         out[part] = [examples[i] for i in order]
 
@@ -214,7 +218,7 @@ def build_index(
         "silence_clips_found": len(silences),
         "background_noise_files": [p.name for p in noise_files],
         "extra_sources": [{"name": e.name, "root": str(e.root), "weight": e.weight,
-                           "unknown_percentage": e.unknown_percentage} for e in extra],
+                           "unknown_percentage": e.unknown_percentage, "copies": e.copies} for e in extra],
         "ignored_words": dict(ignored),
         "speakers_per_split": {s: len({speaker_of(r) for r in clips if split_of[r] == s}) for s in SPLITS},
         "test_digest": digest(out[TEST]),
@@ -223,14 +227,19 @@ def build_index(
 
 
 def augmented_copies(examples: list[Example], augment: AugmentConfig, rng: np.random.Generator,
-                     sample_rate: int, noise_cut) -> list[Example]:
-    """``augment.copies`` perturbed copies of every example: time shift, speed, background noise
-    at a random SNR (``noise_cut`` None: no noise); a noise-cut silence gets a fresh cut."""
+                     sample_rate: int, noise_cut, copies_of=None) -> list[Example]:
+    """Perturbed copies of every example, ``augment.copies`` each or ``copies_of(example)``: time
+    shift, speed, background noise at a random SNR (``noise_cut`` None: no noise); a noise-cut
+    silence gets a fresh cut. Round by round over the examples: with the same count for every
+    example, the draws are those of ``augment.copies`` alone."""
     max_shift = int(augment.time_shift_ms / 1000 * sample_rate)
     lo, hi = augment.speed
+    wanted = [augment.copies if copies_of is None else int(copies_of(ex)) for ex in examples]
     extra = []
-    for _ in range(augment.copies):
-        for ex in examples:
+    for round_ in range(max(wanted, default=0)):
+        for ex, n in zip(examples, wanted):
+            if n <= round_:
+                continue
             if ex.source == "":
                 i, off = noise_cut()
                 extra.append(Example("", ex.label, noise=i, noise_offset=off, gain=float(rng.uniform(0, 1))))

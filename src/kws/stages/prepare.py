@@ -112,8 +112,11 @@ def extra_sources(data, extra_dir: Path) -> list[ExtraSource]:
         share = entry.get("unknown_percentage")
         if share is not None and not (isinstance(share, (int, float)) and not isinstance(share, bool) and share >= 0):
             raise ConfigError(f"data.extra entry {entry['name']!r}: unknown_percentage must be a number >= 0, got {share!r}")
+        copies = entry.get("copies")
+        if copies is not None and not (isinstance(copies, int) and not isinstance(copies, bool) and copies >= 0):
+            raise ConfigError(f"data.extra entry {entry['name']!r}: copies must be a whole number >= 0, got {copies!r}")
         out.append(ExtraSource(root=root, name=str(entry["name"]), weight=float(entry.get("weight", 1.0)),
-                               unknown_percentage=None if share is None else float(share)))
+                               unknown_percentage=None if share is None else float(share), copies=copies))
     return out
 
 
