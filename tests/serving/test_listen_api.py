@@ -47,9 +47,9 @@ def _send(c, sid, chunk, kind="l16", seq=None, prefix=""):
 
 
 @pytest.fixture(scope="module")
-def recording(clips):
+def recording(spoken):
     """9 s of a noise bed with one, two, three: (9 - 1) / 0.125 windows exactly, as /predict scans them."""
-    return quantized(long_recording([(t, clips[w][0]) for t, w in PLACED], duration_s=9.0))
+    return quantized(long_recording([(t, spoken[w]) for t, w in PLACED], duration_s=9.0))
 
 
 def test_chunks_in_every_format_give_the_long_audio_scan(bundle, recording):

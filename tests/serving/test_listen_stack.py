@@ -29,11 +29,11 @@ def _listen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def talk(tmp_path_factory, clips, sample):
+def talk(tmp_path_factory, spoken, sample):
     """13 s: the three keywords and two other words (_unknown_ to the tiny model), ~2.5 s apart."""
-    words = [(1.0, clips["one"][0]), (3.5, sample / "five" / sorted(p.name for p in (sample / "five").glob("*.wav"))[0]),
-             (6.0, clips["two"][0]), (8.5, sample / "eight" / sorted(p.name for p in (sample / "eight").glob("*.wav"))[0]),
-             (11.0, clips["three"][0])]
+    words = [(1.0, spoken["one"]), (3.5, sample / "five" / sorted(p.name for p in (sample / "five").glob("*.wav"))[0]),
+             (6.0, spoken["two"]), (8.5, sample / "eight" / sorted(p.name for p in (sample / "eight").glob("*.wav"))[0]),
+             (11.0, spoken["three"])]
     path = tmp_path_factory.mktemp("talk") / "talk.wav"
     path.write_bytes(wav_bytes(quantized(long_recording(words, duration_s=13.0))))
     return path
@@ -93,9 +93,9 @@ def _stream(url: str, audio, results: list, stop: threading.Event | None = None)
             results.append(("refused", None))
 
 
-def test_two_replicas_every_chunk_reaches_its_session(tmp_path, bundle, clips):
+def test_two_replicas_every_chunk_reaches_its_session(tmp_path, bundle, spoken):
     nginx_or_skip()
-    audio = quantized(long_recording([(1.0, clips["one"][0]), (3.0, clips["three"][0])], duration_s=5.0))
+    audio = quantized(long_recording([(1.0, spoken["one"]), (3.0, spoken["three"])], duration_s=5.0))
     a = ApiProcess(bundle, tmp_path / "a", env={"KWS_THREADS": "4"})
     b = ApiProcess(bundle, tmp_path / "b", env={"KWS_THREADS": "4"})
     with a, b, NginxProcess(tmp_path / "nginx", upstream=f"127.0.0.1:{a.port} 127.0.0.1:{b.port}") as ngx:
