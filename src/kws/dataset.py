@@ -204,7 +204,7 @@ def build_index(
         if part == TRAIN:
             copies = [augment.copies] + [augment.copies if e.copies is None else e.copies for e in extra]
             examples += augmented_copies(examples, augment, rng, sample_rate, noise_cut if usable_noise else None,
-                                         copies_of=lambda ex: copies[ex.origin])
+                                         copies)
         order = rng.permutation(len(examples))
         out[part] = [examples[i] for i in order]
 
@@ -227,14 +227,14 @@ def build_index(
 
 
 def augmented_copies(examples: list[Example], augment: AugmentConfig, rng: np.random.Generator,
-                     sample_rate: int, noise_cut, copies_of=None) -> list[Example]:
-    """Perturbed copies of every example, ``augment.copies`` each or ``copies_of(example)``: time
-    shift, speed, background noise at a random SNR (``noise_cut`` None: no noise); a noise-cut
-    silence gets a fresh cut. Round by round over the examples: with the same count for every
-    example, the draws are those of ``augment.copies`` alone."""
+                     sample_rate: int, noise_cut, copies: Sequence[int]) -> list[Example]:
+    """Perturbed copies of every example, ``copies[example.origin]`` each: time shift, speed,
+    background noise at a random SNR (``noise_cut`` None: no noise); a noise-cut silence gets a
+    fresh cut. Round by round over the examples: with the same count for every origin, the draws
+    are those of one count for all."""
     max_shift = int(augment.time_shift_ms / 1000 * sample_rate)
     lo, hi = augment.speed
-    wanted = [augment.copies if copies_of is None else int(copies_of(ex)) for ex in examples]
+    wanted = [copies[ex.origin] for ex in examples]
     extra = []
     for round_ in range(max(wanted, default=0)):
         for ex, n in zip(examples, wanted):
