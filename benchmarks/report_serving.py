@@ -294,6 +294,21 @@ def table_listen() -> str:
         f"model {c['model']}; {when(r['machine'])}.")
 
 
+def table_latency() -> str:
+    """bench_latency.py: the detector's part of live latency, and where in the window the model is sure."""
+    r = result("latency")
+    c, lat, over = r["config"], r["latency_ms"], r["over_ms"]
+    d = c["detector"]
+    positions = list(r["worst_clips"][0]["score_by_window_start_ms"]) if r["worst_clips"] else []
+    rows = [[f"`{w['word']}` {w['clip']}", " / ".join("–" if x is None else f"{x * 1000:.0f}" for x in w["latency_s"]),
+             *(f"{w['score_by_window_start_ms'][k]:.2f}" for k in positions)] for w in r["worst_clips"]]
+    return (f"Detected {r['detected']['hits']} of {r['detected']['of']} (clip × offset); detector latency "
+            f"p50 / p90 / p99 / max {lat['p50']:.0f} / {lat['p90']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} ms; "
+            f"over 350 / 400 / 500 ms: {over['350']} / {over['400']} / {over['500']}. Operating point: threshold "
+            f"{d['threshold']:g}, average {d['average_window_s']:g} s; {when(r['machine'])}.\n\n") + md(
+        ["latest clips", "latency ms per offset", *(f"{k} ms" for k in positions)], rows)
+
+
 # --------------------------------------------------------------------------- the README's serving summary
 def _http_rows(pattern: str = "serving_replicas*.json") -> list[list]:
     rows = []

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kws.audio import load_file
+from kws.audio import load_file, speech_end_s
 from kws.errors import ConfigError, DatasetError
-from kws.streaming.generate import (Clip, StreamRecipe, Truth, generate_stream, generate_streams, speech_end_s,
-                                    split_clips)
+from kws.streaming.generate import Clip, StreamRecipe, Truth, generate_stream, generate_streams, split_clips
 from kws.streaming.matching import Found, det_curve, match, pick_threshold
 
 LABELS = ["_silence_", "_unknown_", "one", "two"]

@@ -92,6 +92,23 @@ def time_shift(samples: np.ndarray, shift: int) -> np.ndarray:
     return out
 
 
+def speech_end_s(samples: np.ndarray, sample_rate: int, rel_db: float = -30.0, floor_db: float = 10.0) -> float:
+    """Seconds from the start of a one-word clip to the end of its speech: the end of its last
+    10 ms frame within ``rel_db`` of the loudest frame and at least ``floor_db`` over the clip's
+    own noise floor (its 10th-percentile frame). A clip's trailing silence is not the word, nor,
+    in a noisy clip, its noise: an end found too late would make a detection look early. What a
+    listener calls the word's end, from which a live detection's latency counts."""
+    hop = max(1, sample_rate // 100)
+    n = len(samples) // hop * hop
+    if n == 0:
+        return len(samples) / sample_rate
+    frames = np.asarray(samples[:n], np.float64).reshape(-1, hop)
+    energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    level = max(energy.max() + rel_db, np.percentile(energy, 10) + floor_db)
+    loud = np.nonzero(energy >= min(level, energy.max()))[0]
+    return float((loud[-1] + 1) * hop / sample_rate)
+
+
 def snr_gain(signal_power: float, noise_power: float, snr_db: float) -> float:
     """The factor for noise of mean power ``noise_power`` so that signal-to-noise is ``snr_db``
     (0 when either power is 0: nothing to mix)."""

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import soundfile as sf
 
-from kws.errors import DatasetError
+from kws.errors import ConfigError, DatasetError
 from kws.labels import BACKGROUND_NOISE_DIR, SILENCE, UNKNOWN
 from kws.splits import SPLITS, TEST, TRAIN, assign_splits, speaker_of
 
@@ -47,6 +47,7 @@ class Example:
     speed: float = 1.0  # speed perturbation: > 1 faster (and higher), < 1 slower
     origin: int = 0  # 0: the dataset; i > 0: extra source i (training only)
     weight: float = 1.0  # sample weight in training
+    end_gap: int = -1  # >= 0: replaces ``shift``: the speech ends this many samples before the window does
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,18 @@ class AugmentConfig:
     background_probability: float = 0.8
     snr_db: tuple[float, float] = (5.0, 20.0)
     speed: tuple[float, float] = (1.0, 1.0)  # speed perturbation range (1, 1) = off
+    # share of the copies whose word is moved to the window's end instead (its speech ending
+    # end_gap_ms before it): the windows that let a live stream answer soon after the word
+    end_aligned: float = 0.0
+    end_gap_ms: tuple[float, float] = (0.0, 250.0)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.end_gap_ms
+        if not 0.0 <= self.end_aligned <= 1.0:
+            raise ConfigError(f"prepare.augment.end_aligned is a share of the copies, 0..1; got {self.end_aligned!r}")
+        if not 0.0 <= lo <= hi < 1000.0:
+            raise ConfigError(f"prepare.augment.end_gap_ms must be [low, high] with 0 <= low <= high < 1000 ms; "
+                              f"got {list(self.end_gap_ms)!r}")
 
 
 @dataclass(frozen=True)
@@ -228,8 +241,9 @@ def build_index(
 
 def augmented_copies(examples: list[Example], augment: AugmentConfig, rng: np.random.Generator,
                      sample_rate: int, noise_cut, copies: Sequence[int]) -> list[Example]:
-    """Perturbed copies of every example, ``copies[example.origin]`` each: time shift, speed,
-    background noise at a random SNR (``noise_cut`` None: no noise); a noise-cut silence gets a
+    """Perturbed copies of every example, ``copies[example.origin]`` each: time shift (or, for a
+    share ``end_aligned``, the word moved to the window's end), speed, background noise at a
+    random SNR (``noise_cut`` None: no noise); a noise-cut silence gets a
     fresh cut. Round by round over the examples: with the same count for every origin, the draws
     are those of one count for all."""
     max_shift = int(augment.time_shift_ms / 1000 * sample_rate)
@@ -250,15 +264,18 @@ def augmented_copies(examples: list[Example], augment: AugmentConfig, rng: np.ra
             if noise_cut is not None and rng.random() < augment.background_probability:
                 noise, offset = noise_cut()
                 snr = float(rng.uniform(*augment.snr_db))
+            end_gap = -1  # drawn last and only when asked for: without it, the draws are unchanged
+            if augment.end_aligned > 0 and rng.random() < augment.end_aligned:
+                end_gap = int(rng.uniform(*augment.end_gap_ms) / 1000 * sample_rate)
             extra.append(Example(ex.source, ex.label, shift, noise, offset, snr, speed=speed,
-                                 origin=ex.origin, weight=ex.weight))
+                                 origin=ex.origin, weight=ex.weight, end_gap=end_gap))
     return extra
 
 
 def render(example: Example, roots: Sequence[Path], noise: list[np.ndarray], clip_samples: int,
            sample_rate: int) -> np.ndarray:
     """The 1 s waveform of one example (load, speed, shift, mix noise); ``roots[origin]`` holds its clip."""
-    from kws.audio import change_speed, fix_length, load_file, snr_gain, time_shift
+    from kws.audio import change_speed, fix_length, load_file, snr_gain, speech_end_s, time_shift
 
     if example.source == "":
         if example.noise < 0:
@@ -268,7 +285,12 @@ def render(example: Example, roots: Sequence[Path], noise: list[np.ndarray], cli
     wave = load_file(roots[example.origin] / example.source, sample_rate)
     if example.speed != 1.0:
         wave = change_speed(wave, example.speed)
-    wave = time_shift(fix_length(wave, clip_samples), example.shift)
+    wave = fix_length(wave, clip_samples)
+    shift = example.shift
+    if example.end_gap >= 0:
+        # a stream's window holds a word this way just after it is said; clip recordings rarely do
+        shift = clip_samples - example.end_gap - int(round(speech_end_s(wave, sample_rate) * sample_rate))
+    wave = time_shift(wave, shift)
     if example.noise >= 0:
         cut = noise[example.noise][example.noise_offset : example.noise_offset + clip_samples]
         scale = snr_gain(float(np.mean(wave**2)), float(np.mean(cut**2)), example.snr_db)

@@ -57,9 +57,8 @@ def offline_detections(pred, samples: np.ndarray, stride_s: float = 0.125,
 
 
 def word_end_s(path: Path, start_s: float) -> float:
-    """Where the word of a real clip placed at ``start_s`` ends (:func:`kws.streaming.generate.speech_end_s`)."""
-    from kws.audio import load_file
-    from kws.streaming.generate import speech_end_s
+    """Where the word of a real clip placed at ``start_s`` ends (:func:`kws.audio.speech_end_s`)."""
+    from kws.audio import load_file, speech_end_s
 
     return start_s + speech_end_s(load_file(path, SR), SR)
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kws.audio import load_file
+from kws.audio import load_file, speech_end_s
 from kws.errors import ConfigError, DatasetError
 from kws.labels import SILENCE, UNKNOWN
 
@@ -121,23 +121,6 @@ def _centroid(wave: np.ndarray, sample_rate: int) -> float:
     if total <= 0:
         return len(wave) / sample_rate / 2
     return float((np.arange(len(wave)) * energy).sum() / total / sample_rate)
-
-
-def speech_end_s(samples: np.ndarray, sample_rate: int, rel_db: float = -30.0, floor_db: float = 10.0) -> float:
-    """Seconds from the start of a one-word clip to the end of its speech: the end of its last
-    10 ms frame within ``rel_db`` of the loudest frame and at least ``floor_db`` over the clip's
-    own noise floor (its 10th-percentile frame). A clip's trailing silence is not the word, nor,
-    in a noisy clip, its noise: an end found too late would make a detection look early. What a
-    listener calls the word's end, from which a live detection's latency counts."""
-    hop = max(1, sample_rate // 100)
-    n = len(samples) // hop * hop
-    if n == 0:
-        return len(samples) / sample_rate
-    frames = np.asarray(samples[:n], np.float64).reshape(-1, hop)
-    energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
-    level = max(energy.max() + rel_db, np.percentile(energy, 10) + floor_db)
-    loud = np.nonzero(energy >= min(level, energy.max()))[0]
-    return float((loud[-1] + 1) * hop / sample_rate)
 
 
 def _background(noise: np.ndarray | None, n: int, rms: float, rng: np.random.Generator) -> np.ndarray:
