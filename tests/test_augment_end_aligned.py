@@ -64,3 +64,20 @@ def test_off_by_default_and_the_other_draws_unchanged():
 def test_bad_settings_are_a_config_error(kwargs):
     with pytest.raises(ConfigError, match="prepare.augment"):
         AugmentConfig(**kwargs)
+
+
+def test_test_split_digest_is_unchanged_by_the_new_field():
+    """Registered champions carry digests of test splits computed before ``end_gap`` existed."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from kws.dataset import digest
+
+    examples = [Example("b/x.wav", 3, noise=1, snr_db=7.5), Example("a/y.wav", 1)]
+    rows = sorted(json.dumps({k: v for k, v in asdict(ex).items() if k != "end_gap"}, sort_keys=True)
+                  for ex in examples)
+    assert digest(examples) == hashlib.sha256("".join(r + "\n" for r in rows).encode()).hexdigest()
+    # the value kws.dataset.digest gave these examples before end_gap existed (625f22f)
+    assert digest(examples) == "d3025e78e958e04bf2e06ebe677a4999225b782f3a78247796bc414295b18528"
+    assert digest([Example("a/y.wav", 1, end_gap=0)]) != digest([Example("a/y.wav", 1)])
