@@ -3,7 +3,7 @@
 Offline and deterministic, no server: every one of ``--per-word`` REAL clips of each keyword (the
 clips ``bench_listen.py`` streams, from ``../shared/data``) is placed alone in a quiet 5 s
 recording at several offsets against the 0.125 s window grid, scanned like a live session
-(``Predictor.scan`` + the bundle's ``StreamDetector`` operating point) and, where its keyword is
+(``Predictor.scan`` + ``Predictor.detect``: the service's detector at the bundle's operating point) and, where its keyword is
 detected, timed from the end of its speech (``kws.audio.speech_end_s``) to the end of the window
 that decided it. The live answer adds at most one chunk and the reply (``bench_listen.py``), so
 a word's detector latency must stay under ~0.4 s for it to show within 0.5 s.
@@ -31,37 +31,31 @@ OFFSETS_S = (0.0, 0.03, 0.06, 0.09)  # the clip's start against the 0.125 s grid
 POSITIONS_MS = range(-600, 401, 100)  # window start - clip start, for the score-by-position rows
 
 
-def clip_latencies(pred, settings, path: Path, word: str) -> list[float | None]:
+def clip_latencies(pred, path: Path, word: str) -> list[float | None]:
     """Detector latency (s) of one clip at each offset; None where its keyword is not detected."""
-    from kws.audio import speech_end_s, load_file
-    from kws.streaming.detector import StreamDetector
     from tests.support.bundles import long_recording
+    from tests.support.listen import word_end_s
 
-    end = speech_end_s(load_file(path, SR), SR)
     out = []
     for off in OFFSETS_S:
         start = 2.0 + off
         audio = long_recording([(start, path)], duration_s=5.0, sample_dir=SAMPLE_DIR, seed=1)
         starts, scores = pred.scan(audio, 0.125)
         keep = starts * SR + pred.cfg.clip_samples <= len(audio) + 1e-6  # a live stream has no end-aligned extra window
-        found = StreamDetector(pred.labels, settings).push_many(starts[keep] + pred.window_s / 2, scores[keep])
-        hit = [d for d in found if d.label == word and start - 0.5 <= d.time_s <= start + 1.5]
-        out.append(round(hit[0].fired_s + pred.window_s / 2 - (start + end), 3) if hit else None)
+        found = pred.detect(starts[keep], scores[keep], duration_s=5.0)  # the bundle's operating point
+        hit = [d for d in found if d.keyword == word and start - 0.5 <= d.start_s + pred.window_s / 2 <= start + 1.5]
+        out.append(round(hit[0].fired_s - word_end_s(path, start), 3) if hit else None)
     return out
 
 
 def score_by_position(pred, path: Path, word: str) -> dict[str, float]:
-    from kws.audio import load_file
+    from kws.audio import fix_length, load_file, time_shift
 
-    clip = load_file(path, SR)[:SR]
+    clip = fix_length(load_file(path, SR), SR)
     k = pred.labels.index(word)
-    row = {}
-    for ms in POSITIONS_MS:
-        n, window = int(ms * SR / 1000), np.zeros(SR, np.float32)
-        seg = clip[max(0, n):max(0, n) + SR - max(0, -n)]
-        window[max(0, -n):max(0, -n) + len(seg)] = seg
-        row[f"{ms:+d}"] = round(float(pred.clip_scores(window[None])[0][k]), 3)
-    return row
+    # a window starting ms after the clip holds the clip moved that much earlier
+    return {f"{ms:+d}": round(float(pred.clip_scores(time_shift(clip, -int(ms * SR / 1000))[None])[0][k]), 3)
+            for ms in POSITIONS_MS}
 
 
 def main() -> None:
@@ -73,14 +67,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from kws.serving.predictor import Predictor
-    from kws.serving.sessions import detector_settings
 
     pred = Predictor(args.model_dir)
-    settings = detector_settings(pred, None)
     rows = []
     for word in [w for w in pred.labels if not w.startswith("_")]:
         for path in sorted((REAL_DIR / word).glob("*.wav"))[:args.per_word]:
-            rows.append({"word": word, "clip": path.name, "latency_s": clip_latencies(pred, settings, path, word)})
+            rows.append({"word": word, "clip": path.name, "latency_s": clip_latencies(pred, path, word)})
     lats = np.array([x for r in rows for x in r["latency_s"] if x is not None])
     tries = len(rows) * len(OFFSETS_S)
     worst = sorted(rows, key=lambda r: -max([x for x in r["latency_s"] if x is not None], default=-9))[:args.worst]
@@ -89,7 +81,7 @@ def main() -> None:
     result = {
         "what": "detector latency: end of a real keyword's speech -> end of the window that decided it (offline)",
         "machine": machine_info(),
-        "config": {"model": str(args.model_dir), "detector": settings.to_dict(), "per_word": args.per_word,
+        "config": {"model": str(args.model_dir), "detector": pred.detector.to_dict(), "per_word": args.per_word,
                    "offsets_s": list(OFFSETS_S), "stride_s": 0.125, "clips": "first per_word of each keyword, speech_commands_real"},
         "detected": {"of": tries, "hits": int(len(lats))},
         "latency_ms": {**{f"p{q}": round(float(np.percentile(lats, q)) * 1000, 1) for q in (50, 90, 99)},

@@ -131,8 +131,8 @@ def prepare(cfg, dataset: Path, out_dir: Path, source_info: dict | None = None,
         background_probability=float(prep.augment.background_probability),
         snr_db=tuple(prep.augment.snr_db),
         speed=tuple(prep.augment.get("speed", (1.0, 1.0))),
-        end_aligned=float(prep.augment.get("end_aligned", 0.0)),
-        end_gap_ms=tuple(prep.augment.get("end_gap_ms", (0.0, 250.0))),
+        end_aligned=float(prep.augment.get("end_aligned", AugmentConfig.end_aligned)),
+        end_gap_ms=tuple(prep.augment.get("end_gap_ms", AugmentConfig.end_gap_ms)),
     )
     extra = extra_sources(cfg.get("data"), extra_dir or Path(OmegaConf.select(cfg, "paths.extra", default="data/raw/extra")))
     index, summary = build_index(
