@@ -1,7 +1,8 @@
 // kws web page, live listening: the "Listen" toggle. The microphone is captured by an AudioWorklet
-// (listen-worklet.js) at 16 kHz, 100 ms chunks are POSTed IN ORDER to the session API
-// (api/stream, see kws/serving/stream_api.py) and every answer updates the running list of
-// detections, the level meter and the strip of class scores of the latest window.
+// (listen-worklet.js) at 16 kHz, 100 ms chunks are POSTed IN ORDER (those that queued up meanwhile
+// together) to the session API (api/stream, see kws/serving/stream_api.py) and every answer
+// updates the running list of detections, the level meter and the strip of class scores of the
+// latest window.
 // The microphone is released on Stop, when the page is hidden or left, and on any error.
 "use strict";
 
@@ -144,6 +145,7 @@
     r.session = opened.body.session;
     r.seq = 0;
     r.offset = r.t_s; // stream time already sent in earlier sessions
+    r.maxSamples = Math.floor(opened.body.chunk.max_bytes / 4); // f32: 4 bytes a sample
     trace.sessions += 1;
     if (!els.strip.children.length) buildStrip(opened.body.labels);
     return opened.body;
@@ -175,12 +177,32 @@
     }
   }
 
+  // The chunks that queued up while a request was out go together in the next one (as many as the
+  // session's chunk limit takes): one request per chunk would never catch up once the network or
+  // the server fell behind, and every later word would be shown later still.
+  function nextBatch(r) {
+    let n = 0, k = 0;
+    while (k < r.queue.length && (k === 0 || n + r.queue[k].samples.length <= r.maxSamples)) {
+      n += r.queue[k].samples.length;
+      k += 1;
+    }
+    const batch = r.queue.splice(0, k);
+    if (k === 1) return batch[0];
+    const samples = new Float32Array(n);
+    let at = 0;
+    for (const c of batch) {
+      samples.set(c.samples, at);
+      at += c.samples.length;
+    }
+    return { samples };
+  }
+
   async function pump(r) {
     if (r.sending) return;
     r.sending = true;
     try {
       while (run === r && r.queue.length) {
-        await postChunk(r, r.queue.shift());
+        await postChunk(r, nextBatch(r));
       }
     } catch (e) {
       if (run === r) stop(e.message);

@@ -4,12 +4,12 @@ Chromium's fake microphone plays a WAV made of real clips of ``../shared`` (six 
 other words, 2 s apart, over a running tap and pink noise); the page captures it with its
 AudioWorklet at 16 kHz, posts 100 ms chunks to the session API and lists what it hears. The
 model is the tiny real one of the serving tests, trained here on those six keywords (the clips
-of ``../shared``'s sample and real folders, see ``talk_bundle``); the clips
-are chosen by a fixed rule (each word's most clearly spoken clip by its signal alone,
-``tests.support.listen.talk_clips``),
-never by what the model answers: they are among its training clips, so this test checks the live
-path (capture, resampling, chunks, session, detector, page), not how the model generalises (the
-evaluate and stream stages measure that). Every keyword must be listed, once, in order, and
+of ``../shared``'s sample and real folders, with an operating point for live listening, see
+``talk_bundle``); the clips are chosen by a fixed rule (each word's most clearly spoken clip by
+its signal alone, ``tests.support.listen.talk_clips``), never by what the model answers: they are
+among its training clips, so this test checks the live path (capture, resampling, chunks,
+session, detector, page), not how the model generalises (the evaluate and stream stages measure
+that). Every keyword must be listed, once, in order, and
 nothing else: no detection for the other words or the noise.
 
 Latency, per keyword: from the end of the word's speech (``word_end_s``: the clip's last loud
