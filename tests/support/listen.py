@@ -77,10 +77,10 @@ TALK_LABELS = ("_silence_", "_unknown_", *TALK_KEYWORDS)
 
 # The talk bundle's operating point (its detector.json), as the stream stage would choose one for
 # live listening (conf/stream: max_latency_s): the detector's default averages 0.5 s of windows and
-# so knows a word up to ~0.34 s after its speech ends, which with the chunk, the request and the
-# page left too little of the page's 500 ms; a 0.375 s average knows it by ~0.27 s and keeps the talk
-# clean (no wrong or extra word at any of eight stream phases, for this model and three other
-# training draws of it).
+# so knows a word up to ~0.34 s after its speech ends, which leaves too little of the page's 500 ms
+# for the chunk, the request and the drawing; a 0.375 s average knows it within ~0.28 s and keeps
+# the talk clean (no wrong or extra word at any of eight stream phases, for this model and three
+# variants of it: other seeds, end-aligned keyword copies).
 TALK_DETECTOR = {"threshold": 0.6, "average_window_s": 0.375, "suppression_s": 1.0, "min_count": 2}
 
 
