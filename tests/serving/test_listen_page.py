@@ -9,8 +9,8 @@ of ``../shared``'s sample and real folders, with an operating point for live lis
 its signal alone, ``tests.support.listen.talk_clips``), never by what the model answers: they are
 among its training clips, so this test checks the live path (capture, resampling, chunks,
 session, detector, page), not how the model generalises (the evaluate and stream stages measure
-that). Every keyword must be listed, once, in order, and
-nothing else: no detection for the other words or the noise.
+that). Every keyword must be listed, once, in order, and nothing else: no detection for the other
+words or the noise.
 
 Latency, per keyword: from the end of the word's speech (``word_end_s``: the clip's last loud
 frame, not the end of its one-second clip) to the animation frame that draws its line, both on

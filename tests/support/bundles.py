@@ -126,11 +126,13 @@ def build_tiny_bundle(
     views: bool = False,
     clip_dirs: Sequence[Path] | None = None,
     max_unknown_per_word: int | None = None,
+    detector: dict | None = None,
 ) -> Path:
     """Train a tiny real model on the real clips and write a complete serving bundle to ``out_dir``
     (with ``int8``: also ``model_int8.tflite``, calibrated and checked on the training clips; with
     ``views``: the views model of :mod:`kws.views` for the service's default shifts, where the
-    architecture allows it); ``clip_dirs``/``max_unknown_per_word``: see :func:`tiny_dataset`."""
+    architecture allows it; with ``detector``: that ``detector.json``, else none);
+    ``clip_dirs``/``max_unknown_per_word``: see :func:`tiny_dataset`."""
     import keras
 
     from kws.bundle import write_bundle
@@ -163,7 +165,7 @@ def build_tiny_bundle(
         from kws.views import VIEW_SHIFTS_MS
 
         extra["views_shifts_ms"] = VIEW_SHIFTS_MS
-    return Path(write_bundle(out_dir, model, labels, cfg, metrics=metrics, info=info, **extra))
+    return Path(write_bundle(out_dir, model, labels, cfg, metrics=metrics, info=info, detector=detector, **extra))
 
 
 def keyword_clips(sample_dir: str | Path = SAMPLE_DIR, labels: Sequence[str] = TINY_LABELS) -> dict[str, list[Path]]:

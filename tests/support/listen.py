@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from kws.serving.sessions import detector_settings
-from kws.streaming.detector import StreamDetector
+from kws.streaming.detector import DetectorSettings, StreamDetector
 
 SR = 16000
 L16 = f"audio/L16;rate={SR}"
@@ -81,7 +80,7 @@ TALK_LABELS = ("_silence_", "_unknown_", *TALK_KEYWORDS)
 # for the chunk, the request and the drawing; a 0.375 s average knows it within ~0.28 s and keeps
 # the talk clean (no wrong or extra word at any of eight stream phases, for this model and three
 # variants of it: other seeds, end-aligned keyword copies).
-TALK_DETECTOR = {"threshold": 0.6, "average_window_s": 0.375, "suppression_s": 1.0, "min_count": 2}
+TALK_DETECTOR = DetectorSettings(average_window_s=0.375)
 
 
 def talk_bundle(tmp_path_factory, sample: Path) -> Path:
@@ -90,14 +89,13 @@ def talk_bundle(tmp_path_factory, sample: Path) -> Path:
     three clips a word has in ``sample`` alone teach it too little: a noisy clip of "two" made
     background noise pass for "two"), with :data:`TALK_DETECTOR` as its ``detector.json``; built
     once per test session."""
-    from kws.bundle import DETECTOR_FILE
     from tests.support.bundles import build_tiny_bundle
 
     out = tmp_path_factory.getbasetemp() / "listen-talk-bundle" / "model"
     if not (out / "model.tflite").is_file():
         build_tiny_bundle(out, sample_dir=sample, labels=TALK_LABELS, copies=16, epochs=20, max_unknown_per_word=30,
-                          clip_dirs=[sample, sample.parent / "speech_commands_real"])
-        (out / DETECTOR_FILE).write_text(json.dumps({"settings": TALK_DETECTOR}, indent=2) + "\n")
+                          clip_dirs=[sample, sample.parent / "speech_commands_real"],
+                          detector={"settings": TALK_DETECTOR.to_dict()})
     return out
 
 
