@@ -11,7 +11,9 @@ Audio goes to ``POST <url>stream`` (a session) and then ``POST <url>stream/<id>`
 ``kws-listen --file F --fast`` prints the detections ``kws-predict F`` lists.
 
 The microphone is read with ``sounddevice`` (PortAudio), imported only when it is used: a file
-needs no audio device. When the service loses the session (a restarted or drained replica:
+needs no audio device. Chunks that queued up while an answer was out (a slow network, a busy
+service) go together in the next request, up to the session's chunk limit, like the page does:
+one request per chunk would never catch up once behind. The samples and their order are the same. When the service loses the session (a restarted or drained replica:
 404/410), a new one is opened and the chunk sent again; stream times go on from where they were.
 Exit status: 0 done (end of the file, or Ctrl-C), 1 the service refused the audio, 2 the service
 cannot be reached, no microphone, or bad arguments.
@@ -148,18 +150,45 @@ class StreamClient:
 
 
 # --------------------------------------------------------------------------- audio sources
-def file_chunks(path: Path, chunk_ms: float, realtime: bool) -> Iterator[np.ndarray]:
-    """The recording decoded like an upload to ``/predict``, in chunks, paced like a microphone."""
+class ChunkJoiner:
+    """Audio in, requests out: whole ``chunk`` sample chunks, as many together as have arrived,
+    at most ``most`` samples per request (the session's limit); the rest waits for more."""
+
+    def __init__(self, chunk: int, most: int):
+        self.chunk = int(chunk)
+        self.most = max(self.chunk, int(most) // self.chunk * self.chunk)
+        self.pending = np.zeros(0, np.float32)
+
+    def add(self, samples: np.ndarray) -> None:
+        self.pending = np.concatenate([self.pending, np.asarray(samples, np.float32)])
+
+    def take(self) -> Iterator[np.ndarray]:
+        while len(self.pending) >= self.chunk:
+            n = min(len(self.pending) // self.chunk * self.chunk, self.most)
+            out, self.pending = self.pending[:n], self.pending[n:]
+            yield out
+
+
+def file_chunks(path: Path, chunk_ms: float, realtime: bool, most: int) -> Iterator[np.ndarray]:
+    """The recording decoded like an upload to ``/predict``, in chunks, paced like a microphone:
+    each request has the chunks whose last sample has been "said" by now (at most ``most``
+    samples); ``--fast`` sends one chunk per request."""
     from kws.audio import decode
 
-    audio = decode(path.read_bytes(), SAMPLE_RATE, max_duration_s=24 * 3600)
+    audio = decode(path.read_bytes(), SAMPLE_RATE, max_duration_s=24 * 3600).samples
     n = int(round(chunk_ms * SAMPLE_RATE / 1000))
-    start = time.monotonic()
-    for i in range(0, len(audio.samples), n):
-        chunk = audio.samples[i:i + n]
-        if realtime:  # a microphone has the chunk only once its last sample was said
-            time.sleep(max(0.0, start + (i + len(chunk)) / SAMPLE_RATE - time.monotonic()))
-        yield chunk
+    if not realtime:
+        yield from (audio[i:i + n] for i in range(0, len(audio), n))
+        return
+    start, i = time.monotonic(), 0
+    while i < len(audio):
+        # a microphone has a chunk only once its last sample was said
+        time.sleep(max(0.0, start + min(i + n, len(audio)) / SAMPLE_RATE - time.monotonic()))
+        said = int((time.monotonic() - start) * SAMPLE_RATE)
+        k = max(1, min((said - i) // n, most // n))  # the chunks said by now, within the session's limit
+        end = min(len(audio), i + k * n)
+        yield audio[i:end]
+        i = end
 
 
 def _sounddevice():
@@ -177,9 +206,10 @@ def list_devices() -> str:
     return str(_sounddevice().query_devices()) or "no audio devices found"
 
 
-def mic_chunks(chunk_ms: float, device: str | None) -> Iterator[np.ndarray]:
+def mic_chunks(chunk_ms: float, device: str | None, most: int) -> Iterator[np.ndarray]:
     """Chunks from an input device at 16 kHz (resampled with soxr's streaming resampler when the
-    device cannot record at 16 kHz itself), until the generator is closed."""
+    device cannot record at 16 kHz itself), until the generator is closed; the chunks that queued
+    up meanwhile together, at most ``most`` samples (:class:`ChunkJoiner`)."""
     import soxr
 
     sd = _sounddevice()
@@ -208,17 +238,16 @@ def mic_chunks(chunk_ms: float, device: str | None) -> Iterator[np.ndarray]:
                                 blocksize=int(round(chunk_ms * rate / 1000)), callback=callback)
     except sd.PortAudioError as err:
         raise NoMicrophone(f"cannot open the microphone {info['name']!r}: {err}") from None
-    pending = np.zeros(0, np.float32)
+    joiner = ChunkJoiner(n, most)
     with stream:
         print(f"kws-listen: listening on {info['name']!r} ({rate} Hz); Ctrl-C to stop", file=sys.stderr, flush=True)
         while True:
-            block = blocks.get()
-            if resampler is not None:
-                block = resampler.resample_chunk(block)
-            pending = np.concatenate([pending, block])
-            while len(pending) >= n:
-                yield pending[:n]
-                pending = pending[n:]
+            got = [blocks.get()]
+            while not blocks.empty():
+                got.append(blocks.get_nowait())
+            for block in got:
+                joiner.add(block if resampler is None else resampler.resample_chunk(block))
+            yield from joiner.take()
 
 
 # --------------------------------------------------------------------------- main
@@ -228,19 +257,22 @@ def format_detection(det: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     client = StreamClient(args.url, args.threshold, args.timeout)
-    source = file_chunks(args.file, args.chunk_ms, realtime=not args.fast) if args.file else \
-        mic_chunks(args.chunk_ms, args.device)
+    source = None
     try:
         opened = client.open()
         print(f"kws-listen: session open ({opened['model']['name']} v{opened['model']['version']}, "
               f"threshold {opened['detector']['threshold']:g})", file=sys.stderr, flush=True)
+        most = int(opened.get("chunk", {}).get("max_bytes", 0)) // 4  # float32 samples per request
+        source = file_chunks(args.file, args.chunk_ms, not args.fast, most) if args.file else \
+            mic_chunks(args.chunk_ms, args.device, most)
         for chunk in source:
             for det in client.send(chunk):
                 print(json.dumps(det) if args.json else format_detection(det), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
-        source.close()
+        if source is not None:
+            source.close()
         client.close()
     print(f"kws-listen: {client.t_s:.1f} s of audio streamed", file=sys.stderr)
     return EXIT_OK
