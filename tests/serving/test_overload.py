@@ -1,6 +1,7 @@
 """The bounded request queue (issue 22, item 8), with the real Waitress server (one worker, a
 queue bound of one) behind the real nginx: past the bound a request is answered at once with
-503 ``overloaded`` + ``Retry-After``; /health never waits; Waitress' queue warnings are rate-limited."""
+503 ``overloaded`` + ``Retry-After``, but a chunk of an open live session waits its turn; /health
+never waits; Waitress' queue warnings are rate-limited."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def test_past_the_bound_503_at_once_and_health_stays_fast(tmp_path, bundle, clip
     with ApiProcess(bundle, tmp_path / "api", env=env) as api, \
             NginxProcess(tmp_path / "ngx", upstream=f"127.0.0.1:{api.port}") as ngx:
         assert post_audio(api.url, slow, "slow.wav").status_code == 200  # the first also creates interpreters
+        session = requests.post(f"{ngx.url}/stream", timeout=30).json()["session"]  # opened before the load
+        chunk = np.zeros(1600, "<f4").tobytes()
         t0 = time.perf_counter()
         assert post_audio(api.url, slow, "slow.wav").status_code == 200
         slow_s = time.perf_counter() - t0  # what one slow request takes, warm
@@ -51,14 +54,23 @@ def test_past_the_bound_503_at_once_and_health_stays_fast(tmp_path, bundle, clip
                 t = time.perf_counter()
                 resp = post_audio(url, short, "extra.wav", timeout=30)
                 answers.append((time.perf_counter() - t, resp))
-            busy = [running.done(), queued.done()]  # the extra ones were answered while both were in flight
+            # a chunk of the session opened before waits for its turn (load already admitted); a
+            # new session is refused like any request past the bound
+            chunk_answer = pool.submit(requests.post, f"{ngx.url}/stream/{session}?format=f32&seq=0", data=chunk,
+                                       headers={"Content-Type": "application/octet-stream"}, timeout=120)
+            time.sleep(min(0.3, slow_s / 10))
+            new_session = requests.post(f"{ngx.url}/stream", timeout=30)
+            busy = [running.done(), queued.done(), chunk_answer.done()]  # all answered while both were in flight
             t = time.perf_counter()
             health = requests.get(f"{ngx.url}/health", timeout=30)
             health_s = time.perf_counter() - t
             ready = requests.get(f"{api.url}/ready", timeout=30)
             first, second = running.result(), queued.result()
         assert first.status_code == second.status_code == 200, (first.text[:300], second.text[:300])
-        assert busy == [False, False], f"the slow requests ended before the extra ones were sent (slow: {slow_s:.2f} s, extras: {[round(a[0], 3) for a in answers]})"
+        assert chunk_answer.result().status_code == 200, chunk_answer.result().text[:300]
+        assert chunk_answer.result().json()["t_s"] == 0.1
+        assert_error(new_session, 503, "overloaded")
+        assert busy == [False, False, False], f"the slow requests ended before the extra ones were sent (slow: {slow_s:.2f} s, extras: {[round(a[0], 3) for a in answers]})"
         for seconds, resp in answers:
             body = assert_error(resp, 503, "overloaded")
             assert resp.headers["Retry-After"] == "3" and "retry in 3 s" in body["error"]["message"]
@@ -71,7 +83,7 @@ def test_past_the_bound_503_at_once_and_health_stays_fast(tmp_path, bundle, clip
         # the load is gone: served normally again
         assert post_audio(ngx.url, short, "after.wav").status_code == 200
         metrics = requests.get(f"{api.url}/metrics", timeout=10).text
-        assert 'kws_errors_total{code="overloaded"} 3.0' in metrics
+        assert 'kws_errors_total{code="overloaded"} 4.0' in metrics
         log = api.log.read_text()
     assert log.count("Task queue depth is") <= 1, log[-3000:]
 

@@ -11,6 +11,11 @@ reaches Flask only once a worker runs it — so the bound is enforced where requ
   without decoding anything (``kws.serving.app``), in about a millisecond.
 * Cheap probes (``/health``, ``/ready``) always take the fast lane and are answered normally, so
   a healthcheck never waits behind queued predictions.
+* The chunks of open live sessions (``POST``/``DELETE /stream/<id>``) have ``session_allowance``
+  more places (the service's session limit): a session was admitted when it opened (``POST
+  /stream`` is bounded like any request), each of its clients sends one chunk at a time, so these
+  are load already accepted and bounded by the open sessions. Shedding one would free nothing
+  (the client sends the same audio again) and break the stream (its next chunk out of order).
 * :class:`RateLimitFilter` lets one ``waitress.queue`` warning through per ``interval_s``, with
   the number of warnings it held back.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 
@@ -31,6 +37,8 @@ log = logging.getLogger("kws.serving.overload")
 
 #: Answered in the fast lane whatever the load: they cost no model time.
 CHEAP_PATHS = frozenset({"/health", "/ready", "/api/health", "/api/ready"})
+#: A chunk for (or the close of) an open live session, directly or through nginx's /api/.
+SESSION_CHUNK = re.compile(r"^(?:/api)?/stream/[^/]+/?$")
 
 _lane = threading.local()
 
@@ -43,9 +51,10 @@ def shedding() -> bool:
 class BoundedDispatcher(ThreadedTaskDispatcher):
     """Waitress' dispatcher with a bound on waiting requests and a fast lane (see the module doc)."""
 
-    def __init__(self, max_queue: int, lane_threads: int = 2, on_shed=None):
+    def __init__(self, max_queue: int, lane_threads: int = 2, on_shed=None, session_allowance: int = 0):
         super().__init__()
         self.max_queue = max_queue
+        self.session_allowance = max(0, int(session_allowance))
         self.on_shed = on_shed  # called (in Waitress' main thread) for each request shed
         self.shed_count = 0
         self._lane: queue.SimpleQueue = queue.SimpleQueue()
@@ -65,8 +74,11 @@ class BoundedDispatcher(ThreadedTaskDispatcher):
         if path in CHEAP_PATHS:
             self._lane.put((task, False))
             return
+        bound = self.max_queue
+        if path is not None and getattr(request, "command", "") in ("POST", "DELETE") and SESSION_CHUNK.match(path):
+            bound += self.session_allowance
         with self.lock:
-            full = self.waiting(extra=1) > self.max_queue  # would this one wait past the bound?
+            full = self.waiting(extra=1) > bound  # would this one wait past the bound?
         if full:
             self.shed_count += 1
             if self.on_shed is not None:

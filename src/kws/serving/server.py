@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = cfg["host"], cfg["port"]
     max_body = int(cfg["max_upload_mb"] * 1024 * 1024)
     limit_queue_warnings(cfg["queue_warning_s"])
-    dispatcher = BoundedDispatcher(cfg["max_queue"])
+    dispatcher = BoundedDispatcher(cfg["max_queue"], session_allowance=cfg["stream_max_sessions"])
     try:
         server = create_server(
             app, host=host, port=port, threads=cfg["threads"], ident="kws", _dispatcher=dispatcher,

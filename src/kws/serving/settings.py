@@ -78,7 +78,8 @@ SETTINGS: tuple[Setting, ...] = (
     _S("port", "KWS_PORT", int, 8000, "port to listen on", _port, "1..65535"),
     _S("threads", "KWS_THREADS", int, 4, "Waitress worker threads (requests handled at once)", _at_least_1, ">= 1"),
     _S("max_queue", "KWS_MAX_QUEUE", int, 8,
-       "requests waiting for a worker beyond which new ones get 503 `overloaded` at once (0: no waiting)",
+       "requests waiting for a worker beyond which new ones get 503 `overloaded` at once (0: no waiting); "
+       "the chunks of open live sessions have KWS_STREAM_MAX_SESSIONS more places",
        _non_negative, ">= 0"),
     _S("overload_retry_after_s", "KWS_OVERLOAD_RETRY_AFTER_S", int, 1,
        "the `Retry-After` seconds of a 503 `overloaded` answer", _at_least_1, ">= 1"),
