@@ -161,6 +161,20 @@ def table_screen_streams() -> str:
                "validation streams: recall % @ FA/h", "test streams: recall % @ FA/h", "file"], rows)
 
 
+def table_det_compare() -> str:
+    """``bench_det_compare.py``: models at equal false accepts on one fold's test streams (best over
+    the sweep chosen ON TEST, a comparison only) beside the operating point chosen on validation."""
+    r = result("real_det_compare")
+    budgets = r["budgets_fa_per_hour"]
+    rows = [[name, *(pct(v["best_on_test"][str(b)]["recall"]) for b in budgets),
+             f"{pct(v['chosen_on_validation']['test_recall'])} @ {v['chosen_on_validation']['test_false_accepts_per_hour']:.0f}"]
+            for name, v in r["results"].items()]
+    t = r["streams"]["test"]
+    return (md(["model / runtime", *(f"best on test @ ≤ {b} FA/h" for b in budgets), "chosen on validation: test % @ FA/h"], rows)
+            + f"\n\nFold {r['fold']}: {t['minutes']:g} min of test streams, {t['words']} words from {t['clips']} clips "
+            f"(one false accept = {60 / t['minutes']:g} per hour); {when(r['machine'])}.")
+
+
 def table_stream_loss() -> str:
     """``bench_stream_loss.py``: the same keywords clean, aligned in the stream's noise, and as the
     detector sees them; per background recording."""
