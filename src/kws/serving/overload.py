@@ -16,6 +16,8 @@ reaches Flask only once a worker runs it — so the bound is enforced where requ
   /stream`` is bounded like any request), each of its clients sends one chunk at a time, so these
   are load already accepted and bounded by the open sessions. Shedding one would free nothing
   (the client sends the same audio again) and break the stream (its next chunk out of order).
+  The dispatcher cannot tell an open session's id from a made-up one; a chunk for an unknown
+  session takes the same places and is answered 404 without any model time.
 * :class:`RateLimitFilter` lets one ``waitress.queue`` warning through per ``interval_s``, with
   the number of warnings it held back.
 
