@@ -13,8 +13,9 @@ Audio goes to ``POST <url>stream`` (a session) and then ``POST <url>stream/<id>`
 The microphone is read with ``sounddevice`` (PortAudio), imported only when it is used: a file
 needs no audio device. Chunks that queued up while an answer was out (a slow network, a busy
 service) go together in the next request, up to the session's chunk limit, like the page does:
-one request per chunk would never catch up once behind. The samples and their order are the same. When the service loses the session (a restarted or drained replica:
-404/410), a new one is opened and the chunk sent again; stream times go on from where they were.
+one request per chunk would never catch up once behind. The samples and their order are the
+same. When the service loses the session (a restarted or drained replica: 404/410), a new one
+is opened and the chunk sent again; stream times go on from where they were.
 Exit status: 0 done (end of the file, or Ctrl-C), 1 the service refused the audio, 2 the service
 cannot be reached, no microphone, or bad arguments.
 """
