@@ -43,7 +43,7 @@ def test_default_config_targets_the_real_archive(repo):
     FeatureConfig.from_dict(cfg.features)
 
 
-@pytest.mark.parametrize("model", ["cnn_seed", "ds_cnn", "bc_resnet"])
+@pytest.mark.parametrize("model", ["cnn_seed", "ds_cnn", "bc_resnet", "tc_resnet"])
 def test_every_model_group_composes(repo, model):
     cfg = compose([f"model={model}", "data=synthetic"], conf_dir=repo / "conf")
     assert cfg.model.name == model
