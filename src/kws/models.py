@@ -132,7 +132,11 @@ def tc_resnet(inputs, x, n_classes: int, cfg: Mapping[str, Any]):
     width = float(cfg.get("width", 1.0))
     kernel = int(cfg.get("kernel", 9))
     reg = R.l2(float(cfg.get("l2", 1e-4)))
-    x = L.Reshape((x.shape[1], x.shape[2]))(x)  # (frames, coeffs, 1) -> (frames, coeffs)
+    for channels in cfg.get("stem2d") or ():  # 2-D 3x3 convolutions first, each halving the coefficients:
+        # small shifts along frequency (another voice's formants) then look alike to the 1-D part
+        x = L.Conv2D(int(channels), 3, strides=(1, 2), padding="same", use_bias=False, kernel_regularizer=reg)(x)
+        x = L.ReLU()(_bn()(x))
+    x = L.Reshape((x.shape[1], x.shape[2] * x.shape[3]))(x)  # (frames, coeffs, c) -> (frames, coeffs * c)
     x = L.Conv1D(int(round(16 * width)), 3, padding="same", use_bias=False, kernel_regularizer=reg)(x)
     for channels, stride in zip(cfg.get("channels", (24, 32, 48)), cfg.get("strides", (2, 2, 2))):
         x = _tc_block(x, int(round(channels * width)), kernel, int(stride), reg)
