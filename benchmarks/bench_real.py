@@ -55,11 +55,13 @@ ARGMAX = "train.logit_offsets=null"
 #: name -> Hydra overrides. ``recipe`` = conf/'s defaults: the served recipe.
 CANDIDATES: dict[str, list[str]] = {
     "recipe": [],
+    # until 2026-12-03: the same recipe on the DS-CNN (128 filters)
+    "ds_cnn128": ["model=ds_cnn"],
     # 2026-12-01: the synthetic extra source at half a real clip's weight, no logit offset
-    "recipe_synth_w05": ["data.extra.0.weight=0.5", ARGMAX],
+    "recipe_synth_w05": ["model=ds_cnn", "data.extra.0.weight=0.5", ARGMAX],
     # earlier served recipes: the real pool alone (no synthetic extra source)
-    "recipe_filters64": ["model.filters=64", "data.extra=[]", ARGMAX],  # until 2026-12-01 (DS-CNN's "small" width)
-    "recipe_filters96": ["model.filters=96", "data.extra=[]", ARGMAX],  # 2026-12-01, before the synthetic extra source
+    "recipe_filters64": ["model=ds_cnn", "model.filters=64", "data.extra=[]", ARGMAX],  # until 2026-12-01 (DS-CNN's "small" width)
+    "recipe_filters96": ["model=ds_cnn", "model.filters=96", "data.extra=[]", ARGMAX],  # 2026-12-01, before the synthetic extra source
     # the three architectures as they were before the real-speech work (MFCC, 1 copy, plateau LR)
     "cnn_seed": ["model=cnn_seed", "features=mfcc", "prepare.augment.copies=1", "prepare.augment.speed=[1.0,1.0]",
                  "train.lr_schedule=plateau", "train.label_smoothing=0.0", "train.epochs=30", "data.extra=[]", ARGMAX],

@@ -118,7 +118,8 @@ def _candidate_rows(candidates: dict, source: str | None = None) -> list[list]:
 
 def table_real_candidates() -> str:
     return md(["candidate", "folds", "clips", "accuracy % [95 % CI]", "weakest class", "`_unknown_`",
-               "original model, same clips", "params", "p50 ms/clip"], _candidate_rows(result("real")["candidates"]))
+               "original model, same clips", "params", "p50 ms/clip"],
+              _candidate_rows(result("real")["candidates"] | result("real_history")["candidates"]))
 
 
 def table_screens() -> str:

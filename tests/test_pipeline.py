@@ -102,7 +102,7 @@ def test_repro_runs_every_stage_and_promotes(project, first_repro):
     champion = client.get_model_version_by_alias("kws", "champion")
     assert bundle.info["version"] == str(champion.version)
     run = client.get_run(champion.run_id)
-    assert run.data.params["model.name"] == "ds_cnn" and run.data.params["data.source"] == "synthetic"
+    assert run.data.params["model.name"] == "tc_resnet" and run.data.params["data.source"] == "synthetic"
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) >= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
