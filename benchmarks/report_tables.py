@@ -145,7 +145,7 @@ def _at(s: dict) -> str:
 
 def table_screen_streams() -> str:
     """The screens run with ``--variants``, fold by fold, under the served recipe's same fold
-    (``real_variants.json``): clips, then the float32 streams, validation (where the operating
+    (``real_variants.json``) and the DS-CNN recipe's before it: clips, then the float32 streams, validation (where the operating
     point is chosen) and test."""
     recipe = {f["fold"]: f for f in result("real_variants")["candidates"]["recipe"]["per_fold"]}
     screened = []
@@ -153,8 +153,11 @@ def table_screen_streams() -> str:
         for name, e in result(path.stem)["candidates"].items():
             screened += [(f"`{name}`", f, path.name) for f in e["per_fold"] if "stream" in f and f["fold"] in recipe]
     folds = sorted({f["fold"] for _, f, _ in screened})
+    before = {f["fold"]: f for f in result("real_variants_ds_cnn128")["candidates"]["ds_cnn128"]["per_fold"]}
+    served = [("served recipe", recipe[k], "real_variants.json") for k in folds]
+    served += [("`ds_cnn128` (served before)", before[k], "real_variants_ds_cnn128.json") for k in folds if k in before]
     rows = []
-    for who, g, file in [("served recipe", recipe[k], "real_variants.json") for k in folds] + screened:
+    for who, g, file in served + screened:
         st = g["stream"]["tflite"]
         rows.append([who, g["fold"], pct(g["ours"]["accuracy"]), weakest(g["ours"]["per_class"]),
                      pct(g["ours"]["per_class"]["_unknown_"]["recall"]), _at(st["validation"]), _at(st), f"`{file}`"])
