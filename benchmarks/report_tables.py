@@ -145,8 +145,8 @@ def _at(s: dict) -> str:
 
 def table_screen_streams() -> str:
     """The screens run with ``--variants``, fold by fold, under the served recipe's same fold
-    (``real_variants.json``) and the DS-CNN recipe's before it: clips, then the float32 streams, validation (where the operating
-    point is chosen) and test."""
+    (``real_variants.json``) and the DS-CNN recipe's before it: clips, then the float32 streams,
+    validation (where the operating point is chosen) and test."""
     recipe = {f["fold"]: f for f in result("real_variants")["candidates"]["recipe"]["per_fold"]}
     screened = []
     for path in sorted(RESULTS.glob("real_screen*.json")):

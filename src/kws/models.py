@@ -127,7 +127,7 @@ def _tc_block(x, channels: int, kernel: int, stride: int, reg):
 def tc_resnet(inputs, x, n_classes: int, cfg: Mapping[str, Any]):
     """Temporal-convolution ResNet (TC-ResNet, Choi et al. 2019): the coefficients are the channels
     of 1-D convolutions over time. A 2-D net's small maps of 3x3 filters are slow to train on CPUs;
-    these wide 1-D convolutions run an order of magnitude more examples per second at a similar size."""
+    these wide 1-D convolutions run several times as many examples per second (docs/benchmarks.md)."""
     keras, L, R = _layers()
     width = float(cfg.get("width", 1.0))
     kernel = int(cfg.get("kernel", 9))
