@@ -310,18 +310,24 @@ def table_latency() -> str:
 
 
 # --------------------------------------------------------------------------- the README's serving summary
-def _http_rows(pattern: str = "serving_replicas*.json") -> list[list]:
+def _http_rows(pattern: str = "serving_replicas*.json", model_and_machine: bool = False) -> list[list]:
+    """One row per wrk run; ``model_and_machine`` adds the bundle's architecture and the CPU it ran
+    on, for a table that mixes runs of different models and machines."""
     rows = []
     for path in sorted(RESULTS.glob(pattern)):
-        h = result(path.stem)["http"]
+        r = result(path.stem)
+        h = r["http"]
         ours = h["results"]["ours"]
         runtime = ours.get("sample_answer", {}).get("model", {}).get("runtime", "?")
-        shifts = result(path.stem)["settings"].get("tta_shifts_ms", "0")
+        shifts = r["settings"].get("tta_shifts_ms", "0")
         rule = "" if shifts == "0" else f", shifts {shifts} ms"
         rows.append([f"HTTP through nginx, wrk {h['connections']} connections, {h.get('api_replicas', 1)} api "
                      f"process(es) × Waitress {h['waitress_threads']} threads, `{runtime}`{rule}",
                      f"{ours['requests_per_s']:.0f} req/s, p50 {ours['latency_ms']['p50']:.0f} ms, "
                      f"{ours['errors_total']} errors", f"`{path.name}`"])
+        if model_and_machine:
+            arch = r.get("model", {}).get("info", {}).get("architecture", "?")
+            rows[-1][1:1] = [f"`{arch}`, {r['machine']['cpu_model']}, {r['machine']['date'][:10]}"]
     return rows
 
 
@@ -360,7 +366,8 @@ def table_serving_summary() -> str:
 
 def table_serving_processes() -> str:
     """HTTP throughput by Waitress threads and api processes (every ``serving_*.json``)."""
-    return md(["wrk through nginx, one 1 s WAV", "figure", "from"], _http_rows("serving_*.json")) + (
+    return md(["wrk through nginx, one 1 s WAV", "model, machine, date", "figure", "from"],
+              _http_rows("serving_*.json", model_and_machine=True)) + (
         "\n\nOne Python process runs its Flask code on about one core (the GIL): threads change little "
         "(within the spread of repeated runs), processes use the cores: on 2 cores, 2 api processes × 4 threads "
         "(compose: `--scale api=2`).")
