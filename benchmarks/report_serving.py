@@ -321,13 +321,14 @@ def _http_rows(pattern: str = "serving_replicas*.json", model_and_machine: bool 
         runtime = ours.get("sample_answer", {}).get("model", {}).get("runtime", "?")
         shifts = r["settings"].get("tta_shifts_ms", "0")
         rule = "" if shifts == "0" else f", shifts {shifts} ms"
-        rows.append([f"HTTP through nginx, wrk {h['connections']} connections, {h.get('api_replicas', 1)} api "
-                     f"process(es) × Waitress {h['waitress_threads']} threads, `{runtime}`{rule}",
-                     f"{ours['requests_per_s']:.0f} req/s, p50 {ours['latency_ms']['p50']:.0f} ms, "
-                     f"{ours['errors_total']} errors", f"`{path.name}`"])
+        row = [f"HTTP through nginx, wrk {h['connections']} connections, {h.get('api_replicas', 1)} api "
+               f"process(es) × Waitress {h['waitress_threads']} threads, `{runtime}`{rule}",
+               f"{ours['requests_per_s']:.0f} req/s, p50 {ours['latency_ms']['p50']:.0f} ms, "
+               f"{ours['errors_total']} errors", f"`{path.name}`"]
         if model_and_machine:
             arch = r.get("model", {}).get("info", {}).get("architecture", "?")
-            rows[-1][1:1] = [f"`{arch}`, {r['machine']['cpu_model']}, {r['machine']['date'][:10]}"]
+            row.insert(1, f"`{arch}`, {r['machine']['cpu_model']}, {r['machine']['date'][:10]}")
+        rows.append(row)
     return rows
 
 
