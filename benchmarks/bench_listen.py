@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="kws-bench-listen-") as tmp_name:
         tmp = Path(tmp_name)
-        model_dir = args.model_dir or (DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "model.tflite").is_file() else None)
+        model_dir = (args.model_dir.resolve() if args.model_dir else None) or (DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "model.tflite").is_file() else None)
         model_note = f"bundle {model_dir}" if model_dir else "tiny bundle trained now on the sample clips"
         if model_dir is None:
             print("no serving/model: training a tiny bundle on the sample clips ...", flush=True)

@@ -51,12 +51,29 @@ def test_min_count_needs_enough_windows_in_the_average():
 
 
 def test_suppression_blocks_a_second_word_too_soon_and_lets_it_through_later():
-    t, x = rows(("yes", 0.9, 4), ("no", 0.9, 4), ("_silence_", 1.0, 4))
+    t, x = rows(("yes", 0.9, 4), ("no", 0.85, 4), ("_silence_", 1.0, 4))
     soon = detect(DetectorSettings(min_count=1, average_window_s=0.0, suppression_s=2.0), t, x)
     assert [d.label for d in soon] == ["yes"]  # "no" starts 1 s after "yes" fired
     later = detect(DetectorSettings(min_count=1, average_window_s=0.0, suppression_s=0.5), t, x)
     assert [d.label for d in later] == ["yes", "no"]
     assert later[1].fired_s - later[0].fired_s >= 0.5
+
+
+def test_a_more_confident_other_keyword_follows_a_detection_at_once():
+    # a word's start read as another keyword ("on" for the start of "off"): the real word must
+    # not wait for suppression_s to end, or a live listener sees it a second late
+    s = DetectorSettings(threshold=0.6, average_window_s=0.0, suppression_s=2.0, min_count=1)
+    t, x = rows(("_silence_", 1.0, 4), ("yes", 0.7, 2), ("no", 0.9, 4), ("_silence_", 1.0, 8))
+    found = detect(s, t, x)
+    assert [d.label for d in found] == ["yes", "no"]
+    assert found[1].fired_s - found[0].fired_s == pytest.approx(2 * STRIDE)  # at once, not after 2 s
+    assert found[1].confidence > found[0].confidence
+    # the same keyword never repeats within suppression, however confident (one word, one detection)
+    t, x = rows(("yes", 0.7, 2), ("_silence_", 1.0, 1), ("yes", 0.95, 2), ("_silence_", 1.0, 8))
+    assert [d.label for d in detect(s, t, x)] == ["yes"]
+    # two keywords as sure as each other do not alternate: each must beat the one before
+    t, x = rows(("yes", 0.8, 1), ("no", 0.8, 1), ("yes", 0.8, 1), ("no", 0.8, 1), ("_silence_", 1.0, 8))
+    assert [d.label for d in detect(s, t, x)] == ["yes"]
 
 
 def test_one_long_word_is_one_detection_a_repeated_word_is_two():

@@ -9,10 +9,19 @@ windows of the last ``average_window_s`` seconds, averages their scores, and emi
 * the averaged top label is a keyword (never ``_silence_`` or ``_unknown_``),
 * its averaged score reaches ``threshold``,
 * at least ``min_count`` windows are in the average (one window alone is never trusted),
-* at least ``suppression_s`` seconds have passed since the last detection, and
+* at least ``suppression_s`` seconds have passed since the last detection, unless it is a
+  DIFFERENT keyword whose averaged score is above the last detection's confidence (see below), and
 * for the SAME keyword as the last detection: its averaged score has dropped below
   ``threshold`` since then (the word ended). Without this re-arming, one long word still in
   view after ``suppression_s`` would be detected twice; a word said twice with any gap is not.
+
+Suppression stops one word from being detected again and again as the window slides over it,
+but it blocks every keyword, like TensorFlow's ``RecognizeCommands``. A word's start can look
+like another keyword (the "o" of "off" is "on" until the "f" arrives), so a detection on the
+first windows would hold the real word back until ``suppression_s`` is over: a live listener
+would see it a second late. A more confident reading of a different keyword is therefore let
+through at once: it follows the earlier detection rather than repeating it. Needing a higher
+score than the detection it follows keeps this from alternating between two labels.
 
 The state is per instance (one per stream or session), memory is bounded (at most
 ``max_windows`` windows are kept however dense the timestamps are), and :meth:`reset` starts
@@ -119,6 +128,7 @@ class StreamDetector:
         self._sum = np.zeros(len(self.labels))  # running sum of the kept windows' scores
         self._last_label: int | None = None
         self._last_time = -math.inf
+        self._last_confidence = 0.0
         self._armed = True  # False while the last detected keyword is still above threshold
 
     def push(self, time_s: float, scores: np.ndarray) -> list[Detection]:
@@ -163,10 +173,12 @@ class StreamDetector:
         best = int(np.argmax(mean))
         if not self._keyword[best] or mean[best] < s.threshold or count < s.min_count:
             return None
-        if now - self._last_time < s.suppression_s - 1e-9:
-            return None
         if best == self._last_label and not self._armed:
             return None
+        suppressed = now - self._last_time < s.suppression_s - 1e-9
+        if suppressed and (best == self._last_label or mean[best] <= self._last_confidence):
+            return None  # only a more confident different keyword follows a detection this soon
         peak = int(np.argmax([row[best] for row in self._scores]))
-        self._last_label, self._last_time, self._armed = best, now, False
-        return Detection(self.labels[best], float(self._times[peak]), float(min(1.0, mean[best])), now)
+        confidence = float(min(1.0, mean[best]))
+        self._last_label, self._last_time, self._last_confidence, self._armed = best, now, confidence, False
+        return Detection(self.labels[best], float(self._times[peak]), confidence, now)
