@@ -80,7 +80,7 @@ def session_audio(clips: dict[str, list[Path]], duration_s: float, gap_s: float,
         placed.append((round(t, 3), word, paths[int(rng.integers(len(paths)))]))
         t += gap_s
     audio = long_recording([(s, p) for s, _, p in placed], duration_s=duration_s, sample_dir=SAMPLE_DIR, seed=seed)
-    return audio, [(s, w, word_end_s(p, s)) for s, w, p in placed]
+    return audio, [(s, w, word_end_s(p, s), f"{w}/{p.name}") for s, w, p in placed]
 
 
 def run_session(url: str, audio: np.ndarray, chunk_ms: float, start_at: float, out: dict) -> None:
@@ -123,16 +123,17 @@ def run_session(url: str, audio: np.ndarray, chunk_ms: float, start_at: float, o
         http.delete(f"{url}/stream/{sid}", timeout=30)
 
 
-def match(placed: list[tuple[float, str, float]], found: list[dict]) -> tuple[int, int, int, list[float], list[float]]:
+def match(placed: list[tuple[float, str, float, str]], found: list[dict]) -> tuple[int, int, int, list, list[float]]:
     """Hits (right keyword within its 1 s utterance +- 0.5 s), wrong or extra detections, misses,
-    and for each hit the latency after the end of its speech and after the utterance's end."""
+    and for each hit ``(latency after the end of its speech, clip)`` and the latency after the
+    utterance's end."""
     used, hits, after_speech, after_utt = set(), 0, [], []
-    for start, word, speech_end in placed:
+    for start, word, speech_end, clip in placed:
         for k, d in enumerate(found):
             if k not in used and d["keyword"] == word and start - 0.5 <= d["time_s"] <= start + 1.5:
                 used.add(k)
                 hits += 1
-                after_speech.append(d["answered_at_s"] - speech_end)
+                after_speech.append((d["answered_at_s"] - speech_end, clip))
                 after_utt.append(d["answered_at_s"] - (start + 1.0))
                 break
     return hits, len(found) - len(used), len(placed) - hits, after_speech, after_utt
@@ -196,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = sum(int(np.ceil(len(a) / int(round(args.chunk_ms * SR / 1000)))) for a, _ in audios)
     hits = extra = misses = 0
-    after_speech: list[float] = []
+    after_speech: list[tuple[float, str]] = []
     after_utt: list[float] = []
     for (_, placed), out in zip(audios, outs):
         h, e, m, speech, utt = match(placed, out["detections"])
         hits, extra, misses = hits + h, extra + e, misses + m
         after_speech += speech
         after_utt += utt
-    late = sum(x * 1000 > args.max_latency_ms for x in after_speech)
+    late = sorted(((x, clip) for x, clip in after_speech if x * 1000 > args.max_latency_ms), reverse=True)
     after_window = [d["after_window_s"] for o in outs for d in o["detections"]]
     server = [line for line in metrics_text.splitlines() if line.startswith("kws_stream_chunk_duration_seconds_")
               and ("_sum" in line or "_count" in line)]
@@ -220,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_answer": stats_ms([x for o in outs for x in o["answer_s"]]),
         "behind_real_time": stats_ms([x for o in outs for x in o["late_s"]]),
         "detection_latency_after_deciding_window": stats_ms(after_window),
-        "detection_latency_after_speech_end": stats_ms(after_speech),
+        "detection_latency_after_speech_end": stats_ms([x for x, _ in after_speech]),
         "detection_latency_after_utterance_end": stats_ms(after_utt),
-        "detections_later_than_target": {"target_ms": args.max_latency_ms, "count": int(late),
-                                         "of": len(after_speech)},
+        "detections_later_than_target": {"target_ms": args.max_latency_ms, "count": len(late),
+                                         "of": len(after_speech),
+                                         "latest": [{"clip": c, "ms": round(x * 1000, 1)} for x, c in late[:10]]},
         "words": {"placed": hits + misses, "hits": hits, "misses": misses, "wrong_or_extra": extra},
         "server_metrics": server,
     }
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     print("detection after deciding window", result["detection_latency_after_deciding_window"])
     print("detection after speech end", result["detection_latency_after_speech_end"])
     print("detection after utterance end", result["detection_latency_after_utterance_end"])
-    print(f"detections later than {args.max_latency_ms:g} ms after the speech's end: {late} of {len(after_speech)}")
+    print(f"detections later than {args.max_latency_ms:g} ms after the speech's end: {len(late)} of {len(after_speech)}",
+          [f"{c} {x * 1000:.0f} ms" for x, c in late[:10]])
     print("words", result["words"], "->", path)
     return 0 if result["chunks"]["answered_200"] == expected else 1
 
