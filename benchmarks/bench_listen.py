@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=20, help=f"simultaneous sessions (1..{MAX_SESSIONS})")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds each session streams (5..600)")
-    ap.add_argument("--chunk-ms", type=float, default=100.0, help="audio per request (the page sends 100 ms)")
+    ap.add_argument("--chunk-ms", type=float, default=None,
+                    help="audio per request (default: the session's chunk.recommended_ms, what the page sends)")
     ap.add_argument("--max-latency-ms", type=float, default=500.0,
                     help="target: no detection answered later than this after its word's speech ended")
     ap.add_argument("--gap", type=float, default=2.5, help="seconds between the words of a session")
@@ -178,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             env.update(OPENBLAS_NUM_THREADS=args.blas_threads, OMP_NUM_THREADS=args.blas_threads)
         with ApiProcess(Path(model_dir), tmp / "api", env=env) as api, \
                 NginxProcess(tmp / "nginx", upstream=f"127.0.0.1:{api.port}") as ngx:
+            if args.chunk_ms is None:  # what the page and kws-listen send: the session's recommendation
+                import requests
+
+                opened = requests.post(f"{ngx.url}/stream", timeout=30).json()
+                requests.delete(f"{ngx.url}/stream/{opened['session']}", timeout=30)
+                args.chunk_ms = float(opened["chunk"]["recommended_ms"])
             outs = [{"sent": 0, "ok": 0, "errors": [], "answer_s": [], "late_s": [], "detections": []}
                     for _ in range(args.sessions)]
             begin = time.monotonic() + 1.0

@@ -1,5 +1,5 @@
 // kws web page, live listening: the "Listen" toggle. The microphone is captured by an AudioWorklet
-// (listen-worklet.js) at 16 kHz, 100 ms chunks are POSTed IN ORDER (those that queued up meanwhile
+// (listen-worklet.js) at 16 kHz, chunks of the session's recommended length are POSTed IN ORDER (those that queued up meanwhile
 // together) to the session API (api/stream, see kws/serving/stream_api.py) and every answer
 // updates the running list of detections, the level meter and the strip of class scores of the
 // latest window.
@@ -9,10 +9,11 @@
 (function () {
   const API = "api/";
   const RATE = 16000;
-  // A window is scored once the chunk holding its last sample arrives: the chunk length adds up
-  // to one chunk to every detection's latency, so chunks are short (the API takes 100–250 ms).
-  const CHUNK_MS = 100;
-  const MAX_QUEUE = Math.round(5000 / CHUNK_MS); // chunks waiting for the network (5 s) before the stream is stopped
+  // A window is scored once the chunk holding its last sample arrives. The session recommends
+  // chunks of whole window strides (chunk.recommended_ms): every window then ends at a chunk's end
+  // and no detection waits for the rest of a chunk to be captured.
+  const DEFAULT_CHUNK_MS = 125;
+  const QUEUE_MS = 5000; // audio waiting for the network before the stream is stopped
   const MAX_ITEMS = 100; // detections kept on screen
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -146,6 +147,7 @@
     r.seq = 0;
     r.offset = r.t_s; // stream time already sent in earlier sessions
     r.maxSamples = Math.floor(opened.body.chunk.max_bytes / 4); // f32: 4 bytes a sample
+    if (!r.chunkSamples) r.chunkSamples = Math.round(RATE * (opened.body.chunk.recommended_ms || DEFAULT_CHUNK_MS) / 1000);
     trace.sessions += 1;
     if (!els.strip.children.length) buildStrip(opened.body.labels);
     return opened.body;
@@ -217,7 +219,7 @@
     trace.chunks.push({ end_s: r.captured / RATE, at: performance.now() });
     if (trace.chunks.length > 3000) trace.chunks.splice(0, 1000);
     showLevel(samples);
-    if (r.queue.length >= MAX_QUEUE) {
+    if (r.queue.length * r.chunkSamples >= RATE * QUEUE_MS / 1000) {
       stop("the kws service does not keep up with the live audio; stopped");
       return;
     }
@@ -276,7 +278,7 @@
       if (run !== r) return;
       r.node = new AudioWorkletNode(ctx, "kws-capture", {
         numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1],
-        processorOptions: { targetRate: RATE, chunkSamples: Math.round(RATE * CHUNK_MS / 1000) },
+        processorOptions: { targetRate: RATE, chunkSamples: r.chunkSamples },
       });
       r.node.port.onmessage = (ev) => onChunk(r, ev.data);
       source.connect(r.node);

@@ -5,7 +5,8 @@
     kws-listen --list-devices | --device N | --json | --threshold 0.7 | --chunk-ms 100
 
 Audio goes to ``POST <url>stream`` (a session) and then ``POST <url>stream/<id>`` in chunks of
-``--chunk-ms`` (32-bit float, 16 kHz mono); each detection is printed as it comes back:
+``--chunk-ms`` (default: the session's ``chunk.recommended_ms``, whole window strides, so
+no window waits for the rest of a chunk; 32-bit float, 16 kHz mono); each detection is printed as it comes back:
 ``12.34 s  yes  0.93`` (stream time, keyword, confidence), or one JSON object per line with
 ``--json``. A file is decoded like ``/predict`` decodes an upload (:func:`kws.audio.decode`), so
 ``kws-listen --file F --fast`` prints the detections ``kws-predict F`` lists.
@@ -58,12 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fast", action="store_true", help="with --file: send the chunks without real-time waiting")
     p.add_argument("--device", default=None, help="input device (number or name; see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
-    p.add_argument("--chunk-ms", type=float, default=100.0, help="audio per request, 50..1000 ms (default 100)")
+    p.add_argument("--chunk-ms", type=float, default=None,
+                   help="audio per request, 50..1000 ms (default: the session's recommendation, whole strides)")
     p.add_argument("--threshold", type=float, default=None, help="detection threshold 0..1 (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object per detection")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
     args = p.parse_args(argv)
-    if not 50 <= args.chunk_ms <= 1000:
+    if args.chunk_ms is not None and not 50 <= args.chunk_ms <= 1000:
         p.error("--chunk-ms must be between 50 and 1000")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         p.error("--threshold must be between 0 and 1")
@@ -264,8 +266,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"kws-listen: session open ({opened['model']['name']} v{opened['model']['version']}, "
               f"threshold {opened['detector']['threshold']:g})", file=sys.stderr, flush=True)
         most = int(opened.get("chunk", {}).get("max_bytes", 0)) // 4  # float32 samples per request
-        source = file_chunks(args.file, args.chunk_ms, not args.fast, most) if args.file else \
-            mic_chunks(args.chunk_ms, args.device, most)
+        chunk_ms = args.chunk_ms or float(opened.get("chunk", {}).get("recommended_ms", 100.0))
+        source = file_chunks(args.file, chunk_ms, not args.fast, most) if args.file else \
+            mic_chunks(chunk_ms, args.device, most)
         for chunk in source:
             for det in client.send(chunk):
                 print(json.dumps(det) if args.json else format_detection(det), flush=True)

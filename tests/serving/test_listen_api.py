@@ -14,6 +14,7 @@ import pytest
 from kws.atomic import staged_dir
 from kws.serving import registry
 from kws.serving.app import create_app
+from kws.serving.stream_api import recommended_chunk_ms
 from tests.support.bundles import long_recording
 from tests.support.listen import L16, OCTET, chunks, encoded, offline_detections, quantized, to_f32, to_s16
 from tests.support.serving import metric_value
@@ -78,6 +79,29 @@ def test_chunks_in_every_format_give_the_long_audio_scan(bundle, recording):
         assert start <= det["time_s"] <= start + 1 and det["end_s"] - det["start_s"] == pytest.approx(1.0)
     closed = c.delete(f"/stream/{opened['session']}").get_json()
     assert closed == {"session": opened["session"], "closed": True, "chunks": 45, "t_s": 9.0, "detections": 3}
+
+
+def test_the_recommended_chunk_ends_every_window_at_a_chunk_end(bundle, recording):
+    # a window is scored when the chunk holding its last sample arrives: chunks of whole strides
+    # never leave a window waiting for the rest of a chunk
+    assert [recommended_chunk_ms(s) for s in (0.125, 0.0625, 0.25, 0.03, 0.5)] == [125, 125, 250, 120, 500]
+    c = _app(bundle).test_client()
+    opened = _open(c)
+    n = int(opened["chunk"]["recommended_ms"] * opened["sample_rate"] / 1000)
+    assert n == 2000
+    for seq, chunk in enumerate(chunks(recording, opened["chunk"]["recommended_ms"])):
+        body = _send(c, opened["session"], chunk, "f32", seq=seq).get_json()
+        if body["t_s"] >= 1.0:
+            assert body["windows"] == 1 and body["window_time_s"] + 0.5 == pytest.approx(body["t_s"])
+    # 100 ms chunks on the same stride: some chunks complete no window, the others one that
+    # ended before the chunk did
+    opened = _open(c)
+    waits = []
+    for seq, chunk in enumerate(chunks(recording, 100)):
+        body = _send(c, opened["session"], chunk, "f32", seq=seq).get_json()
+        if body["windows"]:
+            waits.append(body["t_s"] - (body["window_time_s"] + 0.5))
+    assert max(waits) == pytest.approx(0.075) and min(waits) == pytest.approx(0.0)
 
 
 def test_bad_chunks_get_precise_errors_and_never_disturb_another_session(bundle, recording):

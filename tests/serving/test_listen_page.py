@@ -2,7 +2,7 @@
 
 Chromium's fake microphone plays a WAV made of real clips of ``../shared`` (six keywords and two
 other words, 2 s apart, over a running tap and pink noise); the page captures it with its
-AudioWorklet at 16 kHz, posts 100 ms chunks to the session API and lists what it hears. The
+AudioWorklet at 16 kHz, posts chunks of the session's recommended length to the session API and lists what it hears. The
 model is the tiny real one of the serving tests, trained here on those six keywords (the clips
 of ``../shared``'s sample and real folders, with an operating point for live listening, see
 ``talk_bundle``); the clips are chosen by a fixed rule (each word's most clearly spoken clip by

@@ -63,7 +63,7 @@ SCHEMAS: dict[str, Any] = {
         "formats": {"type": "object"},
         "chunk": {"type": "object", "properties": {"max_bytes": {"type": "integer"}, "max_ms_s16": {"type": "number"},
                                                    "max_ms_f32": {"type": "number"},
-                                                   "recommended_ms": {"type": "integer"}}},
+                                                   "recommended_ms": {"type": "number", "description": "Whole strides (at least 100 ms): every window then ends at a chunk's end."}}},
         "window_s": {"type": "number"}, "stride_s": {"type": "number"}, "idle_timeout_s": {"type": "number"},
         "detector": {"type": "object", "description": "The operating point: threshold, average_window_s, "
                                                       "suppression_s, min_count."},
