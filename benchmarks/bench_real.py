@@ -13,14 +13,17 @@ every clip of the pool is a test clip exactly once.
     .venv/bin/python benchmarks/bench_real.py                      # all candidates, 5 folds
     .venv/bin/python benchmarks/bench_real.py --candidates recipe --folds 0 1 2
     .venv/bin/python benchmarks/bench_real.py --candidates recipe --variants --out real_variants.json
+    .venv/bin/python benchmarks/bench_real.py --candidates --extra "one=train.ensemble_seeds=[]" \
+        "seeds3=train.ensemble_seeds=[7,1234]" --variants --out real_screen_seeds.json
 
 ``--variants`` adds, per fold, the same clips scored alone and with ±40 ms views, by the float32
 and the int8 model, and the stream stage's own benchmark of the
 fold's model (operating point chosen on the fold's validation streams, float32 and int8).
 
 A candidate is a list of Hydra overrides on top of ``data=speech_commands_real`` and conf/'s
-defaults (which ARE the served recipe). Results: ``benchmarks/results/real.json`` (or
-``--out``): summaries per fold, pooled and per class; the per-clip rows ``[file, true, predicted]``
+defaults (which ARE the served recipe). A seed ensemble (``train.ensemble_seeds``) is trained
+member by member, each member cached as the single-model candidate it is, and averaged as the
+train stage exports it. Results: ``benchmarks/results/real.json`` (or ``--out``): summaries per fold, pooled and per class; the per-clip rows ``[file, true, predicted]``
 go to the git-ignored sidecar ``benchmarks/results/clips/<name>.json`` (rerun to regenerate them:
 cached fold models make that scoring only). Figures are "real speech, speakers held out" — not
 Speech Commands accuracy.
@@ -124,6 +127,18 @@ def _files_named(obj) -> dict[str, str]:
     return {}
 
 
+def member_overrides(cfg) -> list[list[str]]:
+    """A seed ensemble's members (``train.ensemble_seeds``) as overrides of one model each: the first
+    keeps ``train.seed``, each other gets its seed. [] for a single model."""
+    from kws.training.settings import member_seeds
+
+    seeds = member_seeds(cfg)
+    if len(seeds) == 1:
+        return []
+    first = [] if cfg.train.get("seed") is None else [f"train.seed={seeds[0]}"]
+    return [[*first, "train.ensemble_seeds=[]"], *([f"train.seed={s}", "train.ensemble_seeds=[]"] for s in seeds[1:])]
+
+
 def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     from omegaconf import OmegaConf
 
@@ -138,8 +153,11 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
                        | contents)
     cfg.paths.dataset = str(work / "raw" / "speech_commands")
     cfg.paths.extra = str(work / "raw" / "extra")
-    # same config and files = same trained model
-    run_key = _digest({k: v for k, v in c.items() if k != "paths"} | contents)
+    # same config and files = same trained model. The seed keys at their neutral values (one model,
+    # the top-level seed) train what was trained before they existed: keyed as then, cached models stay
+    train = {k: v for k, v in c["train"].items()
+             if not (k == "seed" and v is None) and not (k == "ensemble_seeds" and not v)}
+    run_key = _digest({k: v for k, v in c.items() if k != "paths"} | {"train": train} | contents)
     cfg.paths.features = str(work / "features" / data_key)
     cfg.paths.model = str(work / "models" / run_key / f"fold{fold}")
     cfg.paths.reports = str(work / "reports" / run_key / f"fold{fold}")
@@ -147,10 +165,11 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     return cfg
 
 
-def run_fold(cfg, original: OriginalModel | None, variants: bool = False) -> dict:
+def trained(cfg) -> tuple[float, dict]:
+    """Prepare and train this fold's configuration, or reuse what an earlier run left: the
+    seconds prepare took here, and the training summary."""
     import keras
 
-    from kws.scoring.classifier import bundle_classifier, score
     from kws.stages.prepare import prepare
     from kws.stages.train import train
 
@@ -161,12 +180,58 @@ def run_fold(cfg, original: OriginalModel | None, variants: bool = False) -> dic
     prepare_s = time.perf_counter() - t0
     done = Path(cfg.paths.model) / "bench_train.json"
     if done.is_file():  # this exact configuration was trained on this fold already (e.g. while screening)
-        summary = json.loads(done.read_text())
         log.info("reusing the model trained with this configuration: %s", cfg.paths.model)
+        return prepare_s, json.loads(done.read_text())
+    keras.backend.clear_session()
+    summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))
+    done.write_text(json.dumps(summary) + "\n")
+    return prepare_s, summary
+
+
+def ensemble_fold(cfg, members: list) -> tuple[float, dict]:
+    """A seed ensemble (``train.ensemble_seeds``) from its members, each trained as a single model
+    (or reused from the cache: a member is a single-model candidate of its own) on the same
+    features, then averaged into ``cfg``'s bundle with :func:`kws.training.ensemble.averaged`, as
+    the train stage exports it (tests/test_train_steps.py: the same as training them in one run).
+    ``(prepare_s, summary)``; the int8 model is calibrated and checked like a trained one."""
+    import keras
+
+    from kws.bundle import read_meta, write_bundle
+    from kws.training.data import load
+    from kws.training.ensemble import averaged
+    from kws.training.ensemble import summary as ensemble_summary
+    from kws.training.export import task_targets
+    from kws.training.settings import member_seeds
+
+    runs = [trained(m) for m in members]
+    done = Path(cfg.paths.model) / "bench_train.json"
+    if done.is_file():
+        log.info("reusing the ensemble of these members: %s", cfg.paths.model)
+        return sum(p for p, _ in runs), json.loads(done.read_text())
+    keras.backend.clear_session()
+    average = averaged([keras.models.load_model(Path(m.paths.model) / "model.keras", compile=False) for m in members])
+    splits = load(cfg.train, Path(cfg.paths.features))
+    summary = ensemble_summary(average, [s for _, s in runs], splits) | {"member_dirs": [str(m.paths.model) for m in members]}
+    meta = read_meta(members[0].paths.model)
+    write_bundle(cfg.paths.model, average, splits.labels, splits.features, metrics=summary,
+                 info={**meta.info, "run_id": None, "model_uri": None,
+                       "training": {**meta.info.get("training", {}), "seeds": member_seeds(cfg)}},
+                 representative=splits.x_train, check=(splits.x_val, task_targets(splits)))
+    done.write_text(json.dumps(summary) + "\n")
+    return sum(p for p, _ in runs), summary
+
+
+def run_fold(cfg, original: OriginalModel | None, variants: bool = False, members: list | None = None) -> dict:
+    """One fold of one candidate: trained (``members``: a seed ensemble's, :func:`ensemble_fold`),
+    its test clips scored, with ``variants`` its runtimes, rules and streams; the original model
+    on the same clips (and streams)."""
+    from kws.scoring.classifier import bundle_classifier, score
+
+    if members:
+        prepare_s, summary = ensemble_fold(cfg, members)
     else:
-        keras.backend.clear_session()
-        summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))
-        done.write_text(json.dumps(summary) + "\n")
+        prepare_s, summary = trained(cfg)
+    features = Path(cfg.paths.features)
     with np.load(features / "test.npz") as d:
         files, y = list(d["files"]), d["y"]
     labels = json.loads((features / "meta.json").read_text())["labels"]
@@ -409,9 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         folds = []
         for fold in args.folds:
             cfg = compose_fold(overrides, fold, args.work, name)
+            members = [compose_fold([*overrides, *m], fold, args.work, name) for m in member_overrides(cfg)]
             log.info("=== %s, test fold %d: %s", name, fold, " ".join(overrides) or "(conf defaults)")
             t0 = time.perf_counter()
-            r = run_fold(cfg, original, args.variants)
+            r = run_fold(cfg, original, args.variants, members)
             r["fold"], r["seconds"], r["overrides"] = fold, round(time.perf_counter() - t0, 1), overrides
             previous[fold] = r
             folds.append(r)

@@ -112,7 +112,7 @@ def test_keep_weights_is_validated():
 
 #: a tiny model trained for 4 epochs, keeping the weights it ends with
 TINY_RUN = ["model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=4", "train.batch_size=8",
-            "train.learning_rate=0.05", "train.keep_weights=last"]
+            "train.learning_rate=0.05", "train.keep_weights=last", "train.ensemble_seeds=[]"]
 
 
 def _val_loss(model_dir: Path, features: Path) -> float:
@@ -259,3 +259,64 @@ def test_logit_offsets_shift_the_exported_models_log_probabilities(tmp_path, mon
     np.testing.assert_allclose(probs["shifted"], expected, rtol=1e-4, atol=1e-6)
     assert not np.array_equal(probs["shifted"].argmax(1), probs["plain"].argmax(1))
     assert json.loads((tmp_path / "shifted" / "model_info.json").read_text())["logit_offsets"] == offsets
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ({"train.ensemble_seeds": [42]}, "differ from each other and from the training seed 42"),
+    ({"train.ensemble_seeds": [7, 7]}, "differ"),
+    ({"train.ensemble_seeds": "7"}, "a list of integers"),
+    ({"train.ensemble_seeds": [1.5]}, r"train.ensemble_seeds\[0\] must be a non-negative integer"),
+    ({"train.seed": -1}, "train.seed must be a non-negative integer"),
+])
+def test_ensemble_seeds_are_validated(seeds, message):
+    cfg = compose([*TINY_RUN, *(f"{k}={json.dumps(v)}" for k, v in seeds.items())])
+    with pytest.raises(ConfigError, match=message):
+        settings.check(cfg)
+
+
+def test_the_training_seed_defaults_to_the_top_level_seed_and_members_follow_it():
+    assert settings.member_seeds(compose(TINY_RUN)) == [42]
+    assert settings.member_seeds(compose([])) == [42, 7, 1234]  # the served recipe: a seed ensemble of three
+    assert settings.member_seeds(compose([*TINY_RUN, "seed=3", "train.ensemble_seeds=[7,1234]"])) == [3, 7, 1234]
+    assert settings.member_seeds(compose([*TINY_RUN, "train.seed=5", "train.ensemble_seeds=[7]"])) == [5, 7]
+
+
+def test_a_seed_ensemble_exports_the_mean_of_the_models_its_seeds_train_alone(two_runs):
+    """`train.ensemble_seeds=[7]`: one exported model (Keras and TFLite) whose probabilities are the
+    mean of run "a"'s (seed 42, two_runs) and of a run trained alone with `train.seed=7`: each member
+    trains as a run of its own would, though both train in one process. The summary and
+    model_info say it is an ensemble; the second member's metrics are in the same MLflow run."""
+    import keras
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from kws.serving.runtimes import TFLiteRuntime
+
+    root, (plain, _) = two_runs
+    configs = {name: compose([*TINY_RUN, extra, f"paths.features={root / 'features'}"])  # conf/ is found from here
+               for name, extra in {"seed7": "train.seed=7", "ensemble": "train.ensemble_seeds=[7]"}.items()}
+    summaries = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for name, cfg in configs.items():
+            summaries[name] = train_stage.train(cfg, root / "features", root / f"model_{name}", root / f"reports_{name}")
+        run_id = json.loads((root / "model_ensemble" / "run.json").read_text())["run_id"]
+        metrics = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run(run_id).data.metrics
+    with np.load(root / "features" / "validation.npz") as d:
+        x = d["x"][..., None].astype(np.float32)
+    probs = {name: keras.models.load_model(root / f"model_{name}" / "model.keras").predict(x, verbose=0)
+             for name in ("a", "seed7", "ensemble")}
+    assert not np.allclose(probs["a"], probs["seed7"], atol=1e-3)  # two seeds, two models
+    np.testing.assert_allclose(probs["ensemble"], (probs["a"] + probs["seed7"]) / 2, atol=1e-5)
+    np.testing.assert_allclose(TFLiteRuntime(root / "model_ensemble" / "model.tflite").infer(x), probs["ensemble"],
+                               atol=1e-5)
+    s = summaries["ensemble"]
+    assert s["members"] == 2 and s["member_val_accuracy"] == pytest.approx(
+        [plain["val_accuracy"], summaries["seed7"]["val_accuracy"]])
+    y = np.load(root / "features" / "validation.npz")["y"]
+    assert s["val_accuracy"] == pytest.approx(float(np.mean(probs["ensemble"].argmax(1) == y)))
+    info = json.loads((root / "model_ensemble" / "model_info.json").read_text())
+    assert info["training"]["seeds"] == [42, 7]
+    assert (root / "reports_ensemble" / "history.csv").read_text() == (root / "reports_a" / "history.csv").read_text()
+    assert {"loss", "member1_loss", "member1_val_accuracy", "ensemble_val_accuracy"} <= set(metrics)

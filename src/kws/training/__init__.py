@@ -6,5 +6,6 @@
 * :mod:`~kws.training.heads` — the unknown-word head and the exported model's logit offsets
 * :mod:`~kws.training.fit` — the compiled model and ``fit`` itself
 * :mod:`~kws.training.callbacks` — progress, MLflow epoch metrics, EMA, early stopping
+* :mod:`~kws.training.ensemble` — a seed ensemble's members averaged into one model
 * :mod:`~kws.training.export` — the MLflow run and the outputs: history, bundle, run.json
 """

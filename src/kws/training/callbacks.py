@@ -12,8 +12,9 @@ import time
 log = logging.getLogger(__name__)
 
 
-def callbacks(t, keep: str, ema: float | None, steps: int, chief: bool, schedule) -> list:
-    """Every callback of ``fit``, in the order they run."""
+def callbacks(t, keep: str, ema: float | None, steps: int, chief: bool, schedule, member: str = "") -> list:
+    """Every callback of ``fit``, in the order they run; ``member`` (e.g. ``member1``, a seed
+    ensemble's second model) prefixes the MLflow metrics and names the progress bar."""
     import keras
 
     stopping = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
@@ -21,9 +22,9 @@ def callbacks(t, keep: str, ema: float | None, steps: int, chief: bool, schedule
                                              restore_best_weights=keep == "best_val")
     before, after = ema_callbacks(keras, ema)
     out = [*before, stopping, *after]
-    out.append(progress(int(t.epochs), steps, enabled=chief))
+    out.append(progress(int(t.epochs), steps, enabled=chief, desc=f"train {member}".strip()))
     if chief:
-        out.append(mlflow_epoch_logger())
+        out.append(mlflow_epoch_logger(f"{member}_" if member else ""))
     if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         out.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5))
     return out
@@ -48,8 +49,9 @@ def ema_callbacks(keras, momentum: float | None) -> tuple[list, list]:
     return [swap], [KeepAverageOnEarlyStop()]
 
 
-def mlflow_epoch_logger():
-    """A Keras callback: logs every epoch's metrics (and learning rate) to the active run."""
+def mlflow_epoch_logger(prefix: str = ""):
+    """A Keras callback: logs every epoch's metrics (and learning rate) to the active run, each
+    key after ``prefix``."""
     import keras
     import mlflow
 
@@ -59,12 +61,12 @@ def mlflow_epoch_logger():
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
             with uninterrupted():  # never stopped mid-transaction: the run must still be ended
-                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+                mlflow.log_metrics({prefix + k: float(v) for k, v in logs.items()}, step=epoch)
 
     return Logger()
 
 
-def progress(epochs: int, steps: int, enabled: bool = True):
+def progress(epochs: int, steps: int, enabled: bool = True, desc: str = "train"):
     """A Keras callback: one progress bar over every step of the run (tqdm: rate and ETA,
     redrawn at most every few seconds so logs stay short) and one log line per epoch with its
     metrics, its duration and the time left if every epoch runs (early stopping may end sooner)."""
@@ -75,7 +77,7 @@ def progress(epochs: int, steps: int, enabled: bool = True):
 
     class Progress(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.bar = tqdm(total=epochs * steps, desc="train", unit="step", disable=not enabled,
+            self.bar = tqdm(total=epochs * steps, desc=desc, unit="step", disable=not enabled,
                             mininterval=2.0, dynamic_ncols=True)
             self.started = time.perf_counter()
 

@@ -77,13 +77,25 @@ def log_start(cfg, meta: dict, training: dict, model, features) -> None:
         mlflow.log_metric("params_count", model.count_params())
 
 
-def log_summary(summary: dict) -> None:
+def log_summary(summary: dict, member: str = "") -> None:
     import mlflow
 
     from kws.cli import uninterrupted
 
     with uninterrupted():
-        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items()})
+        mlflow.log_metrics({f"{member}_best_{k}" if member else f"best_{k}": v for k, v in summary.items()
+                            if isinstance(v, (int, float))})
+
+
+def log_ensemble(summary: dict) -> None:
+    """A seed ensemble's own validation figures (:func:`kws.training.ensemble.summary`)."""
+    import mlflow
+
+    from kws.cli import uninterrupted
+
+    with uninterrupted():
+        mlflow.log_metrics({"ensemble_val_accuracy": summary["val_accuracy"], "ensemble_val_loss": summary["val_loss"],
+                            "ensemble_members": summary["members"]})
 
 
 def write_history(history: dict, reports_dir: Path) -> Path:
@@ -116,7 +128,7 @@ def exported_model(model, build, copy: bool, offsets: dict[str, float], labels: 
     return export
 
 
-def _task_targets(splits) -> np.ndarray:
+def task_targets(splits) -> np.ndarray:
     """Validation targets as task labels: with ``train.unknown_by_word`` a target past the task's
     labels is an unknown word, which the exported head answers as ``_unknown_``."""
     from kws.labels import UNKNOWN
@@ -151,7 +163,7 @@ def write_model(cfg, run, export, example: np.ndarray, curves: Path, model_dir: 
                        "logit_offsets": offsets},
                  # int8 beside float32: calibrated on training features, checked against float32 on the
                  # validation split (scored by the task's labels, as the service answers)
-                 representative=splits.x_train, check=(splits.x_val, _task_targets(splits)),
+                 representative=splits.x_train, check=(splits.x_val, task_targets(splits)),
                  views_shifts_ms=VIEW_SHIFTS_MS if WRITE_VIEWS else None)
     (model_dir / tracking.RUN_FILE).write_text(json.dumps(run_info, indent=2) + "\n")
     return run_info

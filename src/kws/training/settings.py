@@ -36,6 +36,7 @@ def check(cfg) -> Settings:
     bounded_steps(t, 1)
     settings = Settings(kind, mixed, keep_weights(t), ema_momentum(t))
     logit_offsets(t)
+    member_seeds(cfg)
     return settings
 
 
@@ -88,6 +89,27 @@ def logit_offsets(t, labels: list[str] | None = None) -> dict[str, float]:
             continue
         offsets[str(label)] = float(offset)
     return offsets
+
+
+def member_seeds(cfg) -> list[int]:
+    """The training seed of every model a run trains: ``train.seed`` (null: the top-level ``seed``,
+    which also seeds prepare) and then one per ``train.ensemble_seeds`` entry. Each seed sets the
+    initial weights, the shuffling and the masks; the features are the same for all. More than one
+    seed: a seed ensemble (:mod:`kws.training.ensemble`)."""
+    t = cfg.train
+    first = t.get("seed")
+    first = cfg.get("seed", 0) if first is None else first
+    extra = t.get("ensemble_seeds") or []
+    if isinstance(extra, (str, bytes)) or not hasattr(extra, "__iter__"):
+        raise ConfigError(f"train.ensemble_seeds must be a list of integers (e.g. [7, 1234]) or [], not {extra!r}")
+    seeds = [first, *extra]
+    for name, value in zip(["train.seed", *(f"train.ensemble_seeds[{i}]" for i in range(len(extra)))], seeds):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be a non-negative integer, not {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"train.ensemble_seeds must differ from each other and from the training seed "
+                          f"{first} (the same seed trains the same model twice): {list(extra)}")
+    return [int(v) for v in seeds]
 
 
 def bounded_steps(t, full_steps: int) -> int:
