@@ -276,7 +276,7 @@ def test_ensemble_seeds_are_validated(seeds, message):
 
 def test_the_training_seed_defaults_to_the_top_level_seed_and_members_follow_it():
     assert settings.member_seeds(compose(TINY_RUN)) == [42]
-    assert settings.member_seeds(compose([])) == [42, 7, 1234]  # the served recipe: a seed ensemble of three
+    assert settings.member_seeds(compose([])) == [42]  # the served recipe: one model
     assert settings.member_seeds(compose([*TINY_RUN, "seed=3", "train.ensemble_seeds=[7,1234]"])) == [3, 7, 1234]
     assert settings.member_seeds(compose([*TINY_RUN, "train.seed=5", "train.ensemble_seeds=[7]"])) == [5, 7]
 
