@@ -23,8 +23,8 @@ fold's model (operating point chosen on the fold's validation streams, float32 a
 A candidate is a list of Hydra overrides on top of ``data=speech_commands_real`` and conf/'s
 defaults (which ARE the served recipe). A seed ensemble (``train.ensemble_seeds``) is trained
 member by member, each member cached as the single-model candidate it is, and averaged as the
-train stage exports it. Results: ``benchmarks/results/real.json`` (or ``--out``): summaries per fold, pooled and per class; the per-clip rows ``[file, true, predicted]``
-go to the git-ignored sidecar ``benchmarks/results/clips/<name>.json`` (rerun to regenerate them:
+train stage exports it. Results: ``benchmarks/results/real.json`` (or ``--out``): summaries per
+fold, pooled and per class; the per-clip rows ``[file, true, predicted]`` go to the git-ignored sidecar ``benchmarks/results/clips/<name>.json`` (rerun to regenerate them:
 cached fold models make that scoring only). Figures are "real speech, speakers held out" — not
 Speech Commands accuracy.
 """
@@ -168,8 +168,6 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
 def trained(cfg) -> tuple[float, dict]:
     """Prepare and train this fold's configuration, or reuse what an earlier run left: the
     seconds prepare took here, and the training summary."""
-    import keras
-
     from kws.stages.prepare import prepare
     from kws.stages.train import train
 
@@ -182,8 +180,7 @@ def trained(cfg) -> tuple[float, dict]:
     if done.is_file():  # this exact configuration was trained on this fold already (e.g. while screening)
         log.info("reusing the model trained with this configuration: %s", cfg.paths.model)
         return prepare_s, json.loads(done.read_text())
-    keras.backend.clear_session()
-    summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))
+    summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))  # clears Keras' session itself
     done.write_text(json.dumps(summary) + "\n")
     return prepare_s, summary
 

@@ -109,7 +109,7 @@ def _fit_member(r: _Run, seed: int, member: str, run) -> tuple[object, dict, dic
 def train(cfg, features_dir: Path, model_dir: Path, reports_dir: Path) -> dict:
     t = cfg.train
     checked = settings.check(cfg)  # every invalid setting fails before TensorFlow is loaded
-    seeds = settings.member_seeds(cfg)
+    seeds = checked.seeds
     distribute.split_cpu()  # before anything initializes TensorFlow's devices
     devices = distribute.devices(checked.distribute, checked.mixed_precision)
     splits = data.load(t, features_dir)

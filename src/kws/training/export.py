@@ -83,8 +83,7 @@ def log_summary(summary: dict, member: str = "") -> None:
     from kws.cli import uninterrupted
 
     with uninterrupted():
-        mlflow.log_metrics({f"{member}_best_{k}" if member else f"best_{k}": v for k, v in summary.items()
-                            if isinstance(v, (int, float))})
+        mlflow.log_metrics({f"{member}_best_{k}" if member else f"best_{k}": v for k, v in summary.items()})
 
 
 def log_ensemble(summary: dict) -> None:

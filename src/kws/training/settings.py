@@ -20,12 +20,13 @@ TRAINER_KEYS = ("distribute", "mixed_precision")
 
 @dataclass(frozen=True)
 class Settings:
-    """What :func:`check` read: the strategy, precision, kept weights and EMA of a run."""
+    """What :func:`check` read: the strategy, precision, kept weights, EMA and training seeds of a run."""
 
     distribute: str
     mixed_precision: bool
     keep_weights: str
     ema_momentum: float | None
+    seeds: list[int]  # one per model trained (:func:`member_seeds`)
 
 
 def check(cfg) -> Settings:
@@ -34,9 +35,8 @@ def check(cfg) -> Settings:
     t = cfg.train
     kind, mixed = distribute_config(cfg)
     bounded_steps(t, 1)
-    settings = Settings(kind, mixed, keep_weights(t), ema_momentum(t))
+    settings = Settings(kind, mixed, keep_weights(t), ema_momentum(t), member_seeds(cfg))
     logit_offsets(t)
-    member_seeds(cfg)
     return settings
 
 
@@ -98,7 +98,7 @@ def member_seeds(cfg) -> list[int]:
     seed: a seed ensemble (:mod:`kws.training.ensemble`)."""
     t = cfg.train
     first = t.get("seed")
-    first = cfg.get("seed", 0) if first is None else first
+    first = cfg.seed if first is None else first
     extra = t.get("ensemble_seeds") or []
     if isinstance(extra, (str, bytes)) or not hasattr(extra, "__iter__"):
         raise ConfigError(f"train.ensemble_seeds must be a list of integers (e.g. [7, 1234]) or [], not {extra!r}")
