@@ -92,15 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from omegaconf import OmegaConf
 
-    from kws.artifacts import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
     from kws.serving.predictor import Predictor
-    from kws.stages.stream import TEST_SEED_OFFSET, split_streams
+    from kws.stages.stream import split_streams
 
     sc = OmegaConf.load(REPO / "conf" / "stream" / "default.yaml")
     models = [(name, Path(d).resolve()) for name, d in models]
     os.chdir(args.project)  # the examples lists name clips relative to the project
-    val, val_info = split_streams(args.features / VALIDATION_EXAMPLES_FILE, sc, int(sc.seed), 16000)
-    test, test_info = split_streams(args.features / TEST_EXAMPLES_FILE, sc, int(sc.seed) + TEST_SEED_OFFSET, 16000)
+    val, val_info = split_streams(args.features, "validation", sc, 16000)
+    test, test_info = split_streams(args.features, "test", sc, 16000)
     print(f"streams: validation {val_info['minutes']:g} min, test {test_info['minutes']:g} min "
           f"({test_info['words']} words from {test_info['clips']} clips)", flush=True)
     rows, out = [], {}

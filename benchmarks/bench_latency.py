@@ -3,7 +3,7 @@
 Offline and deterministic, no server: every one of ``--per-word`` REAL clips of each keyword (the
 clips ``bench_listen.py`` streams, from ``../shared/data``) is placed alone in a quiet 5 s
 recording at several offsets against the 0.125 s window grid, scanned like a live session
-(``Predictor.scan`` + ``Predictor.detect``: the service's detector at the bundle's operating point) and, where its keyword is
+(``Predictor.scan`` + ``Predictor.detect``: the service's runtime and detector at the bundle's operating point) and, where its keyword is
 detected, timed from the end of its speech (``kws.audio.speech_end_s``) to the end of the window
 that decided it. Live, with the session's whole-stride chunks, only the reply is added
 (``bench_listen.py``: a few ms), so a word whose detector latency stays under 0.5 s shows within 0.5 s.
@@ -11,7 +11,10 @@ that decided it. Live, with the session's whole-stride chunks, only the reply is
 For the latest clips the keyword's score is also printed against the window's position (window
 start minus clip start, ms): it shows where in the window the model is sure of the word.
 
-    .venv/bin/python benchmarks/bench_latency.py --model-dir serving/model [--per-word 20]
+    .venv/bin/python benchmarks/bench_latency.py --model-dir serving/model [--per-word 20] [--runtime auto]
+
+``--runtime`` defaults to the service's (``KWS_RUNTIME=auto``: int8 where the bundle's export check
+chose it): the int8 model's scores cross the threshold at other windows than float32's.
 
 Writes ``benchmarks/results/latency.json`` (``--out``).
 """
@@ -63,12 +66,13 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=REPO / "serving" / "model")
     ap.add_argument("--per-word", type=int, default=20)
     ap.add_argument("--worst", type=int, default=5, help="clips whose score by position is reported")
+    ap.add_argument("--runtime", default="auto", help="as KWS_RUNTIME (default: the service's)")
     ap.add_argument("--out", default="latency.json")
     args = ap.parse_args()
 
     from kws.serving.predictor import Predictor
 
-    pred = Predictor(args.model_dir)
+    pred = Predictor(args.model_dir, runtime=args.runtime)
     rows = []
     for word in [w for w in pred.labels if not w.startswith("_")]:
         for path in sorted((REAL_DIR / word).glob("*.wav"))[:args.per_word]:
@@ -81,7 +85,8 @@ def main() -> None:
     result = {
         "what": "detector latency: end of a real keyword's speech -> end of the window that decided it (offline)",
         "machine": machine_info(),
-        "config": {"model": str(args.model_dir), "detector": pred.detector.to_dict(), "per_word": args.per_word,
+        "config": {"model": str(args.model_dir), "runtime": pred.runtime.name, "detector": pred.detector.to_dict(),
+                   "per_word": args.per_word,
                    "offsets_s": list(OFFSETS_S), "stride_s": 0.125, "clips": "first per_word of each keyword, speech_commands_real"},
         "detected": {"of": tries, "hits": int(len(lats))},
         "latency_ms": {**{f"p{q}": round(float(np.percentile(lats, q)) * 1000, 1) for q in (50, 90, 99)},

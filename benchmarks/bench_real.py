@@ -154,10 +154,11 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     cfg.paths.dataset = str(work / "raw" / "speech_commands")
     cfg.paths.extra = str(work / "raw" / "extra")
     # same config and files = same trained model. The seed keys at their neutral values (one model,
-    # the top-level seed) train what was trained before they existed: keyed as then, cached models stay
+    # the top-level seed) train what was trained before they existed; the stream benchmark's settings
+    # (how a trained model is measured) are no part of what was trained
     train = {k: v for k, v in c["train"].items()
              if not (k == "seed" and v is None) and not (k == "ensemble_seeds" and not v)}
-    run_key = _digest({k: v for k, v in c.items() if k != "paths"} | {"train": train} | contents)
+    run_key = _digest({k: v for k, v in c.items() if k not in ("paths", "stream")} | {"train": train} | contents)
     cfg.paths.features = str(work / "features" / data_key)
     cfg.paths.model = str(work / "models" / run_key / f"fold{fold}")
     cfg.paths.reports = str(work / "reports" / run_key / f"fold{fold}")
@@ -325,14 +326,13 @@ def original_streams(cfg, original: OriginalModel, labels: list[str]) -> dict:
     """The original model on this fold's very streams, its operating point chosen the same way."""
     from omegaconf import OmegaConf
 
-    from kws.artifacts import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
-    from kws.stages.stream import TEST_SEED_OFFSET, split_streams, thresholds
+    from kws.stages.stream import split_streams, thresholds
     from kws.streaming import benchmark as bm
 
     sc, features, pred = cfg.stream, Path(cfg.paths.features), OriginalStreams(original, labels)
     stride, tol, late = float(sc.stride_s), float(sc.tolerance_s), sc.get("max_latency_s")
-    val, _ = split_streams(features / VALIDATION_EXAMPLES_FILE, sc, int(sc.seed), 16000)
-    test, _ = split_streams(features / TEST_EXAMPLES_FILE, sc, int(sc.seed) + TEST_SEED_OFFSET, 16000)
+    val, _ = split_streams(features, "validation", sc, 16000)
+    test, _ = split_streams(features, "test", sc, 16000)
     grid = bm.settings_grid(OmegaConf.to_container(sc.smoothing, resolve=True))
     chosen = bm.choose(pred, bm.score_streams(pred, val, stride), grid, thresholds(sc.thresholds),
                        float(sc.target_fa_per_hour), tol, late)

@@ -87,10 +87,9 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kws.artifacts import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
     from kws.config import compose
     from kws.serving.predictor import Predictor
-    from kws.stages.stream import TEST_SEED_OFFSET, split_streams
+    from kws.stages.stream import split_streams
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=Path, required=True, help="a prepared features folder (its split lists)")
@@ -102,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     sc = compose([], conf_dir=REPO / "conf").stream
-    examples = args.features / (TEST_EXAMPLES_FILE if args.split == "test" else VALIDATION_EXAMPLES_FILE)
-    seed = int(sc.seed) + (TEST_SEED_OFFSET if args.split == "test" else 0)
     pred = Predictor(args.model, runtime="tflite", warmup=False)
-    streams, info = split_streams(examples, sc, seed, pred.cfg.sample_rate)
+    streams, info = split_streams(args.features, args.split, sc, pred.cfg.sample_rate)
     rows = [r for s in streams for r in word_rows(pred, s, float(sc.stride_s), float(sc.tolerance_s), AVERAGE_S)]
     summary = summarize(rows)
     k = summary["keywords"]

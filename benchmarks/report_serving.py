@@ -304,8 +304,9 @@ def table_latency() -> str:
              *(f"{w['score_by_window_start_ms'][k]:.2f}" for k in positions)] for w in r["worst_clips"]]
     return (f"Detected {r['detected']['hits']} of {r['detected']['of']} (clip × offset); detector latency "
             f"p50 / p90 / p99 / max {lat['p50']:.0f} / {lat['p90']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} ms; "
-            f"over 350 / 400 / 500 ms: {over['350']} / {over['400']} / {over['500']}. Operating point: threshold "
-            f"{d['threshold']:g}, average {d['average_window_s']:g} s; {when(r['machine'])}.\n\n") + md(
+            f"over 350 / 400 / 500 ms: {over['350']} / {over['400']} / {over['500']}. Runtime "
+            f"`{c.get('runtime', 'tflite')}`; operating point: threshold {d['threshold']:g}, average "
+            f"{d['average_window_s']:g} s; {when(r['machine'])}.\n\n") + md(
         ["latest clips", "latency ms per offset", *(f"{k} ms" for k in positions)], rows)
 
 

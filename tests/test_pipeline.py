@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 STAGES = ("download", "prepare", "train", "evaluate", "stream", "promote")
 #: the stream stage on 1 min of validation and 1 min of test audio (its figures are not the point here)
-SHORT_STREAMS = ("stream.streams=2", "stream.duration_s=30", "stream.thresholds.step=0.05")
+SHORT_STREAMS = ("stream.streams=2", "stream.validation_streams=2", "stream.duration_s=30", "stream.thresholds.step=0.05")
 
 
 def _overrides(sample_dir: Path, *extra: str) -> list[str]:

@@ -203,7 +203,8 @@ def stage_run(sample_dir, repo, tmp_path_factory):
         tracking.setup("kws")
         with mlflow.start_run() as run:
             (model / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
-        cfg = compose(["stream.streams=2", "stream.duration_s=30", "stream.thresholds.step=0.1",
+        cfg = compose(["stream.streams=2", "stream.validation_streams=1", "stream.duration_s=30",
+                       "stream.thresholds.step=0.1",
                        "stream.smoothing.average_window_s=[0.0,0.5]", "stream.smoothing.suppression_s=[1.0]"],
                       conf_dir=repo / "conf")
         metrics = run_stream(cfg, features, model, root / "reports")
@@ -242,6 +243,8 @@ def test_the_stage_chooses_on_validation_and_reports_on_test(stage_run):
     s = metrics["streams"]
     assert s["validation"]["digest"] == "validation" and s["test"]["digest"] == "test"
     assert not set(s["validation"]["seeds"]) & set(s["test"]["seeds"])
+    # each split its own number of streams (stream.validation_streams, stream.streams)
+    assert (s["validation"]["streams"], s["test"]["streams"]) == (1, 2) and s["validation"]["minutes"] == 0.5
     assert s["test"]["minutes"] == 1.0 and metrics["recipe"]["duration_s"] == 30.0
     assert set(metrics["test"]["recall_per_keyword"]) == {"one", "two", "three"}
     assert (reports / "det.png").stat().st_size > 5000

@@ -45,10 +45,18 @@ def recipe(sc, seed: int) -> StreamRecipe:
                         snr_db=tuple(sc.snr_db), keyword_share=float(sc.keyword_share), noise_rms=float(sc.noise_rms))
 
 
-def split_streams(examples: Path, sc, seed: int, sample_rate: int):
-    """The streams of one split (its examples list) by the recipe `sc`, and what identifies them."""
+def split_streams(features_dir: Path, split: str, sc, sample_rate: int):
+    """The ``validation`` or ``test`` streams of the prepared split in ``features_dir`` by the
+    recipe ``sc`` (each split its seeds and its number of streams), and what identifies them."""
+    from kws.artifacts import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
+
+    if split not in ("validation", "test"):
+        raise ConfigError(f"streams are generated for the validation or test split, not {split!r}")
+    examples = features_dir / (VALIDATION_EXAMPLES_FILE if split == "validation" else TEST_EXAMPLES_FILE)
+    seed = int(sc.seed) + (0 if split == "validation" else TEST_SEED_OFFSET)
+    count = int(sc.validation_streams if split == "validation" else sc.streams)
     clips, noise = split_clips(examples)
-    streams = generate_streams(clips, noise, recipe(sc, seed), int(sc.streams), sample_rate)
+    streams = generate_streams(clips, noise, recipe(sc, seed), count, sample_rate)
     doc = json.loads(examples.read_text())
     info = {"examples": str(examples), "digest": doc.get("digest"), "clips": len(clips), "streams": len(streams),
             "minutes": round(sum(s.duration_s for s in streams) / 60, 3), "words": sum(len(s.truth) for s in streams),
@@ -70,7 +78,6 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     """The stream benchmark of the bundle-like ``model_dir`` with settings ``sc`` (``cfg.stream``):
     ``(metrics, operating_point, det curves)``, nothing written (the stage and benchmarks share it)."""
     from kws.serving.predictor import Predictor
-    from kws.artifacts import TEST_EXAMPLES_FILE, VALIDATION_EXAMPLES_FILE
 
     t0 = time.perf_counter()
     # the runtime the service picks by default (int8 where the bundle's export check chose it), so
@@ -79,8 +86,8 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     rate, stride, tol, target = predictor.cfg.sample_rate, float(sc.stride_s), float(sc.tolerance_s), float(sc.target_fa_per_hour)
     late = sc.get("max_latency_s")
     late = None if late is None else float(late)
-    val, val_info = split_streams(features_dir / VALIDATION_EXAMPLES_FILE, sc, int(sc.seed), rate)
-    test, test_info = split_streams(features_dir / TEST_EXAMPLES_FILE, sc, int(sc.seed) + TEST_SEED_OFFSET, rate)
+    val, val_info = split_streams(features_dir, "validation", sc, rate)
+    test, test_info = split_streams(features_dir, "test", sc, rate)
     t_gen = time.perf_counter()
     val_scored, test_scored = bm.score_streams(predictor, val, stride), bm.score_streams(predictor, test, stride)
     t_score = time.perf_counter()
@@ -106,7 +113,7 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     operating_point = {"settings": settings.to_dict(), "operating_point": point}
     metrics = {"test": at_test, "validation": at_val, "operating_point": {**settings.to_dict(), **point},
                "runtime": predictor.runtime.name, "test_by_runtime": by_runtime,
-               "recipe": {**recipe(sc, int(sc.seed)).to_dict(), "streams_per_split": int(sc.streams),
+               "recipe": {**recipe(sc, int(sc.seed)).to_dict(), "test_streams": int(sc.streams),
                           "test_seed_offset": TEST_SEED_OFFSET},
                "streams": {"validation": val_info, "test": test_info},
                "seconds": {"generate": round(t_gen - t0, 2), "score": round(t_score - t_gen, 2),
