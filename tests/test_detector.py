@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kws.errors import ConfigError, KWSError
-from kws.streaming.detector import DetectorSettings, StreamDetector
+from kws.streaming.detector import DetectorSettings, SmoothedStream, StreamDetector
 
 LABELS = ["_silence_", "_unknown_", "yes", "no"]
 STRIDE = 0.25
@@ -99,6 +99,50 @@ def test_reset_starts_a_new_stream_and_push_one_by_one_equals_the_batch():
     assert len(det.push_many(t + 10, x)) == 1  # the word fell below the threshold in between: re-armed
     det.reset()
     assert len(det.push_many(t, x)) == 1  # after reset the times may start again
+
+
+def _wordy_stream(rng: np.random.Generator, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy softmax rows with words: runs of windows where a keyword (or another word) rises,
+    sometimes two keywords in a row, at a slightly jittered stride."""
+    logits = rng.normal(0.0, 1.0, (n, len(LABELS)))
+    logits[:, 0] += 1.5
+    i = 0
+    while i < n:
+        i += int(rng.integers(2, 12))
+        k, run = int(rng.integers(1, len(LABELS))), int(rng.integers(1, 8))
+        logits[i:i + run, k] += rng.uniform(1.0, 6.0)
+    scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return np.cumsum(rng.uniform(0.1, 0.15, n)), scores
+
+
+@pytest.mark.parametrize("average_window_s, suppression_s, min_count", [
+    (0.0, 0.75, 1), (0.25, 0.75, 1), (0.5, 1.25, 2), (0.375, 0.0, 3), (0.25, 3.0, 1),
+])
+def test_the_sweeps_smoothed_stream_detects_what_the_detector_detects(average_window_s, suppression_s, min_count):
+    """SmoothedStream (the threshold sweep's shortcut) gives the detector's very detections at
+    every threshold: the same labels, peak times, confidences and firing times."""
+    rng = np.random.default_rng(int(average_window_s * 1000 + suppression_s * 10 + min_count))
+    settings = DetectorSettings(average_window_s=average_window_s, suppression_s=suppression_s, min_count=min_count)
+    found = 0
+    for _ in range(3):
+        t, x = _wordy_stream(rng)
+        smoothed = SmoothedStream(LABELS, settings, t, x)
+        for thr in np.arange(0.3, 1.0, 0.05):
+            expected = detect(settings.replace(threshold=float(thr)), t, x)
+            got = smoothed.detections(float(thr))
+            assert [(d.label, d.time_s, d.fired_s) for d in got] == [(d.label, d.time_s, d.fired_s) for d in expected]
+            np.testing.assert_allclose([d.confidence for d in got], [d.confidence for d in expected], atol=1e-12)
+            found += len(expected)
+    assert found > 50  # the streams did make the detector decide, often
+
+
+def test_the_smoothed_stream_refuses_what_the_detector_refuses():
+    with pytest.raises(KWSError, match="labels"):
+        SmoothedStream(LABELS, DetectorSettings(), [0.0], np.ones((1, 3)))
+    with pytest.raises(KWSError, match="finite"):
+        SmoothedStream(LABELS, DetectorSettings(), [0.0], np.full((1, 4), np.nan))
+    with pytest.raises(KWSError, match="time order"):
+        SmoothedStream(LABELS, DetectorSettings(), [1.0, 0.5], np.ones((2, 4)) / 4)
 
 
 def test_memory_is_bounded():

@@ -2,8 +2,10 @@
 detector's settings, choose an operating point for a false-accept target, draw the DET curve.
 
 Streams are scanned ONCE (the window scores of :meth:`kws.serving.predictor.Predictor.scan`,
-exactly what long-audio ``/predict`` computes); every threshold and smoothing setting then
-reruns only the detector (:meth:`Predictor.detect`) over those scores, which is cheap.
+exactly what long-audio ``/predict`` computes); each smoothing setting then averages those
+scores once and the threshold sweep reruns only the detector's decisions
+(:class:`kws.streaming.detector.SmoothedStream`); the chosen point is scored again by the
+service's own detector (:meth:`Predictor.detect`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from kws.errors import ConfigError
-from kws.streaming.detector import DetectorSettings
+from kws.streaming.detector import DetectorSettings, SmoothedStream
 from kws.streaming.generate import Stream
 from kws.streaming.matching import TOLERANCE_S, Found, Outcome, det_curve, match, pick_threshold
 
@@ -60,10 +62,17 @@ def outcome(predictor, scored: Sequence[Scored], settings: DetectorSettings,
 
 def curve(predictor, scored: Sequence[Scored], settings: DetectorSettings, thresholds: Sequence[float],
           tolerance_s: float = TOLERANCE_S, max_latency_s: float | None = None) -> list[dict[str, Any]]:
-    """The DET curve (one row per threshold) of ``settings``' smoothing on these streams."""
-    return det_curve(thresholds, lambda thr, i: found(predictor, scored[i], settings.replace(threshold=thr)),
-                     [s.stream.truth for s in scored], [s.stream.duration_s for s in scored], tolerance_s,
-                     max_latency_s)
+    """The DET curve (one row per threshold) of ``settings``' smoothing on these streams: each
+    stream averaged once (:class:`SmoothedStream`, the detector's decisions at any threshold), as
+    :func:`found` would detect at each threshold."""
+    half = predictor.window_s / 2
+    smoothed = [SmoothedStream(predictor.labels, settings, s.starts + half, s.scores) for s in scored]
+
+    def detect(threshold: float, i: int) -> list[Found]:  # window centres -> as found() reports them
+        return [Found(d.label, d.time_s, d.confidence, d.fired_s + half) for d in smoothed[i].detections(threshold)]
+
+    return det_curve(thresholds, detect, [s.stream.truth for s in scored], [s.stream.duration_s for s in scored],
+                     tolerance_s, max_latency_s)
 
 
 def settings_grid(smoothing: dict[str, Sequence[Any]]) -> list[DetectorSettings]:

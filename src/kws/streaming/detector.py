@@ -182,3 +182,55 @@ class StreamDetector:
         confidence = float(min(1.0, mean[best]))
         self._last_label, self._last_time, self._last_confidence, self._armed = best, now, confidence, False
         return Detection(self.labels[best], float(self._times[peak]), confidence, now)
+
+
+class SmoothedStream:
+    """A whole stream's window scores, averaged once for ``settings``' window: the detections a
+    fresh :class:`StreamDetector` with these settings would make, at ANY threshold, without
+    feeding it window by window again (a threshold sweep reruns only the decisions, which are
+    few). The same rules as :meth:`StreamDetector._decide`; ``settings.threshold`` is not used.
+    tests/test_detector.py holds it equal to ``StreamDetector.push_many``."""
+
+    def __init__(self, labels: Sequence[str], settings: DetectorSettings, times: Sequence[float], scores: np.ndarray,
+                 ignore: Iterable[str] = (SILENCE, UNKNOWN), max_windows: int = 256):
+        self.labels, self.settings = list(labels), settings
+        self.times = np.asarray(times, np.float64).reshape(-1)
+        self.scores = np.asarray(scores, np.float64).reshape(len(self.times), -1)
+        if self.scores.shape[1] != len(self.labels):
+            raise KWSError(f"window scores have {self.scores.shape[1]} values but the detector has "
+                           f"{len(self.labels)} labels", code="bad_scores", status=422)
+        if not (np.all(np.isfinite(self.times)) and np.all(np.isfinite(self.scores))):
+            raise KWSError("window time and scores must be finite numbers", code="bad_scores", status=422)
+        if np.any(np.diff(self.times) < 0):
+            raise KWSError("windows must come in time order", code="bad_scores", status=422)
+        n = len(self.times)
+        keep = max(int(max_windows), settings.min_count)
+        # the windows StreamDetector keeps at window i: those of the last average_window_s, at most `keep`
+        self.first = np.maximum(np.searchsorted(self.times, self.times - settings.average_window_s - 1e-9, "left"),
+                                np.arange(n) - keep + 1)
+        count = np.arange(n) + 1 - self.first
+        total = np.vstack([np.zeros((1, len(self.labels))), np.cumsum(self.scores, axis=0)])
+        self.mean = (total[1:] - total[self.first]) / count[:, None]
+        self.best = np.argmax(self.mean, axis=1)
+        self.top = self.mean[np.arange(n), self.best]
+        ignored = set(ignore)
+        keyword = np.array([name not in ignored for name in self.labels])
+        self._candidate = keyword[self.best] & (count >= settings.min_count)
+
+    def detections(self, threshold: float) -> list[Detection]:
+        """What ``StreamDetector(labels, settings.replace(threshold=threshold)).push_many(times, scores)`` returns."""
+        s, out = self.settings, []
+        last, last_time, last_conf, armed_at = None, -math.inf, 0.0, 0
+        for i in np.flatnonzero(self._candidate & (self.top >= threshold)):
+            best = int(self.best[i])
+            if best == last and i < armed_at:
+                continue  # the same keyword, still above the threshold since it was detected
+            if self.times[i] - last_time < s.suppression_s - 1e-9 and (best == last or self.top[i] <= last_conf):
+                continue  # only a more confident different keyword follows a detection this soon
+            lo = int(self.first[i])
+            peak = lo + int(np.argmax(self.scores[lo:i + 1, best]))
+            last, last_time, last_conf = best, float(self.times[i]), float(min(1.0, self.top[i]))
+            out.append(Detection(self.labels[best], float(self.times[peak]), last_conf, last_time))
+            below = np.flatnonzero(self.mean[i + 1:, best] < threshold)  # where the detector re-arms
+            armed_at = i + 1 + int(below[0]) if len(below) else len(self.times)
+        return out
