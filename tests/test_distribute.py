@@ -32,6 +32,7 @@ def _params(root: Path, *overrides: str) -> Path:
     cfg = compose([
         "model=ds_cnn", "model.filters=8", "model.blocks=1",
         "train.epochs=2", "train.batch_size=8", "train.lr_schedule=plateau", "train.early_stopping_patience=2",
+        "train.ensemble_seeds=[]",
         f"paths.features={root / 'features'}", f"paths.model={root / 'model'}", f"paths.reports={root / 'reports'}",
         *overrides,
     ])

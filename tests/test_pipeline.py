@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 STAGES = ("download", "prepare", "train", "evaluate", "stream", "promote")
 #: the stream stage on 1 min of validation and 1 min of test audio (its figures are not the point here)
-SHORT_STREAMS = ("stream.streams=2", "stream.validation_streams=2", "stream.duration_s=30", "stream.thresholds.step=0.05")
+SHORT_STREAMS = ("stream.streams=2", "stream.validation_streams=2", "stream.duration_s=30",
+                 "stream.thresholds.step=0.05")
 
 
 def _overrides(sample_dir: Path, *extra: str) -> list[str]:
@@ -32,7 +33,7 @@ def _overrides(sample_dir: Path, *extra: str) -> list[str]:
         # 10 epochs on a few dozen synthetic clips: the MFCC front end and a plateau schedule learn
         # in that budget (log-mel + cosine, the real-speech recipe, is the last test's, on real clips)
         "features=mfcc", "train.lr_schedule=plateau", "train.label_smoothing=0.0",
-        "train.epochs=10", "train.batch_size=32", "train.early_stopping_patience=10",
+        "train.epochs=10", "train.batch_size=32", "train.early_stopping_patience=10", "train.ensemble_seeds=[]",
         *SHORT_STREAMS, *extra,
     ]
 
@@ -178,7 +179,7 @@ def real_pool(sample_dir, tmp_path_factory) -> dict[str, Path]:
 def _real_pool_overrides(real_pool: dict[str, Path], sample_dir: Path, *extra: str) -> list[str]:
     return ["data=speech_commands_real", f"data.source={real_pool['pool']}", f"data.silence_dir={real_pool['silence']}",
             f"data.noise_dir={sample_dir / '_background_noise_'}", "data.extra=[]", "prepare.augment.copies=0",
-            "train.epochs=2", "train.batch_size=32", *SHORT_STREAMS, *extra]
+            "train.epochs=2", "train.batch_size=32", "train.ensemble_seeds=[]", *SHORT_STREAMS, *extra]
 
 
 def _canonical_tarball(real: Path, silence: Path, out: Path, per_class: int = 3) -> Path:

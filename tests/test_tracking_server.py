@@ -195,7 +195,7 @@ def _overrides(sample_dir: Path) -> list[str]:
         "synthetic.validation_voices=1", "synthetic.testing_voices=1",
         f"synthetic.noise_dir={sample_dir / '_background_noise_'}",
         "prepare.augment.copies=0", "features=mfcc", "model=cnn_seed",
-        "train.epochs=1", "train.batch_size=32", "train.lr_schedule=plateau",
+        "train.epochs=1", "train.batch_size=32", "train.lr_schedule=plateau", "train.ensemble_seeds=[]",
     ]
 
 

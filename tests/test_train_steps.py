@@ -68,7 +68,7 @@ def test_sigterm_during_training_ends_the_mlflow_run_as_killed_and_writes_no_mod
     _features_dir(tmp_path)
     cfg = compose([
         "model=ds_cnn", "model.filters=8", "model.blocks=1", "train.epochs=500", "train.batch_size=8",
-        "train.early_stopping_patience=500",
+        "train.early_stopping_patience=500", "train.ensemble_seeds=[]",
         f"paths.features={tmp_path / 'features'}", f"paths.model={tmp_path / 'model'}",
         f"paths.reports={tmp_path / 'reports'}",
     ])
@@ -276,7 +276,7 @@ def test_ensemble_seeds_are_validated(seeds, message):
 
 def test_the_training_seed_defaults_to_the_top_level_seed_and_members_follow_it():
     assert settings.member_seeds(compose(TINY_RUN)) == [42]
-    assert settings.member_seeds(compose([])) == [42]  # the served recipe: one model
+    assert settings.member_seeds(compose([])) == [42, 7, 1234]  # the served recipe: three
     assert settings.member_seeds(compose([*TINY_RUN, "seed=3", "train.ensemble_seeds=[7,1234]"])) == [3, 7, 1234]
     assert settings.member_seeds(compose([*TINY_RUN, "train.seed=5", "train.ensemble_seeds=[7]"])) == [5, 7]
 
