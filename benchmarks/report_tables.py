@@ -79,8 +79,9 @@ def table_real_streams() -> str:
                         f"{st['false_accepts_per_hour']:.1f}", pct(st["recall_on_time"]), per_fold])
     return (md([f"test streams, folds {folds}", "minutes", "keyword recall %", "false accepts / h",
                 "recall within 0.35 s %", "per fold: recall % @ FA/h"], streams)
-            + "\n\nEach fold's operating point is chosen on its own validation streams for 10 false accepts "
-              "per hour (`conf/stream`), the original model's with the same detector and sweep.")
+            + "\n\nEach fold's operating point is chosen on its own validation streams (30 minutes, "
+              "`stream.validation_streams`) for 10 false accepts per hour (`conf/stream`), the original "
+              "model's with the same detector and sweep.")
 
 
 def table_real_per_class() -> str:
@@ -131,6 +132,33 @@ def table_screens() -> str:
                "original model, same clips", "file"], rows)
 
 
+#: the seed-ensemble comparison: (row, result file, candidate, minutes of validation streams per fold)
+ENSEMBLE_ROWS = [
+    ("one TC-ResNet, seed 42 (served until 2026-12-06)", "real_variants_tc_resnet", "tc_resnet", 10),
+    ("one TC-ResNet, seed 42", "real_screen_val18", "seed42", 30),
+    ("two, seeds 42 + 7", "real_screen_seeds", "seeds2", 10),
+    ("three, seeds 42 + 7 + 1234", "real_screen_seeds", "seeds3", 10),
+    ("three, seeds 42 + 7 + 1234 (**served**)", "real_variants", "recipe", 30),
+]
+
+
+def table_ensembles() -> str:
+    """One model against seed ensembles on the five folds: clips, and the test streams at each fold's
+    operating point chosen on 10 or 30 minutes of validation streams."""
+    rows = []
+    for label, file, name, minutes in ENSEMBLE_ROWS:
+        e = result(file)["candidates"][name]
+        o, st = e["ours"], e["stream"]
+        rows.append([label, len(e["folds"]), ci(o), weakest(o["per_class"]), pct(o["per_class"]["_unknown_"]["recall"]),
+                     pct(o["per_class"]["go"]["recall"]), minutes,
+                     f"{pct(st['tflite']['recall'])} % @ {st['tflite']['false_accepts_per_hour']:.1f}",
+                     f"{pct(st['tflite_int8']['recall'])} % @ {st['tflite_int8']['false_accepts_per_hour']:.1f}",
+                     ms(e["variants"]["int8, clip alone"]["latency_p50_ms"])])
+    return md(["real speech, speakers held out", "folds", "clips % [95 % CI]", "weakest class",
+               "`_unknown_`", "`go`", "validation min/fold", "test streams float32 (FA/h)", "int8", "int8 p50 ms/clip"],
+              rows)
+
+
 def table_screen_overrides() -> str:
     rows = []
     for path in sorted(RESULTS.glob("real_screen*.json")):
@@ -145,7 +173,7 @@ def _at(s: dict) -> str:
 
 def table_screen_streams() -> str:
     """The screens run with ``--variants``, fold by fold, under the served recipe's same fold
-    (``real_variants.json``) and the DS-CNN recipe's before it: clips, then the float32 streams,
+    (``real_variants.json``) and the recipes served before it: clips, then the float32 streams,
     validation (where the operating point is chosen) and test."""
     recipe = {f["fold"]: f for f in result("real_variants")["candidates"]["recipe"]["per_fold"]}
     screened = []
@@ -153,9 +181,10 @@ def table_screen_streams() -> str:
         for name, e in result(path.stem)["candidates"].items():
             screened += [(f"`{name}`", f, path.name) for f in e["per_fold"] if "stream" in f and f["fold"] in recipe]
     folds = sorted({f["fold"] for _, f, _ in screened})
-    before = {f["fold"]: f for f in result("real_variants_ds_cnn128")["candidates"]["ds_cnn128"]["per_fold"]}
     served = [("served recipe", recipe[k], "real_variants.json") for k in folds]
-    served += [("`ds_cnn128` (served before)", before[k], "real_variants_ds_cnn128.json") for k in folds if k in before]
+    for name, file in (("tc_resnet", "real_variants_tc_resnet"), ("ds_cnn128", "real_variants_ds_cnn128")):
+        before = {f["fold"]: f for f in result(file)["candidates"][name]["per_fold"]}
+        served += [(f"`{name}` (served before)", before[k], f"{file}.json") for k in folds if k in before]
     rows = []
     for who, g, file in served + screened:
         st = g["stream"]["tflite"]
