@@ -105,6 +105,15 @@ class Detection:
                 "fired_s": round(self.fired_s, 3)}
 
 
+def keyword_mask(labels: Sequence[str], ignore: Iterable[str]) -> np.ndarray:
+    """Which labels may be detected (every one not ignored); a :class:`ConfigError` if none."""
+    ignored = set(ignore)
+    mask = np.array([name not in ignored for name in labels])
+    if not mask.any():
+        raise ConfigError(f"no keyword among the labels {list(labels)}: everything is ignored")
+    return mask
+
+
 class StreamDetector:
     """Posterior smoothing + minimum count + suppression over a stream of window scores."""
 
@@ -114,10 +123,7 @@ class StreamDetector:
         if not self.labels:
             raise ConfigError("the detector needs the model's labels")
         self.settings = settings or DetectorSettings()
-        ignored = set(ignore)
-        self._keyword = np.array([name not in ignored for name in self.labels])
-        if not self._keyword.any():
-            raise ConfigError(f"no keyword among the labels {self.labels}: everything is ignored")
+        self._keyword = keyword_mask(self.labels, ignore)
         self._max = max(int(max_windows), self.settings.min_count)
         self.reset()
 
@@ -213,9 +219,7 @@ class SmoothedStream:
         self.mean = (total[1:] - total[self.first]) / count[:, None]
         self.best = np.argmax(self.mean, axis=1)
         self.top = self.mean[np.arange(n), self.best]
-        ignored = set(ignore)
-        keyword = np.array([name not in ignored for name in self.labels])
-        self._candidate = keyword[self.best] & (count >= settings.min_count)
+        self._candidate = keyword_mask(self.labels, ignore)[self.best] & (count >= settings.min_count)
 
     def detections(self, threshold: float) -> list[Detection]:
         """What ``StreamDetector(labels, settings.replace(threshold=threshold)).push_many(times, scores)`` returns."""
