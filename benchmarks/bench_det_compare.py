@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     candidates = [(f"{name}/{rt}", lambda d=d, rt=rt: Predictor(d, runtime=rt, warmup=False))
                   for name, d in models for rt in args.runtimes.split(",")]
     if not args.no_original:
-        from bench_real import OriginalModel, OriginalStreams
+        from real_original import OriginalModel, OriginalStreams
         from kws.bundle import read_meta
 
         labels = list(read_meta(models[0][1]).labels)

@@ -42,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, write_result  # noqa: E402
-from bench_real import compose_fold  # noqa: E402
+from real_folds import compose_fold  # noqa: E402
 
 log = logging.getLogger("bench_posthoc")
 SHIFTS_MS = (0, -50, 50, -100, 100)
