@@ -9,7 +9,9 @@ temporary copy of the project (conf/, src/, dvc.yaml, .dvc/config, .dvcignore, .
 init; params.yaml composed with ``kws-params``' composition) with conf/'s defaults
 (``data=speech_commands``, the served recipe); only ``data.source``, ``data.sha256`` and
 ``data.canonical_test.{source,sha256,size}`` point at the local server, and training is bounded
-(``train.epochs`` x ``train.steps_per_epoch``) — the full training time is extrapolated.
+(``train.epochs`` x ``train.steps_per_epoch``) — the full training time is extrapolated (every
+epoch of every ensemble member). The stages run in ``dvc.yaml``'s order: download, prepare, train,
+evaluate, stream (the generated validation and test streams), promote.
 
 Every stage is its own subprocess (``python -m kws.stages.<name>`` in the project, under a
 pseudo-terminal so progress bars draw as they would for a user), and for each the benchmark
@@ -37,243 +39,28 @@ Results: ``benchmarks/results/scale.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
-import pty
 import re
 import shutil
 import signal
-import sqlite3
-import struct
 import subprocess
 import sys
-import termios
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, machine_info, table, write_result  # noqa: E402
+from scale_http import start_server  # noqa: E402
+from scale_interrupts import PREPARE_INTERRUPTS, interrupt_prepare, interrupt_train, slim, stopped  # noqa: E402
+from scale_run import MB, Run, disk, plain  # noqa: E402
 
 ARCHIVE_NAME = "speech_commands_v0.02.tar.gz"
 CANONICAL_NAME = "speech_commands_test_set_v0.02.tar.gz"
-MB = 1e6
-ETA = re.compile(r"\d+:\d\d<\d+:\d\d")  # tqdm's "[elapsed<remaining, rate]"
 LONG_STAGE_S = 30.0
 SILENT_S = 60.0  # a longer stretch without any output looks hung
-
-
-# --------------------------------------------------------------------------- HTTP server with Range
-class _State:
-    def __init__(self, root: Path):
-        self.root = root
-        self.cut: dict[str, int] = {}  # path -> drop the connection after this many body bytes, once
-        self.log: list[dict] = []
-        self.lock = threading.Lock()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        state: _State = self.server.state  # type: ignore[attr-defined]
-        name = self.path.lstrip("/")
-        path = state.root / name
-        if "/" in name or not path.is_file():
-            self.send_error(404, "not found")
-            return
-        size = path.stat().st_size
-        start, status = 0, 200
-        rng = self.headers.get("Range")
-        if rng:
-            start = int(rng.removeprefix("bytes=").split("-")[0])
-            if start >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            status = 206
-        entry = {"path": self.path, "range_start": start if rng else None, "status": status, "t0": time.time()}
-        self.send_response(status)
-        self.send_header("Content-Type", "application/gzip")
-        self.send_header("Content-Length", str(size - start))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.end_headers()
-        with state.lock:
-            cut = state.cut.pop(self.path, None)
-        count = size - start if cut is None else min(cut, size - start)
-        sent = 0
-        try:
-            with open(path, "rb") as fh:
-                while sent < count:
-                    n = self.connection.sendfile(fh, start + sent, count - sent)
-                    if not n:
-                        break
-                    sent += n
-        except OSError as err:  # the client went away
-            entry["error"] = str(err)
-        entry.update(sent=sent, t1=time.time(), cut=cut is not None)
-        with state.lock:
-            state.log.append(entry)
-        if cut is not None:
-            self.close_connection = True  # the socket closes before Content-Length bytes
-
-
-def start_server(root: Path) -> tuple[ThreadingHTTPServer, str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.state = _State(root)  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, args=(0.1,), daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
-
-
-# --------------------------------------------------------------------------- a monitored stage run
-def _tree(proc) -> list:
-    import psutil
-
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _sum(procs, what: str) -> int:
-    import psutil
-
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss if what == "rss" else p.memory_full_info().pss
-        except (psutil.Error, AttributeError):
-            pass
-    return total
-
-
-class Run:
-    """One stage subprocess under a pty: its log (with arrival times), peak memory, exit."""
-
-    def __init__(self, name: str, cmd: list[str], cwd: Path, env: dict, log_path: Path):
-        self.name, self.log_path = name, log_path
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                                     start_new_session=True, close_fds=True)
-        os.close(slave)
-        self.master = master
-        self.text: list[str] = []
-        self.arrivals: list[float] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.peak_rss = self.peak_pss = self.peak_main_rss = 0
-        self.signal_sent_at: float | None = None
-
-    def _read(self) -> None:
-        with open(self.log_path, "w", errors="replace") as log:
-            while True:
-                try:
-                    data = os.read(self.master, 65536)
-                except OSError:  # EIO: the child side closed
-                    break
-                if not data:
-                    break
-                chunk = data.decode("utf-8", "replace")
-                self.text.append(chunk)
-                self.arrivals.append(time.perf_counter() - self.t0)
-                log.write(chunk)
-                log.flush()
-        os.close(self.master)
-
-    def output(self) -> str:
-        return "".join(self.text)
-
-    def monitor(self, interrupt=None, kill_after: float = 180.0) -> dict:
-        """Poll memory every 0.2 s (PSS every second) until the process exits; ``interrupt`` is
-        ``(pattern, delay_s, signal, to_group)``: send the signal ``delay_s`` after ``pattern``
-        first shows in the output."""
-        import psutil
-
-        root = psutil.Process(self.proc.pid)
-        seen_at, last_pss = None, 0.0
-        while self.proc.poll() is None:
-            procs = _tree(root)
-            rss = _sum(procs, "rss")
-            self.peak_rss = max(self.peak_rss, rss)
-            try:
-                self.peak_main_rss = max(self.peak_main_rss, root.memory_info().rss)
-            except psutil.Error:
-                pass
-            now = time.perf_counter() - self.t0
-            if now - last_pss >= 1.0:
-                self.peak_pss = max(self.peak_pss, _sum(procs, "pss"))
-                last_pss = now
-            if interrupt and self.signal_sent_at is None:
-                pattern, delay, sig, group = interrupt
-                if seen_at is None and re.search(pattern, self.output()[-20000:]):
-                    seen_at = now
-                if seen_at is not None and now - seen_at >= delay:
-                    (os.killpg if group else os.kill)(self.proc.pid, sig)
-                    self.signal_sent_at = now
-            if self.signal_sent_at is not None and now - self.signal_sent_at > kill_after:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            time.sleep(0.2)
-        wall = time.perf_counter() - self.t0
-        self.reader.join(timeout=10)
-        gaps = [b - a for a, b in zip([0.0, *self.arrivals], [*self.arrivals, wall])]
-        out = self.output()
-        return {
-            "rc": self.proc.returncode, "wall_s": round(wall, 1),
-            "peak_rss_mb": round(self.peak_rss / MB, 1), "peak_pss_mb": round(self.peak_pss / MB, 1),
-            "peak_main_rss_mb": round(self.peak_main_rss / MB, 1),
-            "eta_in_log": bool(ETA.search(out)), "longest_silence_s": round(max(gaps), 1),
-            "log": str(self.log_path),
-            **({"signal_after_s": round(self.signal_sent_at, 1),
-                "exit_after_signal_s": round(wall - self.signal_sent_at, 1)} if self.signal_sent_at else {}),
-        }
-
-
-# --------------------------------------------------------------------------- helpers
-def disk(*paths: Path) -> dict:
-    """Bytes (apparent and allocated) and file count under ``paths``."""
-    apparent = allocated = files = 0
-    for root in paths:
-        if root.is_file():
-            st = root.stat()
-            apparent, allocated, files = apparent + st.st_size, allocated + st.st_blocks * 512, files + 1
-            continue
-        for dirpath, _dirs, names in os.walk(root):
-            for n in names:
-                try:
-                    st = os.lstat(os.path.join(dirpath, n))
-                except OSError:
-                    continue
-                apparent += st.st_size
-                allocated += st.st_blocks * 512
-                files += 1
-    return {"bytes": apparent, "allocated_bytes": allocated, "files": files,
-            "mb": round(allocated / MB, 1)}
-
-
-def snapshot(folder: Path) -> dict | None:
-    """``{relative path: (size, mtime_ns)}`` of a folder, or None when it is absent."""
-    if not folder.exists():
-        return None
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def leftovers(parent: Path, name: str) -> list[dict]:
-    """Hidden temp siblings a stage left next to its output ``parent/name``."""
-    return [{"path": str(p), **disk(p)} for p in sorted(parent.glob(f".{name}.*"))]
 
 
 def make_project(work: Path, overrides: list[str], env: dict) -> Path:
@@ -304,15 +91,192 @@ def ensure_archive(archive_dir: Path, scale: float, workers: int, logs: Path) ->
     return manifest, {"seconds": round(time.perf_counter() - t0, 1)}
 
 
-def mlflow_run_statuses(db: Path) -> dict:
-    if not db.is_file():
-        return {}
-    with sqlite3.connect(db) as con:
-        return dict(con.execute("select status, count(*) from runs group by status").fetchall())
-
-
 # --------------------------------------------------------------------------- the benchmark
-def main(argv: list[str] | None = None) -> int:
+class Bench:
+    """The project copy under test, its stand-in archive server, and the results so far."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = args.work.resolve()
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        archive_dir = (args.archive_dir or Path(f"/tmp/kws-scale/archive-{args.scale:g}")).resolve()
+        self.manifest, build = ensure_archive(archive_dir, args.scale, args.workers, self.logs)
+        self.size = self.manifest["archive"]["bytes"]
+        print(f"archive {self.size:,} bytes ({self.manifest['archive']['clips']:,} clips), canonical "
+              f"{self.manifest['canonical']['bytes']:,} bytes ({self.manifest['canonical']['clips']:,} clips)",
+              flush=True)
+        self.httpd, base = start_server(archive_dir)
+        self.env = stage_env(self.work)
+        self.overrides = local_overrides(base, self.manifest, args)
+        self.project = make_project(self.work, self.overrides, self.env)
+        from kws.config import compose
+
+        self.defaults = compose([], conf_dir=self.project / "conf")
+        self.data = self.project / "data"
+        self.results: dict = {
+            "scale": args.scale, "archive": self.manifest, "archive_build": build, "overrides": self.overrides,
+            "bounded_training": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch},
+            "stages": {}, "interrupts": {},
+        }
+        self.stages = self.results["stages"]
+
+    def stage(self, name: str, tag: str | None = None, interrupt=None) -> dict:
+        tag = tag or name
+        print(f"--- {tag}", flush=True)
+        run = Run(tag, [sys.executable, "-m", f"kws.stages.{name}"], self.project, self.env, self.logs / f"{tag}.log")
+        r = run.monitor(interrupt)
+        r["output_tail"] = plain(run.output())[-600:]
+        print(f"    rc {r['rc']}, {r['wall_s']} s, peak RSS {r['peak_rss_mb']} MB (PSS {r['peak_pss_mb']} MB)",
+              flush=True)
+        return r
+
+    def measured(self, name: str) -> dict:
+        """``name`` run once, which must succeed; its log tail dropped from the result."""
+        r = self.stage(name)
+        _check(r)
+        r.pop("output_tail")
+        return r
+
+
+def stage_env(work: Path) -> dict:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        "PYTHONPATH": str(work / "project" / "src"),  # the project copy's code, whatever changes in the repo meanwhile
+        "KWS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2", "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost", "TERM": "xterm", "COLUMNS": "140",
+    })
+    return env
+
+
+def local_overrides(base: str, manifest: dict, args: argparse.Namespace) -> list[str]:
+    """The default recipe with the archives from the local server and training bounded."""
+    return [
+        f"data.source={base}/{ARCHIVE_NAME}", f"data.sha256={manifest['archive']['sha256']}",
+        f"data.canonical_test.source={base}/{CANONICAL_NAME}",
+        f"data.canonical_test.sha256={manifest['canonical']['sha256']}",
+        f"data.canonical_test.size={manifest['canonical']['bytes']}",
+        f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps_per_epoch}",
+    ]
+
+
+def bench_download(b: Bench) -> None:
+    """download, with the connection cut after ``--cut`` of the archive and a resume."""
+    b.httpd.state.cut[f"/{ARCHIVE_NAME}"] = int(b.size * b.args.cut)  # type: ignore[attr-defined]
+    r = b.measured("download")
+    served = [e for e in b.httpd.state.log if e["path"] == f"/{ARCHIVE_NAME}"]  # type: ignore[attr-defined]
+    sent = sum(e["sent"] for e in served)
+    transfer_s = (served[-1]["t1"] - served[0]["t0"]) if served else None
+    resumed = re.findall(r"resuming \S+ at byte (\d+)", plain((b.logs / "download.log").read_text()))
+    info = json.loads((b.data / "raw" / "speech_commands.json").read_text())
+    clips = b.manifest["archive"]["clips"]
+    r.update({
+        "requests": [{k: e.get(k) for k in ("range_start", "status", "sent", "cut")} for e in served],
+        "archive_bytes": b.size, "bytes_served": sent, "bytes_refetched": sent - b.size,
+        "resumed_at_byte": int(resumed[0]) if resumed else None,
+        "cut_after_bytes": served[0]["sent"] if served else None,
+        "transfer_s": round(transfer_s, 1) if transfer_s else None,
+        "transfer_mb_s": round(b.size / MB / transfer_s, 1) if transfer_s else None,
+        "files": info["n_files"], "clips": clips, "clips_per_s": round(clips / r["wall_s"], 1),
+        "disk": disk(b.data / "raw" / "speech_commands", b.data / "raw" / "canonical_test"),
+        "cache_left": disk(b.data / "raw" / ".cache"),
+    })
+    r["resumed_from_partial"] = bool(served and r["resumed_at_byte"] == served[0]["sent"]
+                                     and r["bytes_refetched"] == 0)
+    b.stages["download"] = r
+    print(f"    served {sent:,} bytes for a {b.size:,}-byte archive: cut after {r['cut_after_bytes']:,}, resumed at "
+          f"{r['resumed_at_byte']}, re-fetched {r['bytes_refetched']:,} bytes", flush=True)
+
+
+def bench_prepare(b: Bench) -> dict:
+    """prepare measured, then interrupted (its old outputs present) and run again; returns its meta."""
+    r = b.measured("prepare")
+    meta = json.loads((b.data / "features" / "meta.json").read_text())
+    examples = sum(meta["counts"].values())
+    r.update({
+        "clips_found": meta["clips_found"], "examples": examples, "counts": meta["counts"],
+        "source_clips_per_s": round(meta["clips_found"] / r["wall_s"], 1),
+        "extractions_per_s": round(examples / r["wall_s"], 1),
+        "workers": int(b.defaults.prepare.workers) or os.cpu_count(),
+        "disk": disk(b.data / "features"),
+    })
+    b.stages["prepare"] = r
+    print(f"    {examples:,} examples from {meta['clips_found']:,} clips: {r['extractions_per_s']} extractions/s, "
+          f"{r['source_clips_per_s']} source clips/s", flush=True)
+    if not b.args.no_interrupts:
+        b.results["interrupts"]["prepare"] = interrupt_prepare(b.stage, b.project, meta)
+    return meta
+
+
+def bench_train(b: Bench, meta: dict) -> None:
+    """train (after an interrupted try) bounded, and the full training extrapolated from its pace:
+    every step of every epoch of every ensemble member."""
+    if not b.args.no_interrupts:
+        b.results["interrupts"]["train"] = interrupt_train(b.stage, b.project)
+    r = b.measured("train")
+    model = b.data / "model"
+    bundle_info = json.loads((model / "model_info.json").read_text())
+    per_step = seconds_per_step(plain((b.logs / "train.log").read_text()), bundle_info["training"]["steps_per_epoch"])
+    n_train, batch = meta["counts"]["train"], int(b.defaults.train.batch_size)
+    members = 1 + len(b.defaults.train.get("ensemble_seeds") or [])
+    full_steps, epochs = math.ceil(n_train / batch), int(b.defaults.train.epochs)
+    s_step = per_step[-1] if per_step else None
+    r.update({
+        "epochs": b.args.epochs, "steps_per_epoch": bundle_info["training"].get("steps_per_epoch"),
+        "s_per_step_by_epoch": per_step, "s_per_step": s_step, "members": members,
+        "train_examples": n_train, "full_epoch_steps": full_steps, "conf_epochs": epochs,
+        "examples_per_s": round(batch / s_step, 1) if s_step else None,
+        "extrapolated_full_training_s": round(s_step * full_steps * epochs * members) if s_step else None,
+        "disk": disk(model), "mlruns_disk": disk(b.project / "mlruns"),
+    })
+    b.stages["train"] = r
+    if r["extrapolated_full_training_s"]:
+        print(f"    {s_step:.3f} s/step; a whole epoch is {full_steps:,} steps; {epochs} epochs x {members} "
+              f"model(s) = {r['extrapolated_full_training_s'] / 3600:.1f} h on this machine", flush=True)
+    if not b.args.no_interrupts:
+        it = b.results["interrupts"]["train"]
+        it["rerun"] = slim(r)
+        it["pass"] = bool(stopped(it["interrupted"]) and it["outputs_after"] != "PARTIAL" and r["rc"] == 0)
+
+
+def bench_evaluate(b: Bench) -> None:
+    """evaluate: the test split and the canonical stand-in."""
+    r = b.measured("evaluate")
+    metrics = json.loads((b.project / "reports" / "evaluate" / "metrics.json").read_text())
+    canon = metrics.get("canonical") or {}
+    n_scored = metrics["test"]["n_test"] + int(canon.get("n", 0))
+    r.update({"n_test": metrics["test"]["n_test"], "n_canonical": canon.get("n"),
+              "test_accuracy": metrics["test"]["accuracy"], "canonical_accuracy": canon.get("accuracy"),
+              "canonical_latency_ms_p50": canon.get("latency_ms_p50"),
+              "clips_per_s": round(n_scored / r["wall_s"], 1), "disk": disk(b.project / "reports" / "evaluate")})
+    b.stages["evaluate"] = r
+
+
+def bench_stream(b: Bench) -> None:
+    """stream: validation and test streams generated from the splits, scanned, the sweep."""
+    r = b.measured("stream")
+    metrics = json.loads((b.project / "reports" / "stream" / "metrics.json").read_text())
+    audio_s = 60 * sum(metrics["streams"][split]["minutes"] for split in ("validation", "test"))
+    r.update({"audio_minutes": round(audio_s / 60, 1), "audio_s_per_s": round(audio_s / r["wall_s"], 1),
+              "seconds": metrics.get("seconds"), "recall": metrics["test"]["recall"],
+              "false_accepts_per_hour": metrics["test"]["false_accepts_per_hour"],
+              "disk": disk(b.project / "reports" / "stream")})
+    b.stages["stream"] = r
+
+
+def bench_promote(b: Bench) -> None:
+    mlruns_before = disk(b.project / "mlruns")["allocated_bytes"]
+    r = b.measured("promote")
+    promotion = json.loads((b.project / "reports" / "promotion.json").read_text())
+    r.update({"promoted": promotion.get("promoted"), "registered_version": promotion.get("registered_version"),
+              "disk": disk(b.project / "serving" / "model"),
+              "mlruns_added_mb": round((disk(b.project / "mlruns")["allocated_bytes"] - mlruns_before) / MB, 1)})
+    b.stages["promote"] = r
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="archive size (1.0 = full; 0.02 for a trial)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kws-scale/bench"), help="project copy, logs")
@@ -325,187 +289,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-interrupts", action="store_true", help="skip the interrupted prepare/train runs")
     parser.add_argument("--keep", action="store_true", help="keep the project copy (dataset, features) afterwards")
     parser.add_argument("--out", default="scale.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     # Started in the background by a non-interactive shell (`nohup ... &`), this process and its
     # children would ignore SIGINT: the stages get the default Ctrl-C behaviour back.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.perf_counter()
-    work = args.work.resolve()
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    archive_dir = (args.archive_dir or Path(f"/tmp/kws-scale/archive-{args.scale:g}")).resolve()
-    manifest, build = ensure_archive(archive_dir, args.scale, args.workers, logs)
-    size = manifest["archive"]["bytes"]
-    print(f"archive {size:,} bytes ({manifest['archive']['clips']:,} clips), canonical "
-          f"{manifest['canonical']['bytes']:,} bytes ({manifest['canonical']['clips']:,} clips)", flush=True)
+    b = Bench(args)
+    bench_download(b)
+    meta = bench_prepare(b)
+    bench_train(b, meta)
+    bench_evaluate(b)
+    bench_stream(b)
+    bench_promote(b)
+    b.httpd.shutdown()
 
-    httpd, base = start_server(archive_dir)
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-        "PYTHONPATH": str(work / "project" / "src"),  # the project copy's code, whatever changes in the repo meanwhile
-        "KWS_LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2", "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost", "TERM": "xterm", "COLUMNS": "140",
-    })
-    overrides = [
-        f"data.source={base}/{ARCHIVE_NAME}", f"data.sha256={manifest['archive']['sha256']}",
-        f"data.canonical_test.source={base}/{CANONICAL_NAME}",
-        f"data.canonical_test.sha256={manifest['canonical']['sha256']}",
-        f"data.canonical_test.size={manifest['canonical']['bytes']}",
-        f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps_per_epoch}",
-    ]
-    project = make_project(work, overrides, env)
-    from kws.config import compose
-
-    defaults = compose([], conf_dir=project / "conf")
-    data = project / "data"
-    results: dict = {
-        "scale": args.scale, "archive": manifest, "archive_build": build, "overrides": overrides,
-        "bounded_training": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch},
-        "stages": {}, "interrupts": {},
-    }
-    stages = results["stages"]
-
-    def stage(name: str, tag: str | None = None, interrupt=None) -> dict:
-        tag = tag or name
-        print(f"--- {tag}", flush=True)
-        run = Run(tag, [sys.executable, "-m", f"kws.stages.{name}"], project, env, logs / f"{tag}.log")
-        r = run.monitor(interrupt)
-        r["output_tail"] = _plain(run.output())[-600:]
-        print(f"    rc {r['rc']}, {r['wall_s']} s, peak RSS {r['peak_rss_mb']} MB (PSS {r['peak_pss_mb']} MB)",
-              flush=True)
-        return r
-
-    # ---- download, with a cut connection and a resume
-    httpd.state.cut[f"/{ARCHIVE_NAME}"] = int(size * args.cut)  # type: ignore[attr-defined]
-    r = stage("download")
-    _check(r)
-    served = [e for e in httpd.state.log if e["path"] == f"/{ARCHIVE_NAME}"]  # type: ignore[attr-defined]
-    sent = sum(e["sent"] for e in served)
-    transfer_s = (served[-1]["t1"] - served[0]["t0"]) if served else None
-    r.pop("output_tail")
-    resumed = re.findall(r"resuming \S+ at byte (\d+)", _plain((logs / "download.log").read_text()))
-    info = json.loads((data / "raw" / "speech_commands.json").read_text())
-    r.update({
-        "requests": [{k: e.get(k) for k in ("range_start", "status", "sent", "cut")} for e in served],
-        "archive_bytes": size, "bytes_served": sent, "bytes_refetched": sent - size,
-        "resumed_at_byte": int(resumed[0]) if resumed else None,
-        "cut_after_bytes": served[0]["sent"] if served else None,
-        "transfer_s": round(transfer_s, 1) if transfer_s else None,
-        "transfer_mb_s": round(size / MB / transfer_s, 1) if transfer_s else None,
-        "files": info["n_files"], "clips": manifest["archive"]["clips"],
-        "clips_per_s": round(manifest["archive"]["clips"] / r["wall_s"], 1),
-        "disk": disk(data / "raw" / "speech_commands", data / "raw" / "canonical_test"),
-        "cache_left": disk(data / "raw" / ".cache"),
-    })
-    r["resumed_from_partial"] = bool(served and r["resumed_at_byte"] == served[0]["sent"] and r["bytes_refetched"] == 0)
-    stages["download"] = r
-    print(f"    served {sent:,} bytes for a {size:,}-byte archive: cut after {r['cut_after_bytes']:,}, resumed at "
-          f"{r['resumed_at_byte']}, re-fetched {r['bytes_refetched']:,} bytes", flush=True)
-
-    # ---- prepare (measured), then interrupted (old outputs present), then again
-    r = stage("prepare")
-    _check(r)
-    meta = json.loads((data / "features" / "meta.json").read_text())
-    examples = sum(meta["counts"].values())
-    r.update({
-        "clips_found": meta["clips_found"], "examples": examples, "counts": meta["counts"],
-        "source_clips_per_s": round(meta["clips_found"] / r["wall_s"], 1),
-        "extractions_per_s": round(examples / r["wall_s"], 1),
-        "workers": int(defaults.prepare.workers) or os.cpu_count(),
-        "disk": disk(data / "features"),
-    })
-    r.pop("output_tail")
-    stages["prepare"] = r
-    print(f"    {examples:,} examples from {meta['clips_found']:,} clips: {r['extractions_per_s']} extractions/s, "
-          f"{r['source_clips_per_s']} source clips/s", flush=True)
-    if not args.no_interrupts:
-        results["interrupts"]["prepare"] = interrupt_prepare(stage, project, meta)
-
-    # ---- train: interrupted first (no model yet), then the measured run
-    model = data / "model"
-    if not args.no_interrupts:
-        # 8 s after train's progress bar appears: inside the first epoch (150 bounded steps take ~12 s)
-        ti = stage("train", "train_interrupted", interrupt=(r"train: +\d+%\|", 8.0, signal.SIGTERM, False))
-        state = snapshot(model)
-        left = leftovers(data, "model")
-        complete = state is not None and {"model.keras", "model.tflite", "labels.json", "run.json"} <= {
-            Path(k).name for k in state}
-        results["interrupts"]["train"] = {
-            "signal": "SIGTERM to the stage process (kill), 8 s after its progress bar appeared (epoch 1)",
-            "interrupted": _slim(ti), "outputs_after": "absent" if state is None else ("complete" if complete else "PARTIAL"),
-            "temp_left_behind": left, "stage_processes_left": reap(project, "train"),
-            "mlflow_runs_by_status": mlflow_run_statuses(project / "mlflow.db"),
-        }
-    r = stage("train")
-    _check(r)
-    out = _plain((logs / "train.log").read_text())
-    bundle_info = json.loads((model / "model_info.json").read_text())
-    per_step = seconds_per_step(out, bundle_info["training"]["steps_per_epoch"])
-    n_train = meta["counts"]["train"]
-    batch = int(defaults.train.batch_size)
-    full_steps = math.ceil(n_train / batch)
-    s_step = per_step[-1] if per_step else None
-    r.pop("output_tail")
-    r.update({
-        "epochs": args.epochs, "steps_per_epoch": bundle_info["training"].get("steps_per_epoch"),
-        "s_per_step_by_epoch": per_step, "s_per_step": s_step,
-        "train_examples": n_train, "full_epoch_steps": full_steps, "conf_epochs": int(defaults.train.epochs),
-        "examples_per_s": round(batch / s_step, 1) if s_step else None,
-        "extrapolated_full_training_s": round(s_step * full_steps * int(defaults.train.epochs)) if s_step else None,
-        "disk": disk(model), "mlruns_disk": disk(project / "mlruns"),
-    })
-    stages["train"] = r
-    if r["extrapolated_full_training_s"]:
-        print(f"    {s_step:.3f} s/step; a whole epoch is {full_steps:,} steps; {defaults.train.epochs} epochs "
-              f"= {r['extrapolated_full_training_s'] / 3600:.1f} h on this machine", flush=True)
-    if not args.no_interrupts:
-        it = results["interrupts"]["train"]
-        it["rerun"] = _slim(r)
-        it["pass"] = bool(_stopped(it["interrupted"]) and it["outputs_after"] != "PARTIAL" and r["rc"] == 0)
-
-    # ---- evaluate (test split + the canonical stand-in), promote
-    r = stage("evaluate")
-    _check(r)
-    metrics = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
-    canon = metrics.get("canonical") or {}
-    n_scored = metrics["test"]["n_test"] + int(canon.get("n", 0))
-    r.pop("output_tail")
-    r.update({"n_test": metrics["test"]["n_test"], "n_canonical": canon.get("n"),
-              "test_accuracy": metrics["test"]["accuracy"], "canonical_accuracy": canon.get("accuracy"),
-              "canonical_latency_ms_p50": canon.get("latency_ms_p50"),
-              "clips_per_s": round(n_scored / r["wall_s"], 1), "disk": disk(project / "reports" / "evaluate")})
-    stages["evaluate"] = r
-    mlruns_before = disk(project / "mlruns")["allocated_bytes"]
-    r = stage("promote")
-    _check(r)
-    r.pop("output_tail")
-    promotion = json.loads((project / "reports" / "promotion.json").read_text())
-    r.update({"promoted": promotion.get("promoted"), "registered_version": promotion.get("registered_version"),
-              "disk": disk(project / "serving" / "model"),
-              "mlruns_added_mb": round((disk(project / "mlruns")["allocated_bytes"] - mlruns_before) / MB, 1)})
-    stages["promote"] = r
-    httpd.shutdown()
-
+    results = b.results
     results["targets"] = targets(results)
     results["machine"] = machine_info()
     results["total_s"] = round(time.perf_counter() - started, 1)
-    results["work"] = str(work)
+    results["work"] = str(b.work)
     path = write_result(args.out, results)
     report(results)
     print(f"wrote {path} ({results['total_s'] / 60:.1f} min)")
     if not args.keep:
-        shutil.rmtree(project, ignore_errors=True)
-        print(f"removed {project} (logs kept in {logs})")
+        shutil.rmtree(b.project, ignore_errors=True)
+        print(f"removed {b.project} (logs kept in {b.logs})")
     return 0 if all(t["pass"] for t in results["targets"]) else 1
-
-
-PREPARE_INTERRUPTS = (
-    ("prepare_sigint", signal.SIGINT, True, "SIGINT to the process group (Ctrl-C)"),
-    ("prepare_sigterm", signal.SIGTERM, False, "SIGTERM to the stage process only (kill)"),
-)
 
 
 def seconds_per_step(train_log: str, steps_per_epoch: int) -> list[float]:
@@ -515,85 +329,9 @@ def seconds_per_step(train_log: str, steps_per_epoch: int) -> list[float]:
     return [round(float(v) / steps_per_epoch, 4) for v in re.findall(r"epoch \d+/\d+: .*?\((\d+(?:\.\d+)?) s/epoch", train_log)]
 
 
-def stage_processes(project: Path, name: str) -> list:
-    """Processes of ``python -m kws.stages.<name>`` still running in ``project`` (orphaned workers)."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if f"kws.stages.{name}" in " ".join(p.info["cmdline"] or []) and p.cwd() == str(project):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
-def reap(project: Path, name: str, wait_s: float = 3.0) -> list[dict]:
-    """Record, then end (by pid: the benchmark started them), the stage's processes still alive
-    ``wait_s`` after it exited."""
-    import psutil
-
-    time.sleep(wait_s)
-    left = []
-    for p in stage_processes(project, name):
-        try:
-            left.append({"pid": p.pid, "ppid": p.ppid(), "rss_mb": round(p.memory_info().rss / MB, 1),
-                         "status": p.status()})
-            p.terminate()
-        except psutil.Error:
-            pass
-    return left
-
-
-def _stopped(r: dict) -> bool:
-    """The signal stopped the stage (non-zero exit) within 60 s, without the watchdog's SIGKILL."""
-    return r["rc"] not in (0, -signal.SIGKILL) and (r.get("exit_after_signal_s") or 1e9) <= 60
-
-
-def interrupt_prepare(stage, project: Path, meta: dict) -> dict:
-    """Interrupt prepare once its training split is 40 % featurized (complete features from the
-    previous run in place), by each signal of :data:`PREPARE_INTERRUPTS`; then run it again."""
-    data = project / "data"
-    out: dict = {}
-    for tag, sig, group, desc in PREPARE_INTERRUPTS:
-        before = snapshot(data / "features")
-        known = {x["path"] for x in leftovers(data, "features")}
-        r = stage("prepare", tag, interrupt=(r"train:\s+[4-9]\d%", 0.0, sig, group))
-        procs = reap(project, "prepare")
-        after = snapshot(data / "features")
-        out[tag] = {
-            "signal": f"{desc}, once the training split was 40 % featurized", "interrupted": _slim(r),
-            "outputs_after": "old, complete" if after == before else ("absent" if after is None else "CHANGED"),
-            "temp_left_behind": [x for x in leftovers(data, "features") if x["path"] not in known],
-            "stage_processes_left": procs,
-        }
-        print(f"    {tag}: rc {r['rc']}, exit {r.get('exit_after_signal_s')} s after the signal; outputs "
-              f"{out[tag]['outputs_after']}; temp dirs left {len(out[tag]['temp_left_behind'])}; "
-              f"processes left {len(procs)}", flush=True)
-    rr = stage("prepare", "prepare_rerun")
-    meta2 = json.loads((data / "features" / "meta.json").read_text()) if (data / "features" / "meta.json").is_file() else {}
-    out["rerun"] = _slim(rr)
-    out["rerun_same_test_split"] = meta2.get("test_digest") == meta["test_digest"] and meta2.get("counts") == meta["counts"]
-    runs = [out[tag] for tag, *_ in PREPARE_INTERRUPTS]
-    out["pass"] = bool(all(_stopped(i["interrupted"]) and i["outputs_after"] != "CHANGED" for i in runs)
-                       and rr["rc"] == 0 and out["rerun_same_test_split"])
-    return out
-
-
-def _plain(text: str) -> str:
-    """Terminal output as lines: carriage-return updates kept as separate lines, colours removed."""
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _slim(r: dict) -> dict:
-    return {k: v for k, v in r.items() if k in ("rc", "wall_s", "peak_rss_mb", "signal_after_s", "exit_after_signal_s",
-                                                "output_tail")}
-
-
 def _check(r: dict) -> None:
     if r["rc"] != 0:
-        print(_plain(Path(r["log"]).read_text())[-4000:], file=sys.stderr)
+        print(plain(Path(r["log"]).read_text())[-4000:], file=sys.stderr)
         raise SystemExit(f"stage failed (rc {r['rc']}): see {r['log']}")
 
 
@@ -658,6 +396,8 @@ def report(results: dict) -> None:
         "train": (f"{s['train']['s_per_step']:.3f} s/step ({s['train']['examples_per_s']} examples/s)"
                   if s["train"]["s_per_step"] else "-"),
         "evaluate": f"{s['evaluate']['clips_per_s']} clips/s",
+        "stream": (f"{s['stream']['audio_s_per_s']} s of audio/s ({s['stream']['audio_minutes']} min)"
+                   if "stream" in s else "-"),
         "promote": "-",
     }
     rows = [[k, f"{v['wall_s']:.0f}", f"{v['peak_rss_mb']:.0f}", f"{v['peak_pss_mb']:.0f}",
@@ -668,7 +408,8 @@ def report(results: dict) -> None:
     t = s["train"]
     if t.get("extrapolated_full_training_s"):
         print(f"\nfull training, extrapolated: {t['s_per_step']:.3f} s/step x {t['full_epoch_steps']:,} steps x "
-              f"{t['conf_epochs']} epochs = {t['extrapolated_full_training_s'] / 3600:.1f} h")
+              f"{t['conf_epochs']} epochs x {t.get('members', 1)} model(s) = "
+              f"{t['extrapolated_full_training_s'] / 3600:.1f} h")
     print()
     for row in results["targets"]:
         print(f"{'PASS' if row['pass'] else 'FAIL'}  {row['target']}: {row['measured']}")

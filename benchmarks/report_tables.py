@@ -277,13 +277,16 @@ def table_scale() -> str:
     rate = {"download": lambda s: f"{s['transfer_mb_s']} MB/s transfer, {s['clips']:,} clips",
             "prepare": lambda s: f"{s['extractions_per_s']} featurized examples/s ({s['examples']:,})",
             "train": lambda s: f"{s['s_per_step']} s/step ({s['examples_per_s']} examples/s)",
-            "evaluate": lambda s: f"{s['clips_per_s']} clips/s ({s['n_test']:,} test + {s['n_canonical']:,} canonical)"}
+            "evaluate": lambda s: f"{s['clips_per_s']} clips/s ({s['n_test']:,} test + {s['n_canonical']:,} canonical)",
+            "stream": lambda s: f"{s['audio_s_per_s']} s of audio/s ({s['audio_minutes']} min of streams)"}
     rows = [[name, f"{s['wall_s']} s", f"{s['peak_rss_mb'] / 1000:.2f} GB", f"{s['disk']['mb']:,.1f} MB",
              rate[name](s) if name in rate else "–"] for name, s in st.items()]
     t = st["train"]
+    # runs before 2026-12-06 extrapolated one model, whatever the ensemble
+    members = f" × {t['members']} models" if "members" in t else " (one model)"
     return md(["stage", "wall", "peak RSS", "disk", "throughput"], rows) + (
         f"\n\nA full training run, extrapolated: {t['s_per_step']} s/step × {t['full_epoch_steps']:,} steps per epoch "
-        f"× {t['conf_epochs']} epochs ≈ {t['extrapolated_full_training_s'] / 60:.0f} min "
+        f"× {t['conf_epochs']} epochs{members} ≈ {t['extrapolated_full_training_s'] / 60:.0f} min "
         "(conf/'s defaults at the time of the run).")
 
 

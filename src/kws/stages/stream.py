@@ -89,7 +89,8 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     val, val_info = split_streams(features_dir, "validation", sc, rate)
     test, test_info = split_streams(features_dir, "test", sc, rate)
     t_gen = time.perf_counter()
-    val_scored, test_scored = bm.score_streams(predictor, val, stride), bm.score_streams(predictor, test, stride)
+    val_scored = bm.score_streams(predictor, val, stride, desc="validation streams")
+    test_scored = bm.score_streams(predictor, test, stride, desc="test streams")
     t_score = time.perf_counter()
 
     grid, sweep = bm.settings_grid(OmegaConf.to_container(sc.smoothing, resolve=True)), thresholds(sc.thresholds)
@@ -101,7 +102,8 @@ def measure(sc, features_dir: Path, model_dir: Path) -> tuple[dict, dict, dict[s
     by_runtime = {predictor.runtime.name: {k: at_test[k] for k in ("recall", "false_accepts_per_hour", "wrong_words")}}
     if predictor.runtime.name != "tflite":  # the float32 model on the same test streams, same settings, beside it
         f32 = Predictor(model_dir, runtime="tflite", warmup=False)
-        f32_test = bm.outcome(f32, bm.score_streams(f32, test, stride), settings, tol).summary()
+        f32_scored = bm.score_streams(f32, test, stride, desc="test streams, float32")
+        f32_test = bm.outcome(f32, f32_scored, settings, tol).summary()
         by_runtime["tflite"] = {k: f32_test[k] for k in ("recall", "false_accepts_per_hour", "wrong_words")}
     t_sweep = time.perf_counter()
 

@@ -35,9 +35,13 @@ class Scored:
     scores: np.ndarray
 
 
-def score_streams(predictor, streams: Sequence[Stream], stride_s: float) -> list[Scored]:
+def score_streams(predictor, streams: Sequence[Stream], stride_s: float, desc: str | None = None) -> list[Scored]:
+    """Every stream's window scores; with ``desc`` a progress bar (rate, ETA) over the streams, as
+    the stage scans minutes of audio."""
+    from tqdm import tqdm
+
     out = []
-    for stream in streams:
+    for stream in tqdm(streams, desc=desc, unit="stream", disable=desc is None):
         if stream.sample_rate != predictor.cfg.sample_rate:
             raise ConfigError(f"stream at {stream.sample_rate} Hz, the model wants {predictor.cfg.sample_rate} Hz")
         starts, scores = predictor.scan(stream.samples, stride_s)
