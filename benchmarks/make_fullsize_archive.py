@@ -15,7 +15,7 @@ prepare, train and evaluate stages can be measured at full scale:
 
 Every clip is made from a real clip OF THE SAME WORD in ``../shared/data/speech_commands_real``
 (3,360 clips; the 25 non-keywords have only 3–23 clips each there, so they are reused many times):
-pitch shift (phase vocoder), speed change (resampling), gain and added noise (a cut of a
+pitch shift (librosa's phase vocoder), speed change (resampling; :mod:`fullsize_render`), gain and added noise (a cut of a
 background recording plus a low noise floor), seeded per clip. Each new speaker has its own
 voice (a pitch, speed and gain offset) around which its clips vary. These are perturbed copies
 of 172 real speakers, not new speakers acoustically: the archive is for size and throughput
@@ -40,11 +40,8 @@ import argparse
 import hashlib
 import json
 import os
-import struct
 import sys
-import tarfile
 import time
-import zlib
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -53,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import paths  # noqa: E402
+from fullsize_render import build_chunk, gzip_member, init_worker, tar_dir, tar_member  # noqa: E402
 
 POOL_DIR = paths.REAL_DIR
 SILENCE_DIR = paths.REAL_SILENCE_DIR
@@ -85,11 +83,7 @@ CANONICAL_COUNTS = {"yes": 419, "no": 405, "up": 425, "down": 406, "left": 412, 
 CANONICAL_SPEAKERS = 250
 assert sum(CANONICAL_COUNTS.values()) == 4_890
 
-SR = 16_000
-N = SR  # 1 s clips
 CHUNK = 256  # clips per worker task (one gzip member)
-LEVEL = 6  # gzip -6, GNU tar's default
-MTIME = 1_500_000_000  # fixed member times: same seed, same bytes
 RECORD = 20 * 512  # tar record size
 
 LICENSE_TEXT = """\
@@ -110,176 +104,6 @@ The six background-noise recordings of Speech Commands v0.02 (16 kHz mono): doin
 dude_miaowing, exercise_bike, pink_noise, running_tap, white_noise. Use them to mix noise into
 clips and to cut one-second `_silence_` examples.
 """
-
-
-# --------------------------------------------------------------------------- audio
-_WINDOWS: dict[int, np.ndarray] = {}
-
-
-def _window(n_fft: int) -> np.ndarray:
-    if n_fft not in _WINDOWS:
-        _WINDOWS[n_fft] = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
-    return _WINDOWS[n_fft]
-
-
-def _stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """Centred STFT, (bins, frames)."""
-    x = np.pad(x, n_fft // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
-    return np.fft.rfft(frames * _window(n_fft), axis=1).T
-
-
-def _istft(d: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
-    """Weighted overlap-add inverse of :func:`_stft`, cut to ``length``."""
-    w = _window(n_fft)
-    frames = np.fft.irfft(d.T, n=n_fft, axis=1) * w
-    n = n_fft + hop * (len(frames) - 1)
-    out, norm = np.zeros(n), np.zeros(n)
-    r = n_fft // hop  # overlap factor: add the frames in r interleaved groups, each without overlaps
-    for k in range(r):
-        group = frames[k::r]
-        if not len(group):
-            continue
-        s = k * hop
-        out[s:s + group.size] += group.reshape(-1)
-        norm[s:s + group.size] += np.tile(w ** 2, len(group))
-    out = out[n_fft // 2:] / np.maximum(norm[n_fft // 2:], 1e-8)
-    return np.pad(out, (0, max(0, length - len(out))))[:length]
-
-
-def time_stretch(x: np.ndarray, rate: float, n_fft: int = 512, hop: int = 128) -> np.ndarray:
-    """Phase-vocoder time stretch (``rate`` > 1 faster/shorter), vectorized over frames."""
-    d = _stft(x, n_fft, hop)
-    steps = np.arange(0, d.shape[1], rate)
-    d = np.pad(d, [(0, 0), (0, 2)])
-    advance = np.linspace(0, np.pi * hop, d.shape[0])[:, None]
-    i = steps.astype(int)
-    a = (steps - i)[None, :]
-    mags, angles = np.abs(d), np.angle(d)
-    mag = (1 - a) * mags[:, i] + a * mags[:, i + 1]
-    dphase = angles[:, i + 1] - angles[:, i] - advance
-    dphase -= 2 * np.pi * np.round(dphase / (2 * np.pi))
-    phase = angles[:, :1] + np.concatenate([np.zeros((d.shape[0], 1)), np.cumsum(dphase + advance, axis=1)[:, :-1]],
-                                                axis=1)
-    return _istft(mag * np.exp(1j * phase), n_fft, hop, int(round(len(x) / rate))).astype(np.float32)
-
-
-def pitch_shift(x: np.ndarray, semitones: float) -> np.ndarray:
-    """Shift the pitch by ``semitones`` at the same duration (stretch, then resample back)."""
-    import soxr
-
-    if abs(semitones) < 0.01:
-        return x
-    rate = 2.0 ** (-semitones / 12)
-    y = soxr.resample(time_stretch(x, rate), SR / rate, SR, quality="MQ")
-    return _fit(y, len(x), 0.5)
-
-
-def _fit(x: np.ndarray, n: int, where: float) -> np.ndarray:
-    """Crop (keeping the loudest part; ``where`` in [0, 1] places the rest) or zero-pad to ``n``."""
-    if len(x) == n:
-        return x
-    if len(x) > n:
-        c = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])
-        energy = c[n // 4:] - c[:-(n // 4)]  # energy of every window of n/4 samples
-        centre = int(np.argmax(energy)) + n // 8
-        start = int(np.clip(centre - n // 2, 0, len(x) - n))
-        return x[start:start + n]
-    out = np.zeros(n, np.float32)
-    start = int(where * (n - len(x)))
-    out[start:start + len(x)] = x
-    return out
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    """16 kHz mono 16-bit PCM WAV (the 44-byte canonical header, as in the real archive)."""
-    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2").tobytes()
-    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(pcm), b"WAVE", b"fmt ", 16, 1, 1, SR, SR * 2, 2, 16,
-                         b"data", len(pcm))
-    return header + pcm
-
-
-def _read_wav(path: Path) -> np.ndarray:
-    import soundfile as sf
-
-    x, sr = sf.read(str(path), dtype="float32", always_2d=False)
-    if x.ndim > 1:
-        x = x.mean(axis=1)
-    if sr != SR:
-        import soxr
-
-        x = soxr.resample(x, sr, SR)
-    return x.astype(np.float32)
-
-
-# --------------------------------------------------------------------------- workers
-_SOURCES: dict[str, np.ndarray] = {}
-_NOISE: list[np.ndarray] = []
-
-
-def _init_worker(noise_files: list[str]) -> None:
-    global _NOISE
-    _NOISE = [_read_wav(Path(p)) for p in noise_files]
-
-
-def _source(path: str) -> np.ndarray:
-    x = _SOURCES.get(path)
-    if x is None:
-        x = _SOURCES[path] = _read_wav(Path(path))
-    return x
-
-
-def render(spec: dict) -> np.ndarray:
-    """One clip from its spec (source, pitch, speed, gain, noise), seeded by ``spec['seed']``."""
-    rng = np.random.default_rng(spec["seed"])
-    x = _source(spec["source"])
-    if spec["kind"] == "silence":  # a real silence clip: gain, and a cut of background noise
-        y = x * 10 ** (spec["gain_db"] / 20)
-    else:
-        y = pitch_shift(x, spec["pitch"])
-        if abs(spec["speed"] - 1.0) > 1e-3:
-            import soxr
-
-            y = soxr.resample(y, SR, SR / spec["speed"], quality="MQ")
-        y = _fit(y, N, float(rng.uniform(0.2, 0.8))) * 10 ** (spec["gain_db"] / 20)
-        # time shift of the word in the window, as recordings vary
-        y = np.roll(y, int(rng.integers(-1600, 1601)))
-    noise = _NOISE[spec["noise"]]
-    start = int(rng.integers(0, len(noise) - N))
-    cut = noise[start:start + N]
-    rms = float(np.sqrt(np.mean(cut ** 2))) or 1.0
-    y = y + cut * (spec["noise_rms"] / rms) + rng.standard_normal(N).astype(np.float32) * spec["floor_rms"]
-    peak = float(np.max(np.abs(y)))
-    if peak > 0.99:
-        y = y * (0.99 / peak)
-    return y
-
-
-def _tar_member(name: str, data: bytes) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), MTIME, 0o644
-    info.uname = info.gname = ""
-    head = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-    pad = (-len(data)) % 512
-    return head + data + b"\0" * pad
-
-
-def _tar_dir(name: str) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type, info.mtime, info.mode = tarfile.DIRTYPE, MTIME, 0o755
-    info.uname = info.gname = ""
-    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-
-
-def _gzip(data: bytes) -> bytes:
-    c = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)  # 31: a gzip member
-    return c.compress(data) + c.flush()
-
-
-def build_chunk(specs: list[dict]) -> tuple[bytes, int, int]:
-    """Render a chunk of clips into tar members, gzip them: (gzip member, tar bytes, clips)."""
-    tar = b"".join(_tar_member(s["name"], wav_bytes(render(s))) for s in specs)
-    return _gzip(tar), len(tar), len(specs)
 
 
 # --------------------------------------------------------------------------- planning
@@ -403,7 +227,7 @@ class _Out:
         self.tar_bytes += tar_bytes
 
     def raw(self, tar: bytes) -> None:
-        self.member(_gzip(tar), len(tar))
+        self.member(gzip_member(tar), len(tar))
 
     def close(self) -> tuple[int, str]:
         end = b"\0" * 1024
@@ -421,7 +245,7 @@ def write_tarball(path: Path, head: bytes, specs: list[dict], workers: int, nois
     out = _Out(path)
     out.raw(head)
     chunks = [specs[i:i + CHUNK] for i in range(0, len(specs), CHUNK)]
-    with Pool(workers, initializer=_init_worker, initargs=(noise_files,)) as pool, \
+    with Pool(workers, initializer=init_worker, initargs=(noise_files,)) as pool, \
             tqdm(total=len(specs), desc=desc, unit="clip", smoothing=0.05) as bar:
         for gz, tar_bytes, n in pool.imap(build_chunk, chunks):
             out.member(gz, tar_bytes)
@@ -445,19 +269,19 @@ def archive_head(specs: list[dict], noise_files: list[str], scale: float) -> byt
               "the dataset (perturbed copies: pitch, speed, gain, noise) by benchmarks/make_fullsize_archive.py. "
               "validation_list.txt / testing_list.txt follow the dataset's hash-of-speaker rule (10 % / 10 %). "
               "For size and throughput measurements only; not for accuracy.\n")
-    parts = [_tar_dir("./"), _tar_member("./LICENSE", LICENSE_TEXT.encode()), _tar_member("./README.md", readme.encode()),
-             _tar_member("./validation_list.txt", validation.encode()), _tar_member("./testing_list.txt", testing.encode()),
-             _tar_dir("./_background_noise_/"),
-             _tar_member("./_background_noise_/README.md", NOISE_README.encode())]
+    parts = [tar_dir("./"), tar_member("./LICENSE", LICENSE_TEXT.encode()), tar_member("./README.md", readme.encode()),
+             tar_member("./validation_list.txt", validation.encode()), tar_member("./testing_list.txt", testing.encode()),
+             tar_dir("./_background_noise_/"),
+             tar_member("./_background_noise_/README.md", NOISE_README.encode())]
     for f in noise_files:
-        parts.append(_tar_member(f"./_background_noise_/{Path(f).name}", Path(f).read_bytes()))
+        parts.append(tar_member(f"./_background_noise_/{Path(f).name}", Path(f).read_bytes()))
     for word in WORD_COUNTS:
-        parts.append(_tar_dir(f"./{word}/"))
+        parts.append(tar_dir(f"./{word}/"))
     return b"".join(parts)
 
 
 def canonical_head() -> bytes:
-    return b"".join([_tar_dir("./")] + [_tar_dir(f"./{c}/") for c in CANONICAL_COUNTS])
+    return b"".join([tar_dir("./")] + [tar_dir(f"./{c}/") for c in CANONICAL_COUNTS])
 
 
 def main(argv: list[str] | None = None) -> int:
