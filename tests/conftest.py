@@ -12,6 +12,9 @@ from tests.support.paths import REPO, SAMPLE_DIR
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# fixtures of their own modules, for every test that names them
+pytest_plugins = ["tests.support.archives"]  # clips, tarball, server (HTTP on 127.0.0.1), no_proxy_for_localhost
+
 
 @pytest.fixture(scope="session")
 def repo() -> Path:
