@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -46,9 +45,6 @@ _FEATURES: FeatureConfig | None = None
 
 def _init_worker(roots: list[str], noise_files: list[str], features: dict) -> None:
     global _ROOTS, _NOISE, _FEATURES
-    # Ctrl-C reaches the whole process group: the parent alone decides (it cancels the queue and
-    # shuts the pool down), so a worker finishes its chunk instead of dying with a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _ROOTS = [Path(r) for r in roots]
     _FEATURES = FeatureConfig.from_dict(features)
     _NOISE = [load_file(p, _FEATURES.sample_rate) for p in noise_files]
