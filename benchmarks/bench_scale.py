@@ -212,6 +212,8 @@ def bench_prepare(b: Bench) -> dict:
 def bench_train(b: Bench, meta: dict) -> None:
     """train (after an interrupted try) bounded, and the full training extrapolated from its pace:
     every step of every epoch of every ensemble member."""
+    from kws.training.settings import member_seeds
+
     if not b.args.no_interrupts:
         b.results["interrupts"]["train"] = interrupt_train(b.stage, b.project)
     r = b.measured("train")
@@ -219,7 +221,7 @@ def bench_train(b: Bench, meta: dict) -> None:
     bundle_info = json.loads((model / "model_info.json").read_text())
     per_step = seconds_per_step(plain((b.logs / "train.log").read_text()), bundle_info["training"]["steps_per_epoch"])
     n_train, batch = meta["counts"]["train"], int(b.defaults.train.batch_size)
-    members = 1 + len(b.defaults.train.get("ensemble_seeds") or [])
+    members = len(member_seeds(b.defaults))  # the models the train stage trains, one seed each
     full_steps, epochs = math.ceil(n_train / batch), int(b.defaults.train.epochs)
     s_step = per_step[-1] if per_step else None
     r.update({

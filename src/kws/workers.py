@@ -19,8 +19,8 @@ handlers are set (the parent, right after the forks: a signal is delayed, never 
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 import multiprocessing
 import signal
 import sys
