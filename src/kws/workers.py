@@ -46,6 +46,24 @@ def _start_worker(initializer: Callable[..., Any] | None, *initargs: Any) -> Non
         initializer(*initargs)
 
 
+def _run_worker(target: Callable[..., Any], args: Sequence[Any]) -> None:
+    _start_worker(None)
+    target(*args)
+
+
+def start_process(target: Callable[..., Any], args: Sequence[Any] = ()) -> multiprocessing.Process:
+    """``target(*args)`` in a new ``spawn``-ed interpreter (nothing of this process inherited:
+    TensorFlow starts afresh there), with a worker's signal handling; it is started with both
+    signals held back, as the pools' workers are (module docstring)."""
+    process = multiprocessing.get_context("spawn").Process(target=_run_worker, args=(target, tuple(args)))
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)  # the mask survives fork and exec
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    return process
+
+
 def _nothing() -> None:
     """A first job: submitting it makes the pool start its workers (all of them, when forked)."""
 

@@ -94,9 +94,9 @@ def progress(epochs: int, steps: int, enabled: bool = True, desc: str = "train")
             left = per_epoch * (epochs - done)
             shown = {k: logs[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs}
             self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in shown.items()}, refresh=False)
-            log.info("epoch %d/%d: %s (%.1f s/epoch; at most %s left)", done, epochs,
+            log.info("epoch %d/%d: %s (%.1f s/epoch; at most %s left%s)", done, epochs,
                      " ".join(f"{k} {float(v):.4f}" for k, v in shown.items()), per_epoch,
-                     time.strftime("%H:%M:%S", time.gmtime(left)))
+                     time.strftime("%H:%M:%S", time.gmtime(left)), "" if desc == "train" else f"; {desc}")
 
         def on_train_end(self, logs=None):
             self.bar.close()

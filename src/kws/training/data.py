@@ -75,9 +75,14 @@ def datasets(t, splits: Splits, n_classes: int, fill: np.ndarray, batch: int, se
 
     sa = t.spec_augment
     one_hot = lambda x, y, w: (x, tf.one_hot(y, n_classes), w)  # noqa: E731
+    # Shuffled as indices, the examples gathered after: a shuffle buffer of the examples would be a
+    # second copy of the training split (at full size ~1 GB a model); the order is the same, since
+    # shuffle's permutation depends only on its seed and the number of elements.
+    x, y, w = (tf.convert_to_tensor(a) for a in (splits.x_train[..., None], splits.y_train, splits.w_train))
     train_ds = (
-        tf.data.Dataset.from_tensor_slices((splits.x_train[..., None], splits.y_train, splits.w_train))
+        tf.data.Dataset.range(splits.n_train)
         .shuffle(splits.n_train, seed=seed, reshuffle_each_iteration=True)
+        .map(lambda i: (tf.gather(x, i), tf.gather(y, i), tf.gather(w, i)))
         .map(spec_augment(fill, sa.time_masks, sa.time_mask_max, sa.freq_masks, sa.freq_mask_max),
              num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch)

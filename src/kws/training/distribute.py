@@ -44,6 +44,25 @@ def split_cpu() -> int:
     return n
 
 
+def set_threads(n: int | None) -> None:
+    """``trainer.threads``: TensorFlow's intra- and inter-op thread pools of this process (None:
+    its default). Must run before TensorFlow starts its runtime; after, a different count is a
+    warning (the weights may then differ from a fresh process's)."""
+    if n is None:
+        return
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    if threading.get_intra_op_parallelism_threads() == n and threading.get_inter_op_parallelism_threads() == n:
+        return
+    try:
+        threading.set_intra_op_parallelism_threads(n)
+        threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:  # this process already started TensorFlow's runtime
+        log.warning("trainer.threads=%d ignored: TensorFlow already runs in this process with its thread pools set",
+                    n)
+
+
 def make_strategy(kind: str):
     """The tf.distribute strategy for ``trainer.distribute`` (TensorFlow's default one-device strategy for none)."""
     import tensorflow as tf

@@ -55,7 +55,7 @@ def outputs(cfg, chief: bool, model_dir: Path, reports_dir: Path):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def log_start(cfg, meta: dict, training: dict, model, features) -> None:
+def log_start(cfg, meta: dict, training: dict, params_count: int, features) -> None:
     """The chief's MLflow record of what is trained, before ``fit``."""
     import mlflow
 
@@ -74,7 +74,7 @@ def log_start(cfg, meta: dict, training: dict, model, features) -> None:
         mlflow.log_dict(features.to_dict(), "features.json")
         mlflow.log_dict(meta["counts"], "dataset_counts.json")
         mlflow.log_dict(training, "training_devices.json")
-        mlflow.log_metric("params_count", model.count_params())
+        mlflow.log_metric("params_count", params_count)
 
 
 def log_summary(summary: dict, member: str = "") -> None:

@@ -27,6 +27,8 @@ class Settings:
     keep_weights: str
     ema_momentum: float | None
     seeds: list[int]  # one per model trained (:func:`member_seeds`)
+    threads: int | None  # trainer.threads (None: TensorFlow's default, every core)
+    parallel_models: int | None  # trainer.parallel_models (None: auto)
 
 
 def check(cfg) -> Settings:
@@ -35,7 +37,8 @@ def check(cfg) -> Settings:
     t = cfg.train
     kind, mixed = distribute_config(cfg)
     bounded_steps(t, 1)
-    settings = Settings(kind, mixed, keep_weights(t), ema_momentum(t), member_seeds(cfg))
+    settings = Settings(kind, mixed, keep_weights(t), ema_momentum(t), member_seeds(cfg), threads(cfg),
+                        parallel_models(cfg, kind))
     logit_offsets(t)
     return settings
 
@@ -142,6 +145,33 @@ def distribute_config(cfg) -> tuple[str, bool]:
     if not isinstance(mixed, bool):
         raise ConfigError(f"trainer.mixed_precision must be true or false, got {mixed!r}")
     return kind, mixed
+
+
+def threads(cfg) -> int | None:
+    """``trainer.threads``: TensorFlow's intra- and inter-op threads for each model trained, or null
+    (TensorFlow's default: every core). The thread count is part of what fixes the weights (it
+    changes the order of some sums), so a fixed count trains the same weights on any machine."""
+    value = (cfg.get("trainer") or {}).get("threads")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"trainer.threads must be a positive integer or null (every core), not {value!r}")
+    return value
+
+
+def parallel_models(cfg, kind: str) -> int | None:
+    """``trainer.parallel_models``: how many of a seed ensemble's models train at once, each in a
+    process of its own; ``auto`` (None here): as many as the cores hold at ``trainer.threads`` each
+    (:func:`kws.training.members.processes`). More than one needs ``trainer.distribute=none``."""
+    value = (cfg.get("trainer") or {}).get("parallel_models", 1)
+    if value == "auto":
+        return None if kind == "none" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"trainer.parallel_models must be auto or a positive integer, not {value!r}")
+    if value > 1 and kind != "none":
+        raise ConfigError(f"trainer.parallel_models={value} trains models side by side in processes of their own, "
+                          f"which trainer.distribute={kind} cannot: use trainer.parallel_models=1")
+    return value
 
 
 def learning_rate(t, steps_per_epoch: int):
