@@ -295,6 +295,8 @@ def test_a_seed_ensemble_exports_the_mean_of_the_models_its_seeds_train_alone(tw
     root, (plain, _) = two_runs
     configs = {name: compose([*TINY_RUN, extra, f"paths.features={root / 'features'}"])  # conf/ is found from here
                for name, extra in {"seed7": "train.seed=7", "ensemble": "train.ensemble_seeds=[7]"}.items()}
+    # one after another in this process, as "a" was (side by side: tests/test_parallel_models.py)
+    configs["ensemble"].trainer.parallel_models = 1
     summaries = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
