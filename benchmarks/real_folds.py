@@ -62,7 +62,10 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     # (how a trained model is measured) are no part of what was trained
     train = {k: v for k, v in c["train"].items()
              if not (k == "seed" and v is None) and not (k == "ensemble_seeds" and not v)}
-    run_key = _digest({k: v for k, v in c.items() if k not in ("paths", "stream")} | {"train": train} | contents)
+    # how many models trained at once leaves each one's weights as they are (tests/test_parallel_models.py)
+    trainer = {k: v for k, v in c["trainer"].items() if k != "parallel_models"}
+    run_key = _digest({k: v for k, v in c.items() if k not in ("paths", "stream")} | {"train": train, "trainer": trainer}
+                      | contents)
     cfg.paths.features = str(work / "features" / data_key)
     cfg.paths.model = str(work / "models" / run_key / f"fold{fold}")
     cfg.paths.reports = str(work / "reports" / run_key / f"fold{fold}")
@@ -70,17 +73,23 @@ def compose_fold(overrides: list[str], fold: int, work: Path, name: str):
     return cfg
 
 
-def trained(cfg) -> tuple[float, dict]:
-    """Prepare and train this fold's configuration, or reuse what an earlier run left: the
-    seconds prepare took here, and the training summary."""
+def prepared(cfg) -> float:
+    """Prepare this fold's features unless an earlier run left them: the seconds it took here."""
     from kws.stages.prepare import prepare
-    from kws.stages.train import train
 
     features = Path(cfg.paths.features)
     t0 = time.perf_counter()
     if not (features / "meta.json").is_file():
         prepare(cfg, Path(cfg.paths.dataset), features, extra_dir=Path(cfg.paths.extra))
-    prepare_s = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def trained(cfg) -> tuple[float, dict]:
+    """Prepare and train this fold's configuration, or reuse what an earlier run left: the
+    seconds prepare took here, and the training summary."""
+    from kws.stages.train import train
+
+    prepare_s = prepared(cfg)
     done = Path(cfg.paths.model) / "bench_train.json"
     if done.is_file():  # this exact configuration was trained on this fold already (e.g. while screening)
         log.info("reusing the model trained with this configuration: %s", cfg.paths.model)
@@ -88,6 +97,39 @@ def trained(cfg) -> tuple[float, dict]:
     summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))  # clears Keras' session itself
     done.write_text(json.dumps(summary) + "\n")
     return prepare_s, summary
+
+
+def _train_member(config: dict) -> None:
+    """A spawned worker: one member trained by the train stage's own code, cached as :func:`trained` does."""
+    from omegaconf import OmegaConf
+
+    from kws.logs import setup_logging
+
+    setup_logging()
+    trained(OmegaConf.create(config))
+
+
+def _train_side_by_side(cfg, todo: list) -> None:
+    """The ``todo`` members trained as the train stage trains an ensemble's models: side by side,
+    each in a fresh process on ``trainer.threads`` (:func:`kws.training.members.processes`), so the
+    same weights as the stage's members."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from omegaconf import OmegaConf
+
+    from kws.training import settings
+
+    checked = settings.check(cfg)
+    cores = len(os.sched_getaffinity(0))
+    n = checked.parallel_models or cores // (checked.threads or cores)
+    n = min(n, len(todo))
+    if n < 2:
+        return
+    log.info("training %d members %d at a time, each in a process of its own", len(todo), n)
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_train_member, [OmegaConf.to_container(m, resolve=True) for m in todo]))
 
 
 def ensemble_fold(cfg, members: list) -> tuple[float, dict]:
@@ -105,7 +147,10 @@ def ensemble_fold(cfg, members: list) -> tuple[float, dict]:
     from kws.training.export import write_model
     from kws.training.settings import member_seeds
 
-    runs = [trained(m) for m in members]
+    prepare_s = prepared(members[0])  # the members' features are the same: made once, before they train
+    _train_side_by_side(cfg, [m for m in members if not (Path(m.paths.model) / "bench_train.json").is_file()])
+    runs = [trained(m) for m in members]  # the summaries (or, one member: trained here)
+    runs[0] = (prepare_s, runs[0][1])
     done = Path(cfg.paths.model) / "bench_train.json"
     if done.is_file():
         log.info("reusing the ensemble of these members: %s", cfg.paths.model)
