@@ -94,7 +94,7 @@ def trained(cfg) -> tuple[float, dict]:
     if done.is_file():  # this exact configuration was trained on this fold already (e.g. while screening)
         log.info("reusing the model trained with this configuration: %s", cfg.paths.model)
         return prepare_s, json.loads(done.read_text())
-    summary = train(cfg, features, Path(cfg.paths.model), Path(cfg.paths.reports))  # clears Keras' session itself
+    summary = train(cfg, Path(cfg.paths.features), Path(cfg.paths.model), Path(cfg.paths.reports))  # clears Keras' session itself
     done.write_text(json.dumps(summary) + "\n")
     return prepare_s, summary
 
