@@ -153,16 +153,23 @@ def test_invalid_trainer_settings_are_config_errors(overrides, message):
         settings.check(compose([*TINY, *overrides]))
 
 
-def test_auto_trains_one_model_per_threads_of_the_usable_cores_and_one_at_a_time_with_a_gpu():
+def test_auto_trains_one_model_per_threads_of_the_usable_cores_as_memory_allows(features, monkeypatch):
+    """auto: one model per core at one thread each, one at a time with a GPU or every core per
+    model, and no more than the available memory holds."""
     cores = len(os.sched_getaffinity(0))
 
     def processes(seeds: int, parallel, threads, gpus=()) -> int:
         checked = SimpleNamespace(parallel_models=parallel, threads=threads, seeds=list(range(seeds)))
-        return members.processes(SimpleNamespace(checked=checked, devices=SimpleNamespace(gpus=list(gpus))))
+        return members.processes(SimpleNamespace(checked=checked, devices=SimpleNamespace(gpus=list(gpus)),
+                                                 features_dir=features))
 
-    assert processes(3, None, 1) == min(3, cores)
+    monkeypatch.setattr(members, "available_memory", lambda: 64 * 10**9)
+    assert processes(16, None, 1) == min(16, cores)
     assert processes(3, None, None) == 1  # every core for each model: one at a time
     assert processes(3, None, 1, gpus=["GPU:0"]) == 1
     assert processes(3, 2, 1) == 2 and processes(1, 4, 1) == 1  # never more than the models
+    monkeypatch.setattr(members, "available_memory", lambda: members.WORKER_BASE_BYTES + 10**6)
+    assert processes(16, None, 1) == 1  # room for one worker
+    assert processes(3, 2, 1) == 2  # a number given is a number kept
     assert settings.parallel_models(compose(TINY), "none") is None  # conf/trainer/cpu.yaml: auto
     assert settings.parallel_models(compose([*TINY, "trainer=gpu"]), "none") == 1

@@ -130,14 +130,33 @@ def fit_member(r: Run, value: int, member: str, run) -> tuple[object, dict, dict
     return exported, {k: [float(v) for v in vs] for k, vs in history.items()}, summary
 
 
+#: a worker's memory besides its copies of the features: TensorFlow, the model, its optimizer
+WORKER_BASE_BYTES = 1_200_000_000
+
+
 def processes(r: Run) -> int:
     """How many models train at once: ``trainer.parallel_models``, or (auto) one per
-    ``trainer.threads`` of this machine's usable cores on CPUs, one where there is a GPU."""
+    ``trainer.threads`` of this machine's usable cores on CPUs, one where there is a GPU, and no
+    more than the available memory holds (each worker loads the features and gives TensorFlow a
+    copy of them)."""
     n = r.checked.parallel_models
     if n is None:
         cores = len(os.sched_getaffinity(0))
         n = 1 if r.devices.gpus else cores // (r.checked.threads or cores)
+        features = sum(f.stat().st_size for f in Path(r.features_dir).glob("*.npz"))
+        fits = available_memory() // (WORKER_BASE_BYTES + 2 * features)
+        if fits < n:
+            log.info("trainer.parallel_models=auto: %d at a time, as many as %.1f GB of available memory hold",
+                     max(1, fits), available_memory() / 1e9)
+            n = fits
     return max(1, min(n, len(r.checked.seeds)))
+
+
+def available_memory() -> int:
+    """The kernel's estimate of the memory available to new processes (bytes)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def fit_all(r: Run, run) -> list[tuple[object, dict, dict]]:
