@@ -255,6 +255,25 @@ def table_train() -> str:
                "real digits → `_unknown_`"], rows)
 
 
+def table_main_job() -> str:
+    """The README's offline main job on a fresh clone, stage by stage (``bench_main_job.py``)."""
+    r = result("main_job")
+    rows = [[f"`{k}`", f"{v:.0f}"] for k, v in r["stage_seconds"].items()]
+    rows.append(["**total**", f"**{r['total_seconds']:.0f}** ({r['total_seconds'] / 60:.1f} min; budget "
+                 f"{r['budget_seconds'] / 60:.0f} min)"])
+    rows.append(["second `dvc repro`", f"{r['second_repro_seconds']:.0f} ({'nothing to do' if r['second_repro_noop'] else 'RAN STAGES'})"])
+    return md(["step", "seconds"], rows) + f"\n\nAt {r['commit'][:7]}, {when(r['machine'])}."
+
+
+def table_parallel() -> str:
+    """Training throughput by models at once and threads each (``bench_parallel.py``)."""
+    r = result("parallel")
+    rows = [[x["processes"], x["threads"] or "TensorFlow's default (every core)", f"{x['ms_per_example']:.3f}",
+             f"{x['speedup']:.2f}×"] for x in r["rows"]]
+    return md(["models at once", "threads each", "ms per example, all models together", "speed-up"], rows) + \
+        f"\n\n{when(r['machine'])}."
+
+
 def table_serving_inprocess() -> str:
     res = result("serving")["inprocess"]["results"]
     rows = [[f"`{name}`", ms(m["p50_ms"]), ms(m["p90_ms"]), ms(m["p99_ms"]), ms(m["mean_ms"]),
