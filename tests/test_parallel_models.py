@@ -69,6 +69,7 @@ def test_models_trained_side_by_side_are_the_models_trained_one_after_another(fe
     one, two = (_train(features, tmp_path / name, f"trainer.parallel_models={n}") for name, n in (("one", 1), ("two", 2)))
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-3000:], two.stderr[-3000:])
     assert "training 2 models 2 at a time" in two.stderr and "at a time" not in one.stderr
+    assert "train (2 at a time): 100%" in two.stderr  # one bar over both models' epochs
     assert "Traceback" not in two.stderr
     a, b = (keras.models.load_model(tmp_path / name / "model" / "model.keras").get_weights() for name in ("one", "two"))
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -99,9 +99,9 @@ def member_name(index: int) -> str:
     return f"member{index}" if index else ""
 
 
-def fit_member(r: Run, value: int, member: str, run) -> tuple[object, dict, dict]:
+def fit_member(r: Run, value: int, member: str, run, progress: Path | None = None) -> tuple[object, dict, dict]:
     """One model from its training seed: built, fitted, exported (offsets in, unknown words folded):
-    ``(exported model, history, summary)``."""
+    ``(exported model, history, summary)``. ``progress``: a file that holds the epochs done (a worker's)."""
     import keras
 
     t, n_classes = r.cfg.train, len(r.fold)
@@ -114,6 +114,8 @@ def fit_member(r: Run, value: int, member: str, run) -> tuple[object, dict, dict
                                      multi_worker=r.devices.kind == "multi_worker")
     fit_callbacks = callbacks.callbacks(t, r.checked.keep_weights, r.checked.ema_momentum, r.steps,
                                         r.devices.chief and not r.in_worker, schedule, member)
+    if progress is not None:
+        fit_callbacks.append(_epochs_to(progress))
     if run is not None and not member:
         export.log_start(r.cfg, r.splits.meta, r.training, model.count_params(), r.splits.features)
     history, summary = fit.fit(model, r.devices, train_ds, val_ds, int(t.epochs),
@@ -185,7 +187,7 @@ def _fit_in_processes(r: Run, n: int, run) -> list[tuple[object, dict, dict]]:
         out = Path(scratch)
         workers = [start_process(_worker, (config, str(r.features_dir), job, str(out), os.getpid())) for job in jobs]
         try:
-            _wait(out, workers, jobs)
+            _wait(out, workers, jobs, int(r.cfg.train.epochs), r.devices.chief)
         except BaseException:  # Ctrl-C, SIGTERM, a worker failed: the others' training is of no use any more
             for worker in workers:
                 worker.terminate()
@@ -203,16 +205,23 @@ def _fit_in_processes(r: Run, n: int, run) -> list[tuple[object, dict, dict]]:
     return results
 
 
-def _wait(out: Path, workers: list, jobs: list) -> None:
-    """Until every worker is done; the first to fail raises at once (:func:`_raise_failed`)."""
+def _wait(out: Path, workers: list, jobs: list, epochs: int, enabled: bool) -> None:
+    """Until every worker is done, with one progress bar over every model's epochs; the first
+    worker to fail raises at once (:func:`_raise_failed`)."""
     from multiprocessing.connection import wait
 
+    from tqdm import tqdm
+
     pending = dict(zip(workers, jobs))
-    while pending:
-        ready = wait([w.sentinel for w in pending])
-        for worker in [w for w in pending if w.sentinel in ready]:
-            worker.join()
-            _raise_failed(out, worker, pending.pop(worker))
+    total = epochs * sum(len(job) for job in jobs)
+    with tqdm(total=total, desc=f"train ({len(workers)} at a time)", unit="epoch", disable=not enabled,
+              dynamic_ncols=True) as bar:
+        while pending:
+            ready = wait([w.sentinel for w in pending], timeout=2.0)
+            bar.update(min(_epochs_done(out), total) - bar.n)
+            for worker in [w for w in pending if w.sentinel in ready]:
+                worker.join()
+                _raise_failed(out, worker, pending.pop(worker))
 
 
 def _raise_failed(out: Path, worker, job: list) -> None:
@@ -256,12 +265,33 @@ def _worker(config: dict, features_dir: str, job: list[tuple[int, int]], out_dir
     try:
         r = prepare(OmegaConf.create(config), Path(features_dir), in_worker=True)
         for index, value in job:
-            model, history, summary = fit_member(r, value, member_name(index), None)
+            model, history, summary = fit_member(r, value, member_name(index), None, out / f"{index}.epochs")
             model.save(out / f"{index}.keras")
             (out / f"{index}.json").write_text(json.dumps({"history": history, "summary": summary}) + "\n")
     except KWSError as err:
         (out / f"error-{job[0][0]}.json").write_text(json.dumps({"type": type(err).__name__, "message": str(err)}))
         raise SystemExit(1) from None
+
+
+def _epochs_to(path: Path):
+    """A Keras callback: the epochs done so far, written to ``path`` (this process's bar reads it)."""
+    import keras
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            path.write_text(str(epoch + 1))
+
+    return Epochs()
+
+
+def _epochs_done(out: Path) -> int:
+    done = 0
+    for f in out.glob("*.epochs"):
+        try:
+            done += int(f.read_text() or 0)
+        except (OSError, ValueError):  # being written
+            pass
+    return done
 
 
 def _exit_with(parent: int) -> None:
