@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -106,6 +107,11 @@ def _train_member(config: dict) -> None:
     from kws.logs import setup_logging
 
     setup_logging()
+    # a store of its own: two processes creating one SQLite store at once collide ("table
+    # experiments already exists"); the bench reads the model folders, not these runs
+    store = Path(config["paths"]["model"] + ".mlflow")
+    store.mkdir(parents=True, exist_ok=True)
+    os.chdir(store)
     trained(OmegaConf.create(config))
 
 
@@ -114,7 +120,6 @@ def _train_side_by_side(cfg, todo: list) -> None:
     each in a fresh process on ``trainer.threads`` (:func:`kws.training.members.processes`), so the
     same weights as the stage's members."""
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     from omegaconf import OmegaConf
