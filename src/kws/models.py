@@ -158,7 +158,7 @@ def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, int], n_classes:
     inputs = keras.Input((*input_shape, 1), name=INPUT_NAME)
     norm = L.Normalization(axis=2, name=NORM_LAYER)  # one mean/variance per coefficient
     if train_x is not None:
-        norm.adapt(train_x[..., None].astype("float32"))
+        norm.adapt(train_x[..., None].astype("float32", copy=False))  # float32 already: no second copy
     else:
         norm.build((None, *input_shape, 1))
     x = norm(inputs)

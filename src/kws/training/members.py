@@ -132,21 +132,23 @@ def fit_member(r: Run, value: int, member: str, run, progress: Path | None = Non
     return exported, {k: [float(v) for v in vs] for k, vs in history.items()}, summary
 
 
-#: a worker's memory besides its copies of the features: TensorFlow, the model, its optimizer
+#: a worker's memory besides the features: TensorFlow, the model, its optimizer
 WORKER_BASE_BYTES = 1_200_000_000
+#: a worker's peak in copies of the features: its own, TensorFlow's, and the normalization's
+#: passes over them (benchmarks/bench_train_memory.py: ~3.8 GB a worker on 0.95 GB of features)
+WORKER_FEATURE_COPIES = 3
 
 
 def processes(r: Run) -> int:
     """How many models train at once: ``trainer.parallel_models``, or (auto) one per
     ``trainer.threads`` of this machine's usable cores on CPUs, one where there is a GPU, and no
-    more than the available memory holds (each worker loads the features and gives TensorFlow a
-    copy of them)."""
+    more than the available memory holds (each worker loads the features and copies them)."""
     n = r.checked.parallel_models
     if n is None:
         cores = len(os.sched_getaffinity(0))
         n = 1 if r.devices.gpus else cores // (r.checked.threads or cores)
         features = sum(f.stat().st_size for f in Path(r.features_dir).glob("*.npz"))
-        fits = available_memory() // (WORKER_BASE_BYTES + 2 * features)
+        fits = available_memory() // (WORKER_BASE_BYTES + WORKER_FEATURE_COPIES * features)
         if fits < n:
             log.info("trainer.parallel_models=auto: %d at a time, as many as %.1f GB of available memory hold",
                      max(1, fits), available_memory() / 1e9)
