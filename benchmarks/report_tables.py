@@ -274,6 +274,16 @@ def table_parallel() -> str:
         f"\n\n{when(r['machine'])}."
 
 
+def table_train_memory() -> str:
+    """The train stage's memory on full-size features (``bench_train_memory.py``)."""
+    r = result("train_memory")
+    rows = [[name, f"{v['peak_rss_mb'] / 1000:.2f}", f"{v['peak_pss_mb'] / 1000:.2f}", f"{v['peak_main_rss_mb'] / 1000:.2f}"]
+            for name, v in r["results"].items()]
+    n = r["examples"]
+    return md(["three models", "peak RSS GB (stage + workers)", "peak PSS GB", "the stage's process alone GB"], rows) + \
+        f"\n\n{n['train']:,} training + {n['validation']:,} validation examples; {when(r['machine'])}."
+
+
 def table_serving_inprocess() -> str:
     res = result("serving")["inprocess"]["results"]
     rows = [[f"`{name}`", ms(m["p50_ms"]), ms(m["p90_ms"]), ms(m["p99_ms"]), ms(m["mean_ms"]),
