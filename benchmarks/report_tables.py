@@ -137,8 +137,8 @@ ENSEMBLE_ROWS = [
     ("one TC-ResNet, seed 42 (served until 2026-12-06)", "real_variants_tc_resnet", "tc_resnet", 10),
     ("one TC-ResNet, seed 42", "real_screen_val18", "seed42", 30),
     ("two, seeds 42 + 7", "real_screen_seeds", "seeds2", 10),
-    ("three, seeds 42 + 7 + 1234", "real_screen_seeds", "seeds3", 10),
-    ("three, seeds 42 + 7 + 1234 (**served**)", "real_variants", "recipe", 30),
+    ("three, seeds 42 + 7 + 1234 (two threads)", "real_screen_seeds", "seeds3", 10),
+    ("three, seeds 42 + 7 + 1234, one thread each (**served**)", "real_variants", "recipe", 30),
 ]
 
 
