@@ -24,10 +24,8 @@ from _common import CONF_DIR, REPO, machine_info, table, write_result
 _CHILD = r"""
 import json, sys, time
 threads, n = json.loads(sys.argv[1]), int(sys.argv[2])
-import tensorflow as tf
-if threads:
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+from kws.training.distribute import set_threads
+set_threads(threads)  # the train stage's own setting of trainer.threads (None: TensorFlow's default)
 import keras, numpy as np
 from kws.config import compose
 from kws.features import FeatureConfig

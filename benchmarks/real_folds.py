@@ -117,19 +117,16 @@ def _train_member(config: dict) -> None:
 
 def _train_side_by_side(cfg, todo: list) -> None:
     """The ``todo`` members trained as the train stage trains an ensemble's models: side by side,
-    each in a fresh process on ``trainer.threads`` (:func:`kws.training.members.processes`), so the
-    same weights as the stage's members."""
+    each in a fresh process on ``trainer.threads``, as many at once as the stage would train
+    (:func:`kws.training.members.models_at_once`), so the same weights as the stage's members."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from omegaconf import OmegaConf
 
-    from kws.training import settings
+    from kws.training import members, settings
 
-    checked = settings.check(cfg)
-    cores = len(os.sched_getaffinity(0))
-    n = checked.parallel_models or cores // (checked.threads or cores)
-    n = min(n, len(todo))
+    n = members.models_at_once(settings.check(cfg), len(todo), False, Path(cfg.paths.features))
     if n < 2:
         return
     log.info("training %d members %d at a time, each in a process of its own", len(todo), n)

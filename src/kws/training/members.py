@@ -140,20 +140,26 @@ WORKER_FEATURE_COPIES = 3
 
 
 def processes(r: Run) -> int:
-    """How many models train at once: ``trainer.parallel_models``, or (auto) one per
-    ``trainer.threads`` of this machine's usable cores on CPUs, one where there is a GPU, and no
-    more than the available memory holds (each worker loads the features and copies them)."""
-    n = r.checked.parallel_models
+    """How many of the run's models train at once (:func:`models_at_once`)."""
+    return models_at_once(r.checked, len(r.checked.seeds), bool(r.devices.gpus), Path(r.features_dir))
+
+
+def models_at_once(checked: settings.Settings, models: int, gpu: bool, features_dir: Path) -> int:
+    """``trainer.parallel_models``, or (auto) one per ``trainer.threads`` of this machine's usable
+    cores on CPUs, one where there is a GPU, and no more than the available memory holds (each
+    worker loads the features and copies them); never more than ``models``."""
+    n = checked.parallel_models
     if n is None:
         cores = len(os.sched_getaffinity(0))
-        n = 1 if r.devices.gpus else cores // (r.checked.threads or cores)
-        features = sum(f.stat().st_size for f in Path(r.features_dir).glob("*.npz"))
-        fits = available_memory() // (WORKER_BASE_BYTES + WORKER_FEATURE_COPIES * features)
+        n = 1 if gpu else cores // (checked.threads or cores)
+        features = sum(f.stat().st_size for f in features_dir.glob("*.npz"))
+        available = available_memory()
+        fits = available // (WORKER_BASE_BYTES + WORKER_FEATURE_COPIES * features)
         if fits < n:
             log.info("trainer.parallel_models=auto: %d at a time, as many as %.1f GB of available memory hold",
-                     max(1, fits), available_memory() / 1e9)
+                     max(1, fits), available / 1e9)
             n = fits
-    return max(1, min(n, len(r.checked.seeds)))
+    return max(1, min(n, models))
 
 
 def available_memory() -> int:
