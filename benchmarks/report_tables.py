@@ -139,6 +139,8 @@ ENSEMBLE_ROWS = [
     ("two, seeds 42 + 7", "real_screen_seeds", "seeds2", 10),
     ("three, seeds 42 + 7 + 1234 (two threads)", "real_screen_seeds", "seeds3", 10),
     ("three, seeds 42 + 7 + 1234, one thread each (**served**)", "real_variants", "recipe", 30),
+    ("four, + seed 99", "real_screen_seeds45", "seeds4", 30),
+    ("five, + seeds 99 + 2024", "real_screen_seeds45", "seeds5", 30),
 ]
 
 
