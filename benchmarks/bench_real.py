@@ -18,7 +18,8 @@ every clip of the pool is a test clip exactly once.
 
 ``--variants`` adds, per fold, the same clips scored alone and with ±40 ms views, by the float32
 and the int8 model, and the stream stage's own benchmark of the
-fold's model (operating point chosen on the fold's validation streams, float32 and int8).
+fold's model (operating point chosen on the fold's validation streams, float32 and int8), with
+its test DET curve; pooled over the folds, those curves are one (``real_pooling.pooled_det``).
 
 A candidate is a list of Hydra overrides on top of ``data=speech_commands_real`` and conf/'s
 defaults (which ARE the served recipe). A seed ensemble (``train.ensemble_seeds``) is trained
@@ -47,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, machine_info, write_result  # noqa: E402
 from real_folds import compose_fold, ensemble_fold, member_overrides, trained  # noqa: E402
 from real_original import ORIGINAL, OriginalModel, original_streams  # noqa: E402
-from real_pooling import STREAM_KEYS, pooled, pooled_stream, report, slim, write_clips  # noqa: E402
+from real_pooling import STREAM_KEYS, det_rows, pooled, pooled_stream, report, slim, write_clips  # noqa: E402
 
 from kws.views import VIEW_SHIFTS_MS  # noqa: E402
 
@@ -133,9 +134,10 @@ def stream_variants(cfg) -> dict:
     out = {}
     for runtime in ("tflite", "tflite_int8"):
         sc = OmegaConf.create(OmegaConf.to_container(cfg.stream, resolve=True) | {"runtime": runtime})
-        metrics, point, _ = measure(sc, Path(cfg.paths.features), Path(cfg.paths.model))
+        metrics, point, curves = measure(sc, Path(cfg.paths.features), Path(cfg.paths.model))
         out[runtime] = {"settings": point["settings"], "validation": point["operating_point"]["validation"],
-                        **{k: metrics["test"][k] for k in STREAM_KEYS}}
+                        **{k: metrics["test"][k] for k in STREAM_KEYS},
+                        "det": det_rows(curves["test"], metrics["test"]["keywords_said"])}
     return out
 
 

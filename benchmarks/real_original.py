@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import paths
-from real_pooling import STREAM_KEYS
+from real_pooling import STREAM_KEYS, det_rows
 
 ORIGINAL = paths.BASELINES / "original_cnn"
 ORIGINAL_WORDS = ("bed bird cat dog down eight five four go happy house left marvin nine no off on one "
@@ -97,6 +97,8 @@ def original_streams(cfg, original: OriginalModel, labels: list[str]) -> dict:
     grid = bm.settings_grid(OmegaConf.to_container(sc.smoothing, resolve=True))
     chosen = bm.choose(pred, bm.score_streams(pred, val, stride), grid, thresholds(sc.thresholds),
                        float(sc.target_fa_per_hour), tol, late)
-    at_test = bm.outcome(pred, bm.score_streams(pred, test, stride), chosen["settings"], tol, late).summary()
+    test_scored = bm.score_streams(pred, test, stride)
+    at_test = bm.outcome(pred, test_scored, chosen["settings"], tol, late).summary()
+    curve = bm.curve(pred, test_scored, chosen["settings"], thresholds(sc.thresholds), tol, late)
     return {"settings": chosen["settings"].to_dict(), "validation": {"recall": chosen["row"]["recall"]},
-            **{k: at_test[k] for k in STREAM_KEYS}}
+            **{k: at_test[k] for k in STREAM_KEYS}, "det": det_rows(curve, at_test["keywords_said"])}

@@ -14,15 +14,41 @@ STREAM_KEYS = ("recall", "recall_on_time", "false_accepts_per_hour", "false_acce
                "keywords_said", "hours", "late", "latency_s")
 
 
+def det_rows(curve: list[dict], keywords_said: int) -> list[list]:
+    """A fold's test DET curve (``kws.streaming.matching.det_curve``'s rows) as
+    ``[threshold, hits, false accepts]``: the counts that pool over folds (:func:`pooled_det`)."""
+    return [[r["threshold"], int(round((r["recall"] or 0.0) * keywords_said)), r["false_accepts"]] for r in curve]
+
+
+def pooled_det(rows: list[dict]) -> list[dict] | None:
+    """The folds' test streams as one recording, threshold by threshold: each fold at its own
+    chosen smoothing, one threshold for all of them. ``None`` unless every fold kept its curve."""
+    if not rows or not all("det" in r for r in rows):
+        return None
+    said, hours = sum(r["keywords_said"] for r in rows), sum(r["hours"] for r in rows)
+    counts: dict[float, list[int]] = {}  # threshold -> [hits, false accepts, folds]
+    for r in rows:
+        for thr, hits, fas in r["det"]:
+            c = counts.setdefault(float(thr), [0, 0, 0])
+            c[0], c[1], c[2] = c[0] + hits, c[1] + fas, c[2] + 1
+    return [{"threshold": thr, "recall": hits / said, "miss_rate": 1 - hits / said, "false_accepts": fas,
+             "false_accepts_per_hour": fas / hours}
+            for thr, (hits, fas, n) in sorted(counts.items()) if n == len(rows)]
+
+
 def pooled_stream(folds: list[dict], runtime: str) -> dict:
-    """Test streams of every fold as one: recall and false accepts per hour over all of them."""
+    """Test streams of every fold as one: recall and false accepts per hour over all of them, and
+    (where the folds kept their curves) the pooled DET curve."""
     rows = [f["stream"][runtime] for f in folds]
     hits, said = sum(r["hits"] for r in rows), sum(r["keywords_said"] for r in rows)
     late, fas, hours = sum(r["late"] for r in rows), sum(r["false_accepts"] for r in rows), sum(r["hours"] for r in rows)
-    return {"recall": hits / said, "recall_on_time": (hits - late) / said, "false_accepts_per_hour": fas / hours,
-            "wrong_words": sum(r["wrong_words"] for r in rows), "keywords_said": said, "hours": hours,
-            "latency_max_s": max((r["latency_s"].get("max", 0.0) or 0.0) for r in rows),
-            "per_fold": [{k: r[k] for k in ("recall", "false_accepts_per_hour", "settings")} for r in rows]}
+    out = {"recall": hits / said, "recall_on_time": (hits - late) / said, "false_accepts_per_hour": fas / hours,
+           "false_accepts": fas, "wrong_words": sum(r["wrong_words"] for r in rows), "keywords_said": said, "hours": hours,
+           "latency_max_s": max((r["latency_s"].get("max", 0.0) or 0.0) for r in rows),
+           "per_fold": [{k: r[k] for k in ("recall", "false_accepts_per_hour", "settings")} for r in rows]}
+    if (det := pooled_det(rows)) is not None:
+        out["det"] = det
+    return out
 
 
 def slim(result: dict) -> tuple[dict, list]:

@@ -11,9 +11,11 @@ A doc asks for a table with a pair of markers; what lies between them is this sc
 
 The tables are plain functions of the result files (``TABLES``), so a figure in a doc is always
 the one a benchmark wrote; ``tests/test_docs.py`` runs the same check. They live in
-``report_tables.py`` (the helpers; accuracy, prepare, train, serving, scale) and
-``report_serving.py`` (speed, overload, hostile uploads); every ``table_NAME`` there is table
-``NAME`` (underscores as hyphens).
+``report_tables.py`` (the helpers; accuracy, prepare, train, serving, scale),
+``report_serving.py`` (speed, overload, hostile uploads) and ``report_streams.py`` (the pooled
+DET curve); every ``table_NAME`` there is table ``NAME`` (underscores as hyphens). The plots
+(``report_streams.FIGURES``, PNGs under ``docs/figures/``) are drawn the same way: each records
+the digest of what it shows, and ``--check`` names one whose results have changed since.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report_serving  # noqa: E402
+import report_streams  # noqa: E402
 import report_tables  # noqa: E402
 from report_tables import REPO  # noqa: E402
 
 MARKER = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
-TABLES = {name.removeprefix("table_").replace("_", "-"): fn for module in (report_tables, report_serving)
+TABLES = {name.removeprefix("table_").replace("_", "-"): fn for module in (report_tables, report_serving, report_streams)
           for name, fn in vars(module).items() if name.startswith("table_") and callable(fn)}
 
 
@@ -49,8 +52,9 @@ def rewrite(text: str) -> str:
 
 
 def stale(paths: list[Path] | None = None) -> list[str]:
-    """``path: table NAME`` for every table whose text differs from what the results give."""
-    out = []
+    """``path: table NAME`` for every table whose text differs from what the results give (and,
+    for the docs themselves, ``path: figure`` for every stale plot)."""
+    out = [] if paths else report_streams.stale_figures()
     for path in paths or docs():
         if not path.is_file():
             continue
@@ -74,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if path.is_file() and (new := rewrite(old := path.read_text())) != old:
             path.write_text(new)
             print(f"rewrote tables in {path.relative_to(REPO)}")
+    for rel in report_streams.write_figures():
+        print(f"drew {rel}")
     return 0
 
 

@@ -4,6 +4,7 @@ result files small enough for git, and the README's commands the ones CI runs.""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -23,6 +24,9 @@ def _report():
 
 
 report = _report()
+import real_pooling  # noqa: E402  (benchmarks/ is on sys.path once report.py is loaded)
+import report_streams  # noqa: E402
+
 DOCS = [p for p in report.docs() if p.is_file()]
 
 
@@ -102,3 +106,55 @@ def test_the_readme_shows_the_commands_ci_runs():
 
 def test_the_readme_is_short():
     assert len((REPO / "README.md").read_text().splitlines()) <= 150
+
+
+# --------------------------------------------------------------------------- the pooled DET curve and its figure
+def _fold(det, said=10, hours=0.5):
+    return {"det": det, "keywords_said": said, "hours": hours}
+
+
+def test_the_folds_curves_pool_by_threshold():
+    """Counts add up per threshold; a threshold one fold lacks is left out; a fold without its curve: none."""
+    a = _fold([[0.5, 8, 2], [0.7, 6, 1], [0.9, 3, 0]], said=10, hours=0.5)
+    b = _fold([[0.5, 9, 4], [0.7, 5, 0]], said=20, hours=1.5)
+    det = real_pooling.pooled_det([a, b])
+    assert [r["threshold"] for r in det] == [0.5, 0.7]
+    assert det[0]["recall"] == pytest.approx(17 / 30) and det[0]["false_accepts_per_hour"] == pytest.approx(6 / 2.0)
+    assert det[1]["miss_rate"] == pytest.approx(1 - 11 / 30) and det[1]["false_accepts"] == 1
+    assert real_pooling.pooled_det([a, {"keywords_said": 5, "hours": 1.0}]) is None
+
+
+def test_a_curve_keeps_hits_as_counts():
+    curve = [{"threshold": 0.5, "recall": 0.666667, "false_accepts": 3}, {"threshold": 0.6, "recall": None, "false_accepts": 0}]
+    assert real_pooling.det_rows(curve, 3) == [[0.5, 2, 3], [0.6, 0, 0]]
+
+
+def test_the_det_table_reads_budgets_and_goals_off_the_curve():
+    det = [{"recall": 0.95, "false_accepts_per_hour": 40.0}, {"recall": 0.9, "false_accepts_per_hour": 24.0},
+           {"recall": 0.8, "false_accepts_per_hour": 9.0}, {"recall": 0.6, "false_accepts_per_hour": 0.0}]
+    assert report_streams.best_recall(det, 10.0) == 0.8 and report_streams.best_recall(det, 30.0) == 0.9
+    assert report_streams.best_recall([{"recall": 0.5, "false_accepts_per_hour": 12.0}], 10.0) is None
+    assert report_streams.fa_for_recall(det, 0.9) == 24.0 and report_streams.fa_for_recall(det, 0.99) is None
+
+
+def test_a_figure_drawn_from_other_results_is_stale(tmp_path, monkeypatch):
+    """Drawn: not stale; its data changed, or the file is no PNG of ours: named stale; redrawn: fresh again."""
+    png = tmp_path / "det.png"
+    shown = {"curves": {"a": [{"false_accepts_per_hour": 1.0, "miss_rate": 0.4}, {"false_accepts_per_hour": 20.0, "miss_rate": 0.1}]}}
+
+    def figure():
+        from kws.streaming.benchmark import plot_det
+
+        data = json.loads(json.dumps(shown))
+        return data, lambda path, meta: plot_det(data["curves"], {}, path, "t", 10.0, goal_recall=0.9, metadata=meta)
+
+    monkeypatch.setattr(report_streams, "FIGURES", {str(png): figure})
+    assert report_streams.stale_figures() == [f"{png}: figure"]  # missing
+    assert report_streams.write_figures() == [str(png)] and png.stat().st_size > 0
+    assert report_streams.stale_figures() == [] and report_streams.write_figures() == []
+    shown["curves"]["a"][0]["miss_rate"] = 0.3
+    assert report_streams.stale_figures() == [f"{png}: figure"]
+    report_streams.write_figures()
+    assert report_streams.stale_figures() == []
+    png.write_bytes(b"not a png")
+    assert report_streams.stale_figures() == [f"{png}: figure"]

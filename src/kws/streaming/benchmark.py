@@ -113,31 +113,37 @@ def choose(predictor, scored: Sequence[Scored], grid: Sequence[DetectorSettings]
 
 
 def plot_det(curves: dict[str, list[dict[str, Any]]], points: dict[str, dict[str, Any]], path: str | Path,
-             title: str, target_fa_per_hour: float) -> Path:
-    """Miss rate vs false accepts per hour, one line per named curve, the operating points marked."""
+             title: str, target_fa_per_hour: float, goal_recall: float | None = None,
+             metadata: dict[str, str] | None = None) -> Path:
+    """Miss rate vs false accepts per hour, one line per named curve, the operating points marked
+    (a point's ``label`` names it; else its threshold does); ``goal_recall`` draws that recall's
+    line, ``metadata`` goes into the PNG's text chunks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for name, rows in curves.items():
         ok = [r for r in rows if r["false_accepts_per_hour"] is not None]
         line, = ax.plot([r["false_accepts_per_hour"] for r in ok], [r["miss_rate"] for r in ok], ".-", label=name)
         if name in points:
             p = points[name]
             ax.plot([p["false_accepts_per_hour"]], [p["miss_rate"]], "o", ms=9, mfc="none", color=line.get_color(),
-                    label=f"{name} at threshold {p['threshold']:.2f}")
+                    label=p.get("label") or f"{name} at threshold {p['threshold']:.2f}")
     ax.axvline(target_fa_per_hour, color="grey", ls="--", lw=1, label=f"target {target_fa_per_hour:g} FA/h")
+    if goal_recall is not None:
+        ax.axhline(1 - goal_recall, color="grey", ls=":", lw=1, label=f"goal: {100 * goal_recall:g} % recall")
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)  # a rate is never negative: no mirrored decades left of 0
     ax.set_xlabel("false accepts per hour")
     ax.set_ylabel("miss rate")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a curve
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata=metadata)
     plt.close(fig)
     return Path(path)
 
