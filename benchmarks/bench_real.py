@@ -137,7 +137,7 @@ def stream_variants(cfg) -> dict:
         metrics, point, curves = measure(sc, Path(cfg.paths.features), Path(cfg.paths.model))
         out[runtime] = {"settings": point["settings"], "validation": point["operating_point"]["validation"],
                         **{k: metrics["test"][k] for k in STREAM_KEYS},
-                        "det": det_rows(curves["test"], metrics["test"]["keywords_said"])}
+                        "det": det_rows(curves["test"])}
     return out
 
 

@@ -94,11 +94,10 @@ def original_streams(cfg, original: OriginalModel, labels: list[str]) -> dict:
     stride, tol, late = float(sc.stride_s), float(sc.tolerance_s), sc.get("max_latency_s")
     val, _ = split_streams(features, "validation", sc, 16000)
     test, _ = split_streams(features, "test", sc, 16000)
-    grid = bm.settings_grid(OmegaConf.to_container(sc.smoothing, resolve=True))
-    chosen = bm.choose(pred, bm.score_streams(pred, val, stride), grid, thresholds(sc.thresholds),
-                       float(sc.target_fa_per_hour), tol, late)
+    grid, sweep = bm.settings_grid(OmegaConf.to_container(sc.smoothing, resolve=True)), thresholds(sc.thresholds)
+    chosen = bm.choose(pred, bm.score_streams(pred, val, stride), grid, sweep, float(sc.target_fa_per_hour), tol, late)
     test_scored = bm.score_streams(pred, test, stride)
     at_test = bm.outcome(pred, test_scored, chosen["settings"], tol, late).summary()
-    curve = bm.curve(pred, test_scored, chosen["settings"], thresholds(sc.thresholds), tol, late)
+    curve = bm.curve(pred, test_scored, chosen["settings"], sweep, tol, late)
     return {"settings": chosen["settings"].to_dict(), "validation": {"recall": chosen["row"]["recall"]},
-            **{k: at_test[k] for k in STREAM_KEYS}, "det": det_rows(curve, at_test["keywords_said"])}
+            **{k: at_test[k] for k in STREAM_KEYS}, "det": det_rows(curve)}

@@ -14,10 +14,10 @@ STREAM_KEYS = ("recall", "recall_on_time", "false_accepts_per_hour", "false_acce
                "keywords_said", "hours", "late", "latency_s")
 
 
-def det_rows(curve: list[dict], keywords_said: int) -> list[list]:
+def det_rows(curve: list[dict]) -> list[list]:
     """A fold's test DET curve (``kws.streaming.matching.det_curve``'s rows) as
     ``[threshold, hits, false accepts]``: the counts that pool over folds (:func:`pooled_det`)."""
-    return [[r["threshold"], int(round((r["recall"] or 0.0) * keywords_said)), r["false_accepts"]] for r in curve]
+    return [[r["threshold"], r["hits"], r["false_accepts"]] for r in curve]
 
 
 def pooled_det(rows: list[dict]) -> list[dict] | None:

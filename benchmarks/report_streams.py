@@ -31,8 +31,9 @@ def _streams() -> dict[str, dict]:
     return {rt: st for rt, st in r["stream"].items() if st.get("det")}
 
 
-def _target_fa_per_hour() -> float:
-    return float(yaml.safe_load((REPO / "conf" / "stream" / "default.yaml").read_text())["target_fa_per_hour"])
+def _stream_conf() -> dict:
+    """``conf/stream``: the false-accept target and the threshold sweep the curves were measured with."""
+    return yaml.safe_load((REPO / "conf" / "stream" / "default.yaml").read_text())
 
 
 def best_recall(det: list[dict], budget: float) -> float | None:
@@ -59,13 +60,14 @@ def table_real_det() -> str:
                      *(("–" if (fa := fa_for_recall(det, g)) is None else f"{fa:.1f}") for g in GOALS),
                      pct(max(r["recall"] for r in det))])
     minutes = next(iter(streams.values()))["hours"] * 60
+    sweep = _stream_conf()["thresholds"]
     return (md(["test streams, 5 folds pooled", "operating points (validation): recall % @ FA/h",
                 *(f"best on test ≤ {b:g} FA/h %" for b in BUDGETS),
                 *(f"FA/h for {100 * g:g} % recall" for g in GOALS), "most recall %"], rows)
             + f"\n\n{minutes:.0f} minutes of test streams; one false accept is {60 / minutes:.1f} per hour. "
               "\"Best on test\" and \"FA/h for\" read the pooled curve (one threshold for all folds, each at its "
               "own smoothing) with the threshold chosen on the test streams: a ceiling, not an operating point. "
-              "– : no threshold of the sweep (0.30–0.99) reaches it.")
+              f"– : no threshold of the sweep ({sweep['start']:.2f}–{sweep['stop']:.2f}) reaches it.")
 
 
 def figure_real_det() -> tuple[dict[str, Any], Callable[[Path, dict[str, str]], None]]:
@@ -76,7 +78,7 @@ def figure_real_det() -> tuple[dict[str, Any], Callable[[Path, dict[str, str]], 
     points = {NAMES.get(rt, rt): {"false_accepts_per_hour": st["false_accepts_per_hour"], "miss_rate": 1 - st["recall"],
                                   "label": f"{NAMES.get(rt, rt)}: the folds' operating points"}
               for rt, st in streams.items()}
-    target = _target_fa_per_hour()
+    target = float(_stream_conf()["target_fa_per_hour"])
     minutes = next(iter(streams.values()))["hours"] * 60 if streams else 0.0
     data = {"curves": curves, "points": points, "target": target, "minutes": minutes}
 
@@ -112,24 +114,25 @@ def drawn_from(path: Path) -> str | None:
         return None
 
 
-def stale_figures() -> list[str]:
-    """``path: figure`` for every figure missing or drawn from other figures than the results give."""
-    out = []
+def _stale():
+    """``(path, digest, draw)`` for every figure missing or drawn from other figures than the results give."""
     for rel, figure in FIGURES.items():
-        data, _ = figure()
-        if drawn_from(REPO / rel) != digest(data):
-            out.append(f"{rel}: figure")
-    return out
+        data, draw = figure()
+        if drawn_from(REPO / rel) != (want := digest(data)):
+            yield rel, want, draw
+
+
+def stale_figures() -> list[str]:
+    """``path: figure`` for every stale figure."""
+    return [f"{rel}: figure" for rel, _, _ in _stale()]
 
 
 def write_figures() -> list[str]:
     """Draw every stale figure; the repo-relative paths drawn."""
     drawn = []
-    for rel, figure in FIGURES.items():
-        data, draw = figure()
+    for rel, want, draw in list(_stale()):
         path = REPO / rel
-        if drawn_from(path) != digest(data):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            draw(path, {SOURCE_KEY: digest(data)})
-            drawn.append(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw(path, {SOURCE_KEY: want})
+        drawn.append(rel)
     return drawn

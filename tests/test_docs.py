@@ -125,8 +125,9 @@ def test_the_folds_curves_pool_by_threshold():
 
 
 def test_a_curve_keeps_hits_as_counts():
-    curve = [{"threshold": 0.5, "recall": 0.666667, "false_accepts": 3}, {"threshold": 0.6, "recall": None, "false_accepts": 0}]
-    assert real_pooling.det_rows(curve, 3) == [[0.5, 2, 3], [0.6, 0, 0]]
+    curve = [{"threshold": 0.5, "recall": 0.666667, "hits": 2, "false_accepts": 3},
+             {"threshold": 0.6, "recall": None, "hits": 0, "false_accepts": 0}]
+    assert real_pooling.det_rows(curve) == [[0.5, 2, 3], [0.6, 0, 0]]
 
 
 def test_the_det_table_reads_budgets_and_goals_off_the_curve():

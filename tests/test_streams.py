@@ -160,6 +160,7 @@ def test_det_curve_and_the_operating_point():
     curve = det_curve([0.3, 0.6, 0.9], detect, [TRUTH], [1800])
     assert [r["recall"] for r in curve] == [1.0, 1.0, 0.0]
     assert [r["false_accepts_per_hour"] for r in curve] == [2.0, 0.0, 0.0]
+    assert [r["hits"] for r in curve] == [3, 3, 0] and [r["false_accepts"] for r in curve] == [1, 0, 0]  # 3 keywords said
     assert pick_threshold(curve, target_fa_per_hour=1.0)["threshold"] == 0.6
     assert pick_threshold(curve, target_fa_per_hour=5.0)["threshold"] == 0.6  # same recall, fewer FAs
     assert pick_threshold([{"threshold": 0.5, "recall": 1.0, "false_accepts_per_hour": 9.0}], 1.0) is None

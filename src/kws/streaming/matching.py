@@ -149,7 +149,8 @@ def det_curve(thresholds: Sequence[float], detect: Callable[[float, int], list[F
               truths: Sequence[Sequence[Truth]], durations: Sequence[float],
               tolerance_s: float = TOLERANCE_S, max_latency_s: float | None = None) -> list[dict[str, Any]]:
     """One row per threshold: ``detect(threshold, stream_index)`` gives that stream's detections;
-    the row has the threshold, miss rate, recall, recall on time, false accepts per hour and wrong words."""
+    the row has the threshold, miss rate, recall, recall on time, false accepts per hour and wrong words,
+    and the counts behind them (hits, false accepts, late hits: what pools over several curves)."""
     rows = []
     for thr in thresholds:
         total = Outcome()
@@ -157,7 +158,8 @@ def det_curve(thresholds: Sequence[float], detect: Callable[[float, int], list[F
             total += match(truth, detect(float(thr), i), seconds, tolerance_s, max_latency_s)
         rows.append({"threshold": round(float(thr), 6), "miss_rate": _r(1 - total.recall), "recall": _r(total.recall),
                      "recall_on_time": _r(total.recall_on_time), "false_accepts_per_hour": _r(total.fa_per_hour),
-                     "false_accepts": total.false_accepts, "wrong_words": total.wrong, "late": total.late})
+                     "hits": total.hits, "false_accepts": total.false_accepts, "wrong_words": total.wrong,
+                     "late": total.late})
     return rows
 
 
