@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+import _wrk  # noqa: E402
 from _common import SAMPLE_DIR, machine_info, write_result  # noqa: E402
 from bench_serving import full_length_clip, resolve_model, stats_ms  # noqa: E402
 
@@ -68,13 +66,7 @@ end
 
 
 def run_wrk(url: str, script: Path, duration: int, connections: int, threads: int) -> dict:
-    cmd = [shutil.which("wrk") or "/usr/bin/wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
-           "--timeout", "10s", "-s", str(script), url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
-    m = re.search(r"^KWS_WRK_JSON (\{.*\})$", proc.stdout, re.M)
-    if proc.returncode != 0 or not m:
-        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    j = json.loads(m.group(1))
+    j = _wrk.summary(_wrk.run(url, script, duration, connections, threads, "10s", latency=False))
     seconds = j["duration_us"] / 1e6
     return {"requests": j["requests"], "seconds": round(seconds, 2), "requests_per_s": round(j["requests"] / seconds, 1),
             "status": dict(sorted(j["status"].items())), "socket_errors": j["errors"],

@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, machine_info, write_result  # noqa: E402
-from bench_serving import multipart_body, run_wrk, write_get_script, write_wrk_script  # noqa: E402
+from _wrk import load, multipart_body, write_get_script, write_post_script  # noqa: E402
 
 REAL_POOL = REPO.parent / "shared" / "data" / "speech_commands_real"
 
@@ -118,14 +118,14 @@ def around_the_app(model_dir: Path, clip: Path, args, tmp: Path) -> dict:
     from tests.support.nginx import NginxProcess
     from tests.support.processes import ApiProcess
 
-    post, _, _ = write_wrk_script(tmp, clip)
+    post, _, _ = write_post_script(tmp, clip)
     scripts = {"GET /health": ("/health", write_get_script(tmp)), "POST /predict": ("/predict", post)}
     out = {}
     with ApiProcess(model_dir, tmp / "api", env={"KWS_THREADS": str(args.threads)}) as api, \
             NginxProcess(tmp / "nginx", upstream=f"127.0.0.1:{api.port}") as nginx:
         for what, (path, script) in scripts.items():
-            run_wrk(nginx.url + path, script, 3, args.connections, 2, "30s")  # untimed warm-up
-            out[what], _ = run_wrk(nginx.url + path, script, args.duration, args.connections, 2, "30s")
+            load(nginx.url + path, script, 3, args.connections, 2, "30s")  # untimed warm-up
+            out[what], _ = load(nginx.url + path, script, args.duration, args.connections, 2, "30s")
     return {"api_processes": 1, "waitress_threads": args.threads, "connections": args.connections,
             "wrk_threads": 2, "duration_s": args.duration, "clip": str(clip), "results": out}
 

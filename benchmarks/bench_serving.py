@@ -34,12 +34,8 @@ the weights. Writes ``benchmarks/results/serving.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kws.logs import setup_logging  # noqa: E402
+import _wrk  # noqa: E402
 from _common import REPO, SAMPLE_DIR, machine_info, table, word_clips, write_result  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -145,96 +142,6 @@ def bench_inprocess(model_dir: Path, legacy_dir: Path, clips: list[Path], n_requ
 
 
 # --------------------------------------------------------------------------- benchmark 2: HTTP via nginx
-LUA_POST = """\
-local f = assert(io.open("{body}", "rb"))
-local body = f:read("*a")
-f:close()
-wrk.method = "POST"
-wrk.body = body
-wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"
-
-"""
-# wrk's summary as one JSON line (parse_wrk), after any request script
-LUA_DONE = """\
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "KWS_WRK_JSON {{\\"requests\\": %d, \\"duration_us\\": %d, \\"bytes\\": %d, " ..
-    "\\"errors\\": {{\\"connect\\": %d, \\"read\\": %d, \\"write\\": %d, \\"status\\": %d, \\"timeout\\": %d}}, " ..
-    "\\"latency_us\\": {{\\"p50\\": %d, \\"p90\\": %d, \\"p99\\": %d, \\"mean\\": %.1f, \\"min\\": %d, \\"max\\": %d}}}}\\n",
-    summary.requests, summary.duration, summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, latency.min, latency.max))
-end
-"""
-
-
-def multipart_body(data: bytes, name: str, boundary: str) -> bytes:
-    """A multipart/form-data body of one WAV as the field ``file``, as browsers and curl send it."""
-    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            "Content-Type: audio/wav\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-
-
-def write_wrk_script(tmp: Path, clip: Path) -> tuple[Path, bytes, str]:
-    boundary = "kwsbench" + secrets.token_hex(8)
-    body = multipart_body(clip.read_bytes(), clip.name, boundary)
-    body_path = tmp / "body.bin"
-    body_path.write_bytes(body)
-    script = tmp / "post_wav.lua"
-    script.write_text(LUA_POST.format(body=str(body_path), boundary=boundary) + LUA_DONE.format())
-    return script, body, boundary
-
-
-def write_get_script(tmp: Path) -> Path:
-    """A wrk script of plain GETs that prints the same summary."""
-    script = tmp / "get.lua"
-    script.write_text(LUA_DONE.format())
-    return script
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def parse_wrk(text: str) -> dict:
-    out: dict = {}
-    m = re.search(r"^KWS_WRK_JSON (\{.*\})$", text, re.M)
-    if not m:
-        raise RuntimeError(f"wrk printed no summary:\n{text}")
-    j = json.loads(m.group(1))
-    seconds = j["duration_us"] / 1e6
-    lat = {k: round(v / 1000.0, 3) for k, v in j["latency_us"].items()}
-    out.update({"requests": j["requests"], "seconds": round(seconds, 2),
-                "requests_per_s": round(j["requests"] / seconds, 2) if seconds else 0.0,
-                "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "mean", "min", "max")},
-                "socket_errors": {k: j["errors"][k] for k in ("connect", "read", "write", "timeout")},
-                "non_2xx_3xx": j["errors"]["status"]})
-    # Cross-check with wrk's own text report.
-    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    out["requests_per_s_wrk"] = float(m.group(1)) if m else None
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    out["non_2xx_3xx_wrk"] = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    # (wrk prints the "Socket errors" line only when there were some)
-    out["socket_errors_wrk"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()) if m else (0,) * 4))
-    dist = {}
-    for pct, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M):
-        dist[f"p{pct}"] = round(float(val) * _UNITS[unit], 3)
-    out["latency_distribution_wrk_ms"] = dist
-    out["errors_total"] = out["non_2xx_3xx"] + sum(out["socket_errors"].values())
-    return out
-
-
-def run_wrk(url: str, script: Path, duration: float, connections: int, threads: int, timeout: str) -> tuple[dict, str]:
-    wrk = shutil.which("wrk") or "/usr/bin/wrk"
-    cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
-           "--timeout", timeout, "--latency", "-s", str(script), url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
-    text = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{text}")
-    return parse_wrk(text), text
-
-
 def check_request(url: str, body: bytes, boundary: str) -> dict:
     import requests
 
@@ -260,9 +167,9 @@ def bench_http(name: str, apis: list, tmp: Path, args, script: Path, body: bytes
             sample = check_request(url, body, boundary)
             log(f"  {name}: {url} -> upstream {upstream}; one request answered {sample.get('keyword')!r}")
             if args.http_warmup > 0:
-                run_wrk(url, script, args.http_warmup, args.connections, args.wrk_threads, args.wrk_timeout)
+                _wrk.load(url, script, args.http_warmup, args.connections, args.wrk_threads, args.wrk_timeout)
             load_before = round(os.getloadavg()[0], 2)
-            res, text = run_wrk(url, script, args.duration, args.connections, args.wrk_threads, args.wrk_timeout)
+            res, text = _wrk.load(url, script, args.duration, args.connections, args.wrk_threads, args.wrk_timeout)
             res["loadavg_1min_before"] = load_before
             res["sample_answer"] = {k: sample[k] for k in ("keyword", "confidence", "model") if k in sample}
             log("    " + text.strip().replace("\n", "\n    "))
@@ -360,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if nginx_binary() is None or not (shutil.which("wrk") or Path("/usr/bin/wrk").is_file()):
                 raise SystemExit("benchmark 2 needs nginx and wrk installed (or pass --skip-http)")
             clip = full_length_clip(clips)
-            script, body, boundary = write_wrk_script(tmp, clip)
+            script, body, boundary = _wrk.write_post_script(tmp, clip)
             print(f"\n[2] HTTP through nginx ({args.nginx_workers} worker), {args.replicas} kws-serve x Waitress "
                   f"{args.threads} threads, "
                   f"wrk -t{args.wrk_threads} -c{args.connections} -d{round(args.duration)}s "
