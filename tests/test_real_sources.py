@@ -17,7 +17,7 @@ from kws.config import compose, write_params
 from kws.errors import ConfigError, DatasetError
 from kws.data.install import materialize_dataset, tree_digest
 from kws.labels import SILENCE, UNKNOWN
-from kws.splits import TEST, TRAIN, VALIDATION, speaker_of, split_speakers
+from kws.splits import TEST, TRAIN, UNUSED, VALIDATION, speaker_of, split_speakers
 from kws.stages.download import download
 from kws.stages.prepare import prepare
 from tests.support.paths import DATA as SHARED
@@ -152,6 +152,35 @@ def test_speaker_split_never_empty_or_refuses(n_speakers, folds):
         assert set(split_of.values()) == {TRAIN, VALIDATION, TEST}
         assert split_speakers(list(reversed(speakers)), folds, test_fold, 10, seed=1) == split_of  # order-free
 
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5, 1.0])
+def test_train_share_drops_training_speakers_only(share):
+    """A learning curve in speakers: a share of the training speakers is kept, the rest unused,
+    and validation and test are the same speakers at every share."""
+    speakers = [f"{i:08x}" for i in range(60)]
+    full = split_speakers(speakers, 5, 2, 10, seed=3)
+    part = split_speakers(speakers, 5, 2, 10, seed=3, train_share=share)
+    for split in (VALIDATION, TEST):
+        assert {s for s, v in part.items() if v == split} == {s for s, v in full.items() if v == split}
+    trained = {s for s, v in full.items() if v == TRAIN}
+    kept = {s for s, v in part.items() if v == TRAIN}
+    assert kept <= trained and len(kept) == int(np.ceil(len(trained) * share))
+    assert {s for s, v in part.items() if v == UNUSED} == trained - kept
+    with pytest.raises(ConfigError, match="train_share"):
+        split_speakers(speakers, 5, 2, 10, seed=3, train_share=0.0)
+
+
+def test_train_share_in_prepare_keeps_the_test_set(tmp_path, pool):
+    download(_params(tmp_path, pool), progress=False)
+    dataset = tmp_path / "raw" / "speech_commands"
+    base = ["data=speech_commands_real", "data.extra=[]", "prepare.workers=2", "prepare.augment.copies=0"]
+    full = prepare(compose(base), dataset, tmp_path / "full")
+    half = prepare(compose([*base, "+data.split.train_share=0.5"]), dataset, tmp_path / "half")
+    assert half["test_digest"] == full["test_digest"] and half["counts"][VALIDATION] == full["counts"][VALIDATION]
+    assert 0 < half["counts"][TRAIN] < full["counts"][TRAIN]
+    assert half["speakers_unused"] > 0 == full["speakers_unused"]
+    assert half["speakers_per_split"][TRAIN] + half["speakers_unused"] == full["speakers_per_split"][TRAIN]
 
 # --- extra, training-only sources ---------------------------------------------------------------
 def _tone_source(root: Path, words: tuple[str, ...], per_word: int) -> Path:

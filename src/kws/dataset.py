@@ -27,7 +27,7 @@ import soundfile as sf
 
 from kws.errors import ConfigError, DatasetError
 from kws.labels import BACKGROUND_NOISE_DIR, SILENCE, UNKNOWN
-from kws.splits import SPLITS, TEST, TRAIN, assign_splits, speaker_of
+from kws.splits import SPLITS, TEST, TRAIN, UNUSED, assign_splits, speaker_of
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class SplitConfig:
     folds: int = 5  # speakers: number of speaker folds
     test_fold: int = 0  # speakers: the fold that is the test split
     validation_percentage: float = 10.0  # speakers: share of the non-test speakers
+    train_share: float = 1.0  # speakers: share of the training speakers kept (a learning curve; the rest unused)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def build_index(
     silences = silence_clips(root)
     noise_len = noise_lengths(noise_files, sample_rate)
     usable_noise = [i for i, n in enumerate(noise_len) if n >= clip_samples]
-    split_args = dict(method=split.method, folds=split.folds, test_fold=split.test_fold, seed=seed)
+    split_args = dict(method=split.method, folds=split.folds, test_fold=split.test_fold, seed=seed,
+                      train_share=split.train_share)
     if split.method == "speakers":
         validation_percentage = split.validation_percentage
     split_of, method = assign_splits(root, clips, validation_percentage, testing_percentage, **split_args)
@@ -173,6 +175,8 @@ def build_index(
         ignored = Counter()
         for rel in rels:
             word = rel.split("/", 1)[0]
+            if split_of[rel] == UNUSED:
+                continue
             if word in index:
                 known[split_of[rel]].append(Example(rel, index[word]))
             elif has_unknown:
@@ -187,7 +191,8 @@ def build_index(
     real_silence: dict[str, list[Example]] = {s: [] for s in SPLITS}
     if SILENCE in index:
         for rel in silences:
-            real_silence[silence_split[rel]].append(Example(rel, index[SILENCE]))
+            if silence_split[rel] != UNUSED:
+                real_silence[silence_split[rel]].append(Example(rel, index[SILENCE]))
 
     def noise_cut() -> tuple[int, int]:
         i = int(rng.choice(usable_noise))
@@ -241,6 +246,7 @@ def build_index(
                            "unknown_percentage": e.unknown_percentage, "copies": e.copies} for e in extra],
         "ignored_words": dict(ignored),
         "speakers_per_split": {s: len({speaker_of(r) for r in clips if split_of[r] == s}) for s in SPLITS},
+        "speakers_unused": len({speaker_of(r) for r in clips if split_of[r] == UNUSED}),
         "test_digest": digest(out[TEST]),
     }
     return out, summary

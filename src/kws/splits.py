@@ -10,6 +10,8 @@ falls in one bucket, so the hash rule would leave the other splits empty. Such a
 uses the seeded speaker split instead (``method: speakers``): the speakers are dealt into
 ``folds`` folds; fold ``test_fold`` is the test split, a seeded share of the remaining
 speakers the validation split. Cross-validation runs the same split with each test fold.
+``train_share`` < 1 keeps a seeded share of the training speakers and leaves the rest
+``UNUSED`` (a learning curve in speakers), validation and test untouched.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kws.errors import ConfigError, DatasetError
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
+UNUSED = "unused"  # a speaker split's training speakers left out by train_share
 
 # Largest number of clips per class the hashing rule was designed for (2**27 - 1).
 _BUCKETS = 2**27 - 1
@@ -57,17 +60,19 @@ def read_list(path: Path) -> set[str]:
 
 def assign_splits(
     root: Path, rel_paths: list[str], validation_percentage: float, testing_percentage: float,
-    *, method: str = "auto", folds: int = 5, test_fold: int = 0, seed: int = 0,
+    *, method: str = "auto", folds: int = 5, test_fold: int = 0, seed: int = 0, train_share: float = 1.0,
 ) -> tuple[dict[str, str], str]:
     """Map each relative clip path to a split; returns (mapping, method used).
 
     ``auto``: the dataset's lists when present, else the hash rule; ``lists``; ``hash``;
-    ``speakers``: the seeded speaker split (``folds``, ``test_fold``, ``validation_percentage``).
+    ``speakers``: the seeded speaker split (``folds``, ``test_fold``, ``validation_percentage``,
+    ``train_share``).
     """
     if method not in ("auto", "lists", "hash", "speakers"):
         raise ConfigError(f"unknown split method {method!r}: use auto, lists, hash or speakers")
     if method == "speakers":
-        split_of = split_speakers((speaker_of(r) for r in rel_paths), folds, test_fold, validation_percentage, seed)
+        split_of = split_speakers((speaker_of(r) for r in rel_paths), folds, test_fold, validation_percentage, seed,
+                                  train_share)
         return {rel: split_of[speaker_of(rel)] for rel in rel_paths}, "speakers"
     validation = read_list(root / "validation_list.txt")
     testing = read_list(root / "testing_list.txt")
@@ -93,12 +98,17 @@ def speaker_folds(speakers: Iterable[str], folds: int, seed: int) -> dict[str, i
 
 
 def split_speakers(
-    speakers: Iterable[str], folds: int, test_fold: int, validation_percentage: float, seed: int
+    speakers: Iterable[str], folds: int, test_fold: int, validation_percentage: float, seed: int,
+    train_share: float = 1.0,
 ) -> dict[str, str]:
     """Speaker -> split for the seeded speaker split. Never leaves a split empty: it raises
-    :class:`DatasetError` when there are too few speakers for three non-empty splits."""
+    :class:`DatasetError` when there are too few speakers for three non-empty splits. The
+    training speakers ``train_share`` leaves out are ``UNUSED``; which speakers are validation and
+    test does not depend on it, so runs at different shares are scored on the same clips."""
     if not 0 <= test_fold < folds:
         raise ConfigError(f"data.split.test_fold must be in [0, {folds}), got {test_fold}")
+    if not 0.0 < train_share <= 1.0:
+        raise ConfigError(f"data.split.train_share is a share of the training speakers, in (0, 1]; got {train_share!r}")
     fold_of = speaker_folds(speakers, folds, seed)
     rest = sorted(s for s, f in fold_of.items() if f != test_fold)
     n_val = max(1, math.ceil(len(rest) * validation_percentage / 100))
@@ -108,4 +118,7 @@ def split_speakers(
             f"({folds} folds, {validation_percentage:g} % validation): add speakers or lower the percentages"
         )
     validation = {rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[:n_val]}
-    return {s: TEST if f == test_fold else VALIDATION if s in validation else TRAIN for s, f in fold_of.items()}
+    train = [s for s in rest if s not in validation]
+    kept = {train[i] for i in np.random.default_rng(seed + 2).permutation(len(train))[:math.ceil(len(train) * train_share)]}
+    return {s: TEST if f == test_fold else VALIDATION if s in validation else TRAIN if s in kept else UNUSED
+            for s, f in fold_of.items()}

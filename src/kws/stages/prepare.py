@@ -95,7 +95,8 @@ def featurize_split(
 def split_config(data) -> SplitConfig:
     """``data.split`` (absent: the archive's lists, else the hash rule)."""
     split = (data or {}).get("split") or {}
-    return SplitConfig(**{k: split[k] for k in ("method", "folds", "test_fold", "validation_percentage") if k in split})
+    return SplitConfig(**{k: split[k] for k in ("method", "folds", "test_fold", "validation_percentage", "train_share")
+                          if k in split})
 
 
 def extra_sources(data, extra_dir: Path) -> list[ExtraSource]:
