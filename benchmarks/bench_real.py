@@ -20,6 +20,9 @@ every clip of the pool is a test clip exactly once.
 and the int8 model, and the stream stage's own benchmark of the
 fold's model (operating point chosen on the fold's validation streams, float32 and int8), with
 its test DET curve; pooled over the folds, those curves are one (``real_pooling.pooled_det``).
+A screen's five folds of curves and variants pass the size a result file may have in git:
+``--compact RUN --out real_screen_x.json`` keeps the pooled ones only (run the screen with
+``--out`` outside the repo first, so a rerun can still reuse its folds).
 
 A candidate is a list of Hydra overrides on top of ``data=speech_commands_real`` and conf/'s
 defaults (which ARE the served recipe). A seed ensemble (``train.ensemble_seeds``) is trained
@@ -48,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, machine_info, write_result  # noqa: E402
 from real_folds import compose_fold, ensemble_fold, member_overrides, trained  # noqa: E402
 from real_original import ORIGINAL, OriginalModel, original_streams  # noqa: E402
-from real_pooling import STREAM_KEYS, det_rows, pooled, pooled_stream, report, slim, write_clips  # noqa: E402
+from real_pooling import STREAM_KEYS, compact, det_rows, pooled, pooled_stream, report, slim, write_clips  # noqa: E402
 
 from kws.views import VIEW_SHIFTS_MS  # noqa: E402
 
@@ -153,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", action="store_true",
                         help="also: int8 and clip-alone scoring of the same clips, and the stream benchmark per fold")
     parser.add_argument("--report", action="store_true", help="only print the tables of --out")
+    parser.add_argument("--compact", type=Path, metavar="RUN",
+                        help="only write RUN (a whole run's file) to --out without the per-fold curves and variants")
     args = parser.parse_args(argv)
     out_path = (Path(args.out).resolve() if Path(args.out).parent != Path(".")  # before the chdir below
                 else REPO / "benchmarks" / "results" / args.out)
+    if args.compact:
+        write_result(out_path, compact(json.loads(args.compact.read_text())))
+        return 0
     if args.report:
         report(json.loads(out_path.read_text()))
         return 0

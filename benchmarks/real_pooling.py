@@ -60,6 +60,22 @@ def slim(result: dict) -> tuple[dict, list]:
     return {k: v for k, v in result.items() if k != "predictions"}, rows
 
 
+COMPACT_NOTE = ("per-fold DET rows and per-fold variants dropped to keep the file small; "
+                "the pooled ones are each candidate's stream.<runtime>.det and variants")
+
+
+def compact(results: dict) -> dict:
+    """A result file for git: each fold without its DET rows and variants, which the candidate's
+    pooled ``stream`` and ``variants`` keep (a screen's five folds would pass the size limit)."""
+    out = {**results, "candidates": {}, "note": COMPACT_NOTE}
+    for name, entry in results["candidates"].items():
+        folds = [{**{k: v for k, v in f.items() if k != "variants"},
+                  "stream": {rt: {k: v for k, v in st.items() if k != "det"} for rt, st in f.get("stream", {}).items()}}
+                 for f in entry["per_fold"]]
+        out["candidates"][name] = {**entry, "per_fold": folds}
+    return out
+
+
 def clips_path(out_path: Path) -> Path:
     """The per-clip sidecar of a result file: ``results/clips/<name>.json`` (git-ignored)."""
     return out_path.parent / "clips" / out_path.name

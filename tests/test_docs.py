@@ -130,6 +130,18 @@ def test_a_curve_keeps_hits_as_counts():
     assert real_pooling.det_rows(curve) == [[0.5, 2, 3], [0.6, 0, 0]]
 
 
+def test_a_compact_result_keeps_the_pooled_curve_and_drops_the_folds():
+    fold = {"fold": 0, "ours": {"accuracy": 0.9}, "variants": {"int8": {}},
+            "stream": {"tflite": {"recall": 0.7, "hits": 7, "det": [[0.5, 7, 1]]}}}
+    run = {"machine": {}, "candidates": {"a": {"ours": {}, "per_fold": [fold],
+                                               "stream": {"tflite": {"recall": 0.7, "det": [{"threshold": 0.5}]}}}}}
+    out = real_pooling.compact(run)
+    f = out["candidates"]["a"]["per_fold"][0]
+    assert "variants" not in f and f["stream"]["tflite"] == {"recall": 0.7, "hits": 7} and f["ours"] == fold["ours"]
+    assert out["candidates"]["a"]["stream"] == run["candidates"]["a"]["stream"] and out["note"]
+    assert "variants" in fold and "det" in fold["stream"]["tflite"]  # the run itself is left as it was
+
+
 def test_the_det_table_reads_budgets_and_goals_off_the_curve():
     det = [{"recall": 0.95, "false_accepts_per_hour": 40.0}, {"recall": 0.9, "false_accepts_per_hour": 24.0},
            {"recall": 0.8, "false_accepts_per_hour": 9.0}, {"recall": 0.6, "false_accepts_per_hour": 0.0}]
