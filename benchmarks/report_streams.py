@@ -1,6 +1,7 @@
 """The served recipe's stream figures pooled over the 5 speaker folds as one DET curve: a table
-(``table_real_det``) and a figure (``figure_real_det``), both from ``real_variants.json``;
-:mod:`report` writes them into the docs.
+(``table_real_det``) and a figure (``figure_real_det``), both from ``real_variants.json``; and
+the learning curve in speakers (``table_real_speakers``, ``figure_real_speakers``) from
+``real_screen_speakers.json``. :mod:`report` writes them into the docs.
 
 Each fold's test streams are scored at that fold's smoothing (chosen on its validation streams),
 and one threshold is applied to all five folds: the curve is what a threshold gives on 50 minutes
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,9 +95,105 @@ def figure_real_det() -> tuple[dict[str, Any], Callable[[Path, dict[str, str]], 
     return data, draw
 
 
+# --------------------------------------------------------------------------- the learning curve in speakers
+#: each fold's training speakers at data.split.train_share=1: the pool's 172 speakers in 5 folds, 10 %
+#: of the other speakers validation (kws.splits.split_speakers; tests/test_docs.py checks it on the pool)
+TRAIN_SPEAKERS = (123, 123, 124, 124, 124)
+SHARE = re.compile(r"^\+?data\.split\.train_share=([\d.]+)$")
+
+
+def train_share(overrides: list[str]) -> float:
+    return next((float(m.group(1)) for o in overrides if (m := SHARE.match(o))), 1.0)
+
+
+def learning_curve() -> list[dict[str, Any]]:
+    """One row per training-speaker share of ``real_screen_speakers.json``, fewest speakers first."""
+    rows = []
+    for name, c in result("real_screen_speakers")["candidates"].items():
+        share, st = train_share(c["overrides"]), c["stream"]["tflite"]
+        rows.append({"name": name, "share": share,
+                     "speakers": sum(math.ceil(n * share) for n in TRAIN_SPEAKERS) / len(TRAIN_SPEAKERS),
+                     "clips": c["ours"]["accuracy"], "unknown": c["ours"]["per_class"]["_unknown_"]["recall"],
+                     "operating": (st["recall"], st["false_accepts_per_hour"]),
+                     **{f"best{b:g}": best_recall(st["det"], b) for b in (10.0, 20.0)},
+                     "most": max(r["recall"] for r in st["det"])})
+    return sorted(rows, key=lambda r: r["speakers"])
+
+
+def last_gain(rows: list[dict[str, Any]], key: str) -> float:
+    """What ``key`` gained per doubling of the speakers between the two largest shares."""
+    a, b = rows[-2], rows[-1]
+    return (b[key] - a[key]) / math.log2(b["speakers"] / a["speakers"])
+
+
+def speakers_for(rows: list[dict[str, Any]], key: str, goal: float) -> float | None:
+    """Training speakers a fold at which ``key`` would reach ``goal`` if every further doubling gained
+    what the last one did (``None``: it did not gain). Where the gains shrink with every doubling,
+    as they have so far, it takes more: an extrapolation to compare with, not an estimate."""
+    gain = last_gain(rows, key)
+    return rows[-1]["speakers"] * 2 ** ((goal - rows[-1][key]) / gain) if gain > 0 else None
+
+
+def table_real_speakers() -> str:
+    rows = learning_curve()
+    body = [[f"{r['speakers']:.1f} ({100 * r['share']:g} %)", pct(r["clips"]), pct(r["unknown"]),
+             f"{pct(r['operating'][0])} @ {r['operating'][1]:.1f}", pct(r["best10"]), pct(r["best20"]), pct(r["most"])]
+            for r in rows]
+    gains = [100 * last_gain(rows[:i + 1], "best10") for i in range(1, len(rows))]
+    need = speakers_for(rows, "best10", 0.9)
+    return (md(["training speakers a fold (share)", "clips %", "`_unknown_` %", "test streams at the operating points",
+                "best on test ≤ 10 FA/h %", "≤ 20 %", "most recall %"], body)
+            + "\n\nOne TC-ResNet (float32), 5 folds, the same validation and test speakers and streams at every "
+              "share. Each doubling of the training speakers added "
+              + " then ".join(f"{g:.1f}" for g in gains) + " points at ≤ 10 FA/h"
+              + (f"; were every further doubling to add as much as the last, 90 % would take {need:,.0f} training "
+                 f"speakers a fold ({need / rows[-1]['speakers']:.1f} times the pool's). The gains have shrunk so "
+                 "far; if they go on shrinking it takes more. An extrapolation, not a measurement."
+                 if need else "."))
+
+
+def figure_real_speakers() -> tuple[dict[str, Any], Callable[[Path, dict[str, str]], None]]:
+    rows = learning_curve()
+    keys = {"clips": "clip accuracy", "most": "streams: most recall (any threshold)",
+            "best10": "streams: best on test at ≤ 10 FA/h"}
+    data = {"rows": [{k: r[k] for k in ("speakers", *keys)} for r in rows], "goal": 0.9}
+
+    def draw(path: Path, metadata: dict[str, str]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9.5, 4.5))
+        xs = [r["speakers"] for r in rows]
+        for key, label in keys.items():
+            ax.plot(xs, [100 * r[key] for r in rows], "o-", label=label)
+        need = speakers_for(rows, "best10", 0.9)
+        if need:
+            ext = [xs[-1], need]
+            ax.plot(ext, [100 * rows[-1]["best10"], 90.0], "--", color="grey",
+                    label="≤ 10 FA/h if every doubling gained what the last did: not measured")
+        ax.axhline(90, color="grey", ls=":", lw=1, label="goal: 90 % recall at ≤ 10 FA/h")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs + ([need] if need else []))
+        ax.set_xticklabels([f"{x:.0f}" for x in xs] + ([f"~{need:,.0f}"] if need else []))
+        ax.set_xlabel("training speakers a fold (real speech)")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_title("real speech, speakers held out: one TC-ResNet, 5 folds,\n"
+                     "trained on a share of each fold's training speakers", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100, metadata=metadata)
+        plt.close(fig)
+
+    return data, draw
+
+
 #: repo-relative PNG -> its figure function
 FIGURES: dict[str, Callable[[], tuple[dict[str, Any], Callable[[Path, dict[str, str]], None]]]] = {
     "docs/figures/real_det.png": figure_real_det,
+    "docs/figures/real_speakers.png": figure_real_speakers,
 }
 SOURCE_KEY = "Source"  # the PNG text chunk holding the digest of what it was drawn from
 

@@ -142,6 +142,28 @@ def test_a_compact_result_keeps_the_pooled_curve_and_drops_the_folds():
     assert "variants" in fold and "det" in fold["stream"]["tflite"]  # the run itself is left as it was
 
 
+def test_the_learning_curve_counts_the_splits_training_speakers():
+    """The figure's speaker counts are the speaker split's own, on the pool the folds are cut from."""
+    from kws.splits import TRAIN, speaker_of, split_speakers
+    from tests.support.paths import DATA
+
+    pool = DATA / "speech_commands_real"
+    if not pool.is_dir():
+        pytest.skip(f"the real pool is not under {DATA}")
+    speakers = {speaker_of(p) for p in pool.glob("*/*.wav")}
+    counts = tuple(sum(v == TRAIN for v in split_speakers(speakers, 5, fold, 10.0, 42).values()) for fold in range(5))
+    assert counts == report_streams.TRAIN_SPEAKERS
+
+
+def test_the_learning_curve_extends_the_last_doublings_gain():
+    rows = [{"speakers": 25.0, "r": 0.3}, {"speakers": 50.0, "r": 0.6}, {"speakers": 100.0, "r": 0.7}]
+    assert report_streams.last_gain(rows, "r") == pytest.approx(0.1)
+    assert report_streams.speakers_for(rows, "r", 0.9) == pytest.approx(400.0)  # two more doublings of +0.1
+    assert report_streams.speakers_for([{**r, "r": 1 - r["r"]} for r in rows], "r", 0.9) is None
+    assert report_streams.train_share(["train.epochs=3", "+data.split.train_share=0.25"]) == 0.25
+    assert report_streams.train_share([]) == 1.0
+
+
 def test_the_det_table_reads_budgets_and_goals_off_the_curve():
     det = [{"recall": 0.95, "false_accepts_per_hour": 40.0}, {"recall": 0.9, "false_accepts_per_hour": 24.0},
            {"recall": 0.8, "false_accepts_per_hour": 9.0}, {"recall": 0.6, "false_accepts_per_hour": 0.0}]
