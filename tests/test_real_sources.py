@@ -17,7 +17,7 @@ from kws.config import compose, write_params
 from kws.errors import ConfigError, DatasetError
 from kws.data.install import materialize_dataset, tree_digest
 from kws.labels import SILENCE, UNKNOWN
-from kws.splits import TEST, TRAIN, UNUSED, VALIDATION, speaker_of, split_speakers
+from kws.splits import TEST, TRAIN, UNUSED, VALIDATION, assign_splits, speaker_of, split_speakers
 from kws.stages.download import download
 from kws.stages.prepare import prepare
 from tests.support.paths import DATA as SHARED
@@ -169,6 +169,8 @@ def test_train_share_drops_training_speakers_only(share):
     assert {s for s, v in part.items() if v == UNUSED} == trained - kept
     with pytest.raises(ConfigError, match="train_share"):
         split_speakers(speakers, 5, 2, 10, seed=3, train_share=0.0)
+    with pytest.raises(ConfigError, match="needs data.split.method=speakers"):
+        assign_splits(Path("."), ["yes/a_nohash_0.wav"], 10, 10, method="hash", train_share=0.5)
 
 
 def test_train_share_in_prepare_keeps_the_test_set(tmp_path, pool):

@@ -70,6 +70,9 @@ def assign_splits(
     """
     if method not in ("auto", "lists", "hash", "speakers"):
         raise ConfigError(f"unknown split method {method!r}: use auto, lists, hash or speakers")
+    if train_share != 1.0 and method != "speakers":
+        raise ConfigError(f"data.split.train_share={train_share:g} needs data.split.method=speakers (got {method!r}): "
+                          "the other splits follow the dataset's lists or hashes, not a share of speakers")
     if method == "speakers":
         split_of = split_speakers((speaker_of(r) for r in rel_paths), folds, test_fold, validation_percentage, seed,
                                   train_share)
