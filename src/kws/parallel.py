@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import FIRST_EXCEPTION, wait
 from typing import Any, Callable, Sequence
 
+from kws.cli import uninterrupted
 from kws.takes import warm_up
 from kws.workers import process_pool
 
@@ -34,7 +35,8 @@ def run_parallel(
     warm_up()  # every source cleans its takes with librosa: compiled once, inherited by the workers
     pool = process_pool(n_workers, initializer, initargs)
     try:
-        futures = {pool.submit(func, *job): i for i, job in enumerate(jobs)}  # before tqdm starts a thread
+        with uninterrupted():  # a signal inside a submit can leave the pool's shutdown waiting forever
+            futures = {pool.submit(func, *job): i for i, job in enumerate(jobs)}  # before tqdm starts a thread
         with tqdm(total=total, unit="clip", desc=desc, disable=not progress) as bar:
             pending = set(futures)
             while pending:

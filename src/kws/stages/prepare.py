@@ -32,6 +32,7 @@ from kws.errors import ConfigError, DatasetError
 from kws.features import FeatureConfig, extract
 from kws.labels import BACKGROUND_NOISE_DIR, task_labels
 from kws.splits import SPLITS, TEST, VALIDATION
+from kws.cli import uninterrupted
 from kws.workers import process_pool
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,11 @@ def featurize_split(
     xs, kept_examples, bad = [], [], []
     with tqdm(total=len(examples), desc=desc, unit="clip", leave=False) as bar:
         chunks = _chunks(examples, batch_size)
-        for chunk, (feats, kept, chunk_bad) in zip(chunks, pool.map(_featurize, chunks)):
+        # map submits every chunk before it returns: a signal landing inside a submit can leave the
+        # pool half-updated and its shutdown waiting forever, so it is delivered once they are queued
+        with uninterrupted():
+            results = pool.map(_featurize, chunks)
+        for chunk, (feats, kept, chunk_bad) in zip(chunks, results):
             xs.append(feats)
             kept_examples.extend(ex for ex, k in zip(chunk, kept) if k)
             bad.extend(chunk_bad)
